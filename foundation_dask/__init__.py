@@ -1,0 +1,44 @@
+"""foundation_dask: supervised processes, service mesh, priority channels and cluster
+health on Dask, with distributed tracing (:mod:`foundation_dask.scope`) and
+distributed LM-program optimization (:mod:`foundation_dask.dspex`).
+
+>>> import foundation_dask as fd
+>>> client = fd.connect()                                   # doctest: +SKIP
+>>> counter = fd.ProcessManager.start_singleton(Counter, name="counter")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+from foundation_dask import config as _config  # noqa: F401  (loads the dask-config defaults)
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "connect": "foundation_dask.cluster",
+    "close": "foundation_dask.cluster",
+    "install_plugins": "foundation_dask.cluster",
+    "ProcessManager": "foundation_dask.core.processes",
+    "SingletonHandle": "foundation_dask.core.processes",
+    "Channels": "foundation_dask.core.channels",
+    "ProcessRegistry": "foundation_dask.core.registry",
+    "ServiceMesh": "foundation_dask.core.registry",
+    "HealthMonitor": "foundation_dask.core.health",
+}
+
+__all__ = sorted(_LAZY) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'foundation_dask' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,0 +1,160 @@
+"""Zero-config cluster: ``connect()``.
+
+With no address, ``connect()`` uses dask config ``foundation.scheduler-address``,
+then the ``DASK_SCHEDULER_ADDRESS`` environment variable, and otherwise starts an
+embedded :class:`distributed.LocalCluster` with worker processes. Either way it
+installs the Foundation scheduler and worker plugins once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import distributed
+from distributed import Client, LocalCluster
+from distributed.security import Security
+
+from foundation_dask import config
+from foundation_dask.core.plugin import (
+    PLUGIN_NAME,
+    FoundationSchedulerPlugin,
+    FoundationWorkerPlugin,
+)
+
+logger = logging.getLogger(__name__)
+
+_default_client: Client | None = None
+_embedded_cluster: LocalCluster | None = None
+
+
+class FoundationNotInstalledError(RuntimeError):
+    """The cluster cannot load foundation_dask."""
+
+
+def _configured_address() -> str | None:
+    return config.get("scheduler-address") or os.environ.get("DASK_SCHEDULER_ADDRESS") or None
+
+
+def _embedded_cluster_kwargs(overrides: dict[str, Any]) -> dict[str, Any]:
+    kwargs = {
+        "n_workers": config.get("cluster.n-workers"),
+        "threads_per_worker": config.get("cluster.threads-per-worker"),
+        "processes": config.get("cluster.processes"),
+        "dashboard_address": config.get("cluster.dashboard-address"),
+        "memory_limit": config.get("cluster.memory-limit"),
+    }
+    kwargs.update(overrides)
+    return kwargs
+
+
+async def _install(client: Client) -> dict[str, Any]:
+    installed = await client.scheduler.get_metadata(
+        keys=[PLUGIN_NAME, "scheduler_plugin"], default=False
+    )
+    info = await client.scheduler.foundation_ping() if installed else None
+    try:
+        if info is None:
+            await client.register_plugin(FoundationSchedulerPlugin(), name=PLUGIN_NAME)
+            info = await client.scheduler.foundation_ping()
+        if not info["worker_plugin"]:
+            await client.register_plugin(FoundationWorkerPlugin(), name=PLUGIN_NAME)
+            info = await client.scheduler.foundation_ping()
+    except ModuleNotFoundError as exc:
+        raise FoundationNotInstalledError(
+            f"The cluster at {client.scheduler.address} cannot import foundation_dask ({exc}). "
+            "Install foundation-dask in the environment of the scheduler and of every worker."
+        ) from exc
+    return info
+
+
+def install_plugins(client: Client) -> Any:
+    """Install the Foundation scheduler and worker plugins on ``client``'s cluster.
+
+    Idempotent: plugins already present are kept with their state. Returns an
+    awaitable on an asynchronous client.
+    """
+    return client.sync(_install, client)
+
+
+def connect(
+    address: str | None = None,
+    *,
+    security: Security | bool | None = None,
+    **cluster_kwargs: Any,
+) -> Client:
+    """Connect to a Dask cluster, starting an embedded one if none is configured.
+
+    Parameters
+    ----------
+    address
+        Scheduler address such as ``"tcp://10.0.0.5:8786"``. When omitted, dask config
+        ``foundation.scheduler-address``, then ``DASK_SCHEDULER_ADDRESS``, then an
+        embedded ``LocalCluster`` (options under ``foundation.cluster``).
+    security
+        A :class:`distributed.security.Security` (TLS, mutual authentication), passed
+        through to the client (and to the embedded cluster).
+    **cluster_kwargs
+        Extra keyword arguments of :class:`distributed.LocalCluster` for the embedded
+        cluster (``n_workers=4``...). Not accepted together with an address.
+
+    Returns
+    -------
+    distributed.Client
+        The default client; calling ``connect()`` again returns the same one.
+
+    Examples
+    --------
+    >>> import foundation_dask as fd
+    >>> client = fd.connect()                      # doctest: +SKIP
+    >>> client = fd.connect("tcp://scheduler:8786")  # doctest: +SKIP
+    """
+    global _default_client, _embedded_cluster
+
+    address = address or _configured_address()
+    if address is not None and cluster_kwargs:
+        raise TypeError(
+            f"connect() got cluster options {sorted(cluster_kwargs)} together with an address; "
+            "they only apply to the embedded cluster. Drop them, or drop the address."
+        )
+    client = _default_client
+    if client is not None and client.status == "running":
+        same = address is None or client.scheduler.address == address
+        if same and not cluster_kwargs:
+            install_plugins(client)
+            return client
+    if client is not None and client.status == "running" and address is None:
+        raise RuntimeError(
+            "connect() already started an embedded cluster; call foundation_dask.close() "
+            "before starting one with other options."
+        )
+
+    if address is not None:
+        client = Client(address, security=security, set_as_default=True)
+    else:
+        kwargs = _embedded_cluster_kwargs(cluster_kwargs)
+        if security is not None:
+            kwargs["security"] = security
+        _embedded_cluster = LocalCluster(**kwargs)
+        client = Client(_embedded_cluster, security=security, set_as_default=True)
+    _default_client = client
+    install_plugins(client)
+    logger.info("Connected to %s (dashboard %s)", client.scheduler.address, client.dashboard_link)
+    return client
+
+
+def close() -> None:
+    """Close the default client and, if ``connect()`` started one, the embedded cluster."""
+    global _default_client, _embedded_cluster
+    if _default_client is not None:
+        _default_client.close()
+        _default_client = None
+    if _embedded_cluster is not None:
+        _embedded_cluster.close()
+        _embedded_cluster = None
+
+
+def get_cluster() -> distributed.deploy.Cluster | None:
+    """The embedded cluster started by :func:`connect`, if any."""
+    return _embedded_cluster

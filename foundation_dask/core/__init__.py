@@ -1,0 +1,1 @@
+"""Foundation primitives: processes, registry and service mesh, channels, health."""

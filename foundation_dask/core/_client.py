@@ -1,0 +1,45 @@
+"""How the client-side facades reach the cluster.
+
+Every facade call goes through :func:`scheduler_call`, which works from a
+notebook (blocking), from an asynchronous client (returns an awaitable, as Dask
+does) and from code running inside tasks on workers (through the worker's client).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import distributed
+
+logger = logging.getLogger(__name__)
+
+
+def current_client() -> distributed.Client:
+    """The Dask client to act through.
+
+    The default client (``distributed.get_client()``) when there is one, the
+    worker's client inside a task; otherwise :func:`foundation_dask.connect` is
+    called, which starts the zero-config cluster.
+    """
+    try:
+        return distributed.get_client()
+    except ValueError:
+        from foundation_dask.cluster import connect
+
+        logger.info("No Dask client yet: starting one with foundation_dask.connect()")
+        return connect()
+
+
+async def _call(client: distributed.Client, op: str, kwargs: dict[str, Any]) -> Any:
+    return await getattr(client.scheduler, op)(**kwargs)
+
+
+def scheduler_call(op: str, client: distributed.Client | None = None, **kwargs: Any) -> Any:
+    """Call the scheduler RPC handler ``op``.
+
+    Blocks and returns its result on a synchronous client; returns an awaitable
+    on an asynchronous one.
+    """
+    client = client or current_client()
+    return client.sync(_call, client, op, kwargs)
