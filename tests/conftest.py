@@ -109,9 +109,9 @@ class SubprocessCluster:
         self.workers.clear()
 
 
-def worker_names(client) -> dict[str, str]:
+def worker_names(dask_client) -> dict[str, str]:
     """``{worker name: address}`` of the workers the scheduler knows."""
-    return {w["name"]: addr for addr, w in client.scheduler_info()["workers"].items()}
+    return {w["name"]: addr for addr, w in dask_client.scheduler_info()["workers"].items()}
 
 
 @pytest.fixture
@@ -129,6 +129,6 @@ def subprocess_cluster(tmp_path: Path) -> Iterator[SubprocessCluster]:
 def fd_client(subprocess_cluster: SubprocessCluster):
     """A client from ``fd.connect(address)`` on a 2-worker subprocess cluster."""
     subprocess_cluster.start(2)
-    client = fd.connect(subprocess_cluster.address)
-    client.wait_for_workers(2, timeout=60)
-    yield client
+    c = fd.connect(subprocess_cluster.address)
+    c.wait_for_workers(2, timeout=60)
+    yield c
