@@ -17,9 +17,27 @@ with open(fn) as f:
 dask.config.update_defaults(defaults)
 
 
-def get(key: str, default: Any = None) -> Any:
-    """Read ``foundation.<key>`` from dask config."""
+_MISSING = object()
+
+
+def get(key: str, default: Any = _MISSING) -> Any:
+    """Read ``foundation.<key>`` from dask config.
+
+    Falls back to the packaged default when the key is absent (for example after a
+    test harness replaced the whole dask config).
+    """
+    if default is _MISSING:
+        default = _packaged_default(key)
     return dask.config.get(f"foundation.{key}", default=default)
+
+
+def _packaged_default(key: str) -> Any:
+    node: Any = defaults["foundation"]
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
 
 
 def get_seconds(key: str) -> float:

@@ -1,0 +1,250 @@
+"""Supervised singletons and replicated processes on real clusters."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import threading
+
+import pytest
+from distributed import Worker
+from distributed.utils_test import gen_cluster
+
+import foundation_dask as fd
+from foundation_dask.core.processes import (
+    ProcessNotFoundError,
+    ProcessStartError,
+    name_key,
+)
+
+from .conftest import wait_for, worker_names
+
+
+class Counter:
+    """A counter whose state survives restarts."""
+
+    def __init__(self, start: int = 0):
+        self.n = start
+
+    def incr(self, k: int = 1) -> int:
+        self.n += k
+        return self.n
+
+    async def aincr(self, k: int = 1) -> int:
+        self.n += k
+        return self.n
+
+    def location(self) -> tuple[int, str]:
+        from distributed import get_worker
+
+        return os.getpid(), get_worker().address
+
+    def thread(self) -> str:
+        return threading.current_thread().name
+
+    def fail(self) -> None:
+        self.n += 100
+        raise ValueError("deliberate failure")
+
+    def checkpoint(self) -> int:
+        return self.n
+
+    def restore(self, state: int) -> None:
+        self.n = state
+
+
+class Stateless:
+    def __init__(self, tag: str = "x"):
+        self.tag = tag
+
+    def get(self) -> str:
+        return self.tag
+
+
+class BrokenInit:
+    def __init__(self):
+        raise RuntimeError("cannot start")
+
+
+def live_instances(workers, key: str) -> list[tuple[str, int]]:
+    out = []
+    for w in workers:
+        ext = w.extensions["foundation"].extensions["processes"]
+        out += [(w.address, inc) for nk, inc in ext.live().values() if nk == key]
+    return out
+
+
+@gen_cluster(client=True, timeout=60)
+async def test_singleton_calls_and_same_name(c, s, a, b):
+    await fd.install_plugins(c)
+    h = await fd.ProcessManager.start_singleton(Counter, 5, name="counter")
+    assert await h.incr() == 6
+    assert await h.aincr(2) == 8  # async method on the worker's event loop
+    assert await h.n == 8  # attribute read
+    assert "Dask-Actor-Threads" in await h.thread()  # sync methods: the actor thread
+
+    again = await fd.ProcessManager.start_singleton(Counter, 100, name="counter")
+    assert await again.incr() == 9  # the same instance, not a new one from 100
+    assert len(live_instances([a, b], name_key("counter"))) == 1
+
+    found = await fd.ProcessManager.lookup("counter")
+    assert await found.incr() == 10
+    assert await fd.ProcessManager.lookup("nothing") is None
+
+
+@gen_cluster(client=True, timeout=60)
+async def test_tuple_names_and_stop(c, s, a, b):
+    await fd.install_plugins(c)
+    h = await fd.ProcessManager.start_singleton(Stateless, "t1", name=("coordinator", "t1"))
+    assert await h.get() == "t1"
+    assert await fd.ProcessManager.lookup(("coordinator", "t1")) is not None
+    assert await fd.ProcessManager.stop(("coordinator", "t1")) is True
+    assert await fd.ProcessManager.lookup(("coordinator", "t1")) is None
+    assert live_instances([a, b], name_key(("coordinator", "t1"))) == []
+    with pytest.raises(ProcessNotFoundError, match="coordinator"):
+        await h.get()
+    assert await fd.ProcessManager.stop(("coordinator", "t1")) is False
+
+
+@gen_cluster(client=True, timeout=60)
+async def test_errors_are_clear_and_lose_nothing(c, s, a, b):
+    await fd.install_plugins(c)
+    with pytest.raises(TypeError, match="take a class"):
+        await fd.ProcessManager.start_singleton(Counter(), name="obj")
+    with pytest.raises(TypeError, match="cannot be pickled"):
+        await fd.ProcessManager.start_singleton(Stateless, threading.Lock(), name="lock")
+    with pytest.raises(TypeError, match="process name"):
+        await fd.ProcessManager.start_singleton(Stateless, name={"a": 1})
+    with pytest.raises(ProcessStartError, match="cannot start"):
+        await fd.ProcessManager.start_singleton(BrokenInit, name="broken")
+    assert await fd.ProcessManager.lookup("broken") is None
+
+    h = await fd.ProcessManager.start_singleton(Counter, name="c")
+    with pytest.raises(ValueError, match="already running as"):
+        await fd.ProcessManager.start_singleton(Stateless, name="c")
+    with pytest.raises(ValueError, match="deliberate failure"):
+        await h.fail()
+    # the failed call's state change was kept and the instance still answers
+    assert await h.incr() == 101
+
+
+@gen_cluster(client=True, timeout=60)
+async def test_handle_travels_into_tasks(c, s, a, b):
+    await fd.install_plugins(c)
+    h = await fd.ProcessManager.start_singleton(Counter, name="shared")
+    assert pickle.loads(pickle.dumps(h)).name == "shared"
+
+    def bump(handle, k):
+        return handle.incr(k).result()
+
+    results = await c.gather(c.map(bump, [h] * 5, range(1, 6), pure=False))
+    assert sorted(results)[-1] == 15
+    assert await h.n == 15
+
+
+@gen_cluster(client=True, timeout=60)
+async def test_retire_worker_hands_off(c, s, a, b):
+    await fd.install_plugins(c)
+    h = await fd.ProcessManager.start_singleton(Counter, name="mover")
+    await h.incr(41)
+    _, holder = await h.location()
+    retired = await c.retire_workers([holder])
+    assert holder in retired  # retirement was not refused
+    assert await h.incr() == 42  # same state, now on the other worker
+    _, now = await h.location()
+    assert now != holder
+    info = await h.info()
+    assert info["incarnation"] >= 1 and info["worker"] == now
+
+
+@gen_cluster(client=True, timeout=60)
+async def test_replicated_on_every_worker_and_late_joiners(c, s, a, b):
+    await fd.install_plugins(c)
+    hs = await fd.ProcessManager.start_replicated(Counter, name="profiler")
+    assert set(hs) == {a.address, b.address}
+    places = {w: (await h.location())[1] for w, h in hs.items()}
+    assert places == {a.address: a.address, b.address: b.address}
+
+    async with Worker(s.address, nthreads=1) as w:
+        hs = await fd.ProcessManager.lookup_replicated("profiler")
+        for _ in range(200):
+            if w.address in hs:
+                break
+            await s.loop.run_in_executor(None, threading.Event().wait, 0.05)
+            hs = await fd.ProcessManager.lookup_replicated("profiler")
+        assert w.address in hs
+        assert (await hs[w.address].location())[1] == w.address
+    # the instance of a worker that left is gone, not moved
+    hs = await fd.ProcessManager.lookup_replicated("profiler")
+    assert set(hs) == {a.address, b.address}
+    frame = await c.run_on_scheduler(
+        lambda dask_scheduler: sorted(
+            r.kind for r in dask_scheduler.extensions["foundation"]["processes"].records.values()
+        )
+    )
+    assert frame == ["replica", "replica"]
+
+
+# ----------------------------------------------------------------------------------------
+# real processes, real SIGKILL
+
+
+def live_everywhere(client, key: str) -> list[tuple[str, int]]:
+    per_worker = client.run(
+        lambda dask_worker: list(
+            dask_worker.extensions["foundation"].extensions["processes"].live().values()
+        )
+    )
+    return [(w, inc) for w, lst in per_worker.items() for nk, inc in lst if nk == key]
+
+
+@pytest.mark.timeout(180)
+def test_sigkill_restarts_singleton_with_state(fd_client, subprocess_cluster):
+    h = fd.ProcessManager.start_singleton(Counter, name="survivor")
+    for _ in range(10):
+        h.incr().result()
+    pid, holder = h.location().result()
+    names = {a: n for n, a in worker_names(fd_client).items()}
+    subprocess_cluster.kill(names[holder])
+    # the handle keeps working, with the checkpointed state, on the other worker
+    assert h.incr().result() == 11
+    _, now = h.location().result()
+    assert now != holder
+    assert h.info()["incarnation"] == 1
+    assert len(live_everywhere(fd_client, name_key("survivor"))) == 1
+    frame = fd.ProcessManager.list_processes()
+    row = frame.set_index("name").loc["'survivor'"]
+    assert row["restarts"] == 1 and row["state"] == "running"
+
+
+@pytest.mark.timeout(300)
+def test_twenty_kill_cycles_never_two_instances(fd_client, subprocess_cluster):
+    h = fd.ProcessManager.start_singleton(Counter, name="phoenix")
+    key = name_key("phoenix")
+    expected = h.incr().result()
+    for cycle in range(20):
+        _, holder = h.location().result()
+        names = {a: n for n, a in worker_names(fd_client).items()}
+        new = subprocess_cluster.add_worker()
+        subprocess_cluster.kill(names[holder])
+        expected += 1
+        assert h.incr().result() == expected, f"cycle {cycle}: state lost or applied twice"
+        assert len(live_everywhere(fd_client, key)) == 1, f"cycle {cycle}"
+        wait_for(lambda new=new: new in worker_names(fd_client), timeout=60)
+    info = h.info()
+    assert info["incarnation"] == 20
+
+
+@pytest.mark.timeout(180)
+def test_replicated_reaches_workers_started_later(fd_client, subprocess_cluster):
+    hs = fd.ProcessManager.start_replicated(Counter, 7, name="per-worker")
+    assert len(hs) == 2
+    new = subprocess_cluster.add_worker()
+    addr = wait_for(lambda: worker_names(fd_client).get(new), timeout=60)
+    hs = wait_for(
+        lambda: (d := fd.ProcessManager.lookup_replicated("per-worker")) and addr in d and d
+    )
+    assert hs[addr].incr().result() == 8
+    assert hs[addr].location().result()[1] == addr
+    subprocess_cluster.kill(new)
+    wait_for(lambda: addr not in fd.ProcessManager.lookup_replicated("per-worker"))
