@@ -28,6 +28,7 @@ SCHEDULER_EXTENSIONS = [
     "foundation_dask.core.channels:ChannelHub",
     "foundation_dask.core.health:HealthExtension",
     "foundation_dask.core.processes:Supervisor",
+    "foundation_dask.scope.extension:ScopeExtension",
 ]
 
 #: Worker-side parts.
@@ -35,6 +36,7 @@ WORKER_EXTENSIONS = [
     "foundation_dask.core.channels:WorkerChannels",
     "foundation_dask.core.health:WorkerHealth",
     "foundation_dask.core.processes:WorkerProcesses",
+    "foundation_dask.scope.extension:ScopeWorker",
 ]
 
 
@@ -88,6 +90,10 @@ class SchedulerExtension:
     def log_event(self, topic: str, msg: Any) -> None:
         """The scheduler logged a structured event."""
 
+    #: Set to a method ``transition(key, start, finish, *args, **kwargs)`` to see task
+    #: transitions (called for every transition of every task: keep it cheap).
+    transition: Callable[..., None] | None = None
+
 
 class FoundationSchedulerPlugin(SchedulerPlugin):
     """Scheduler plugin that hosts the scheduler side of every Foundation subsystem.
@@ -102,6 +108,7 @@ class FoundationSchedulerPlugin(SchedulerPlugin):
     def __init__(self) -> None:
         self.extensions: dict[str, SchedulerExtension] = {}
         self.scheduler: Scheduler | None = None
+        self._transition_hooks: list[Callable[..., None]] = []
 
     def __getstate__(self) -> dict:
         return {}
@@ -122,6 +129,9 @@ class FoundationSchedulerPlugin(SchedulerPlugin):
             scheduler.stream_handlers.update(ext.stream_handlers())
             scheduler.stream_handlers.update(ext.client_handlers())
         scheduler.handlers["foundation_ping"] = self.ping
+        self._transition_hooks = [
+            ext.transition for ext in self.extensions.values() if ext.transition is not None
+        ]
         for ext in self.extensions.values():
             await ext.start()
         scheduler.set_metadata(keys=[PLUGIN_NAME, "scheduler_plugin"], value=True)
@@ -165,6 +175,10 @@ class FoundationSchedulerPlugin(SchedulerPlugin):
 
     def log_event(self, topic: str, msg: Any) -> None:
         self._each("log_event", topic, msg)
+
+    def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
+        for hook in self._transition_hooks:
+            hook(key, start, finish, *args, **kwargs)
 
 
 class WorkerExtension:

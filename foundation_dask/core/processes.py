@@ -52,6 +52,7 @@ from distributed.protocol.serialize import to_serialize
 from foundation_dask import config
 from foundation_dask.core._client import current_client, scheduler_call
 from foundation_dask.core.plugin import SchedulerExtension, WorkerExtension
+from foundation_dask.scope.context import SpanScope, TraceContext, attach, current, detach
 
 if TYPE_CHECKING:
     import distributed
@@ -585,7 +586,8 @@ class _Host:
             self._actor_key, w.active_threads, w.active_threads_lock,
         )
 
-    async def _foundation_call(self, incarnation: int, method: str, args, kwargs, call_id: str):
+    async def _foundation_call(self, incarnation: int, method: str, args, kwargs, call_id: str,
+                               ctx: tuple | None = None):
         if self._stopped or incarnation != self._incarnation:
             return ("stale", self._incarnation)
         if self._frozen:
@@ -597,19 +599,29 @@ class _Host:
         try:
             func = getattr(self._instance, method)
             take = self._mode == "call"
+            trace = TraceContext(*ctx) if ctx else None
+            label = f"{type(self._instance).__name__}.{method}"
             if iscoroutinefunction(func):
+                token = attach(trace)
                 try:
-                    result, error = await func(*args, **kwargs), None
+                    with SpanScope(label, "actor", {"process": self._display}, trace):
+                        result, error = await func(*args, **kwargs), None
                 except Exception as exc:
                     result, error = None, exc
+                finally:
+                    detach(token)
                 self._remember(call_id, result, error)
                 snap = self._snapshot() if take else None
             else:
                 def run():
+                    token = attach(trace)
                     try:
-                        res, err = func(*args, **kwargs), None
+                        with SpanScope(label, "actor", {"process": self._display}, trace):
+                            res, err = func(*args, **kwargs), None
                     except Exception as exc:
                         res, err = None, exc
+                    finally:
+                        detach(token)
                     self._remember(call_id, res, err)
                     return res, err, (self._snapshot() if take else None)
 
@@ -880,7 +892,8 @@ class SingletonHandle:
     def _submit(self, function: str, args: tuple, kwargs: dict) -> CallFuture:
         client = current_client()
         call_id = f"{_process_id}-{next(_call_counter)}"
-        coro = self._call(client, function, args, kwargs, call_id)
+        ctx = current()
+        coro = self._call(client, function, args, kwargs, call_id, ctx and tuple(ctx))
         label = f"{self._name!r}.{args[0] if function == '_foundation_getattr' else function}"
         if client.asynchronous and _in_loop(client):
             return CallFuture(asyncio.ensure_future(coro), label)
@@ -907,7 +920,8 @@ class SingletonHandle:
         locs.cache[self._key] = loc
         return loc
 
-    async def _call(self, client, function: str, args: tuple, kwargs: dict, call_id: str):
+    async def _call(self, client, function: str, args: tuple, kwargs: dict, call_id: str,
+                    ctx: tuple | None = None):
         locs = _Locations.of(client)
         failover = config.get_seconds("processes.failover-timeout")
         deadline = time.monotonic() + config.get_seconds("processes.call-timeout")
@@ -919,7 +933,7 @@ class SingletonHandle:
             loc = await self._resolve(client, locs, min_incarnation, failover)
             inc = loc["incarnation"]
             if function == "_foundation_call":
-                call_args = [inc, args[0], list(args[1]), args[2], call_id]
+                call_args = [inc, args[0], list(args[1]), args[2], call_id, ctx]
             else:
                 call_args = [inc, *args]
             moved = locs.event(self._key)

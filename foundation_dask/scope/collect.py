@@ -1,0 +1,353 @@
+"""Collection and correlation of a trace into one timeline (``collect_trace_data``).
+
+Every node is asked at once, each with its own deadline: workers for the spans their
+process recorded, the scheduler for the traced tasks it saw finish (worker, thread,
+compute and transfer intervals, errors), and this process for its own spans. A node
+that does not answer in time is listed in ``missing_nodes``; a worker that left the
+cluster during the trace is listed in ``lost_nodes`` (what it recorded is gone with it,
+except its tasks, which the scheduler saw).
+
+Clocks: before asking for spans, each node's clock is read three times with a tiny
+RPC; the sample with the shortest round trip gives ``offset = remote - (t0 + t1) / 2``
+with an error bound of half that round trip (on loopback, tens of microseconds).
+Timestamps are shifted onto this process's clock by that offset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from foundation_dask.core._client import current_client
+from foundation_dask.scope.context import SPAN_FIELDS, recorder
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+EVENT_COLUMNS = [
+    "trace_id", "span_id", "parent_id", "name", "kind", "node", "pid", "host", "thread",
+    "thread_id", "start_ns", "end_ns", "start", "end", "duration_ms", "status", "error_type",
+    "error_message", "traceback", "key", "attrs", "clock_offset_ms",
+]
+
+
+def _hex(span_id: int | None) -> str | None:
+    return f"{span_id:016x}" if span_id else None
+
+
+async def _clock(rpc_call) -> tuple[float, float]:
+    """(offset_ns, error_ns) of a remote clock from the best of three round trips."""
+    best = None
+    for _ in range(3):
+        t0 = time.time_ns()
+        remote = await rpc_call()
+        t1 = time.time_ns()
+        rtt = t1 - t0
+        if best is None or rtt < best[1]:
+            best = (remote - (t0 + t1) / 2, rtt)
+    assert best is not None
+    return best[0], best[1] / 2
+
+
+@dataclass
+class TraceData:
+    """A collected, correlated trace.
+
+    Attributes
+    ----------
+    events
+        One row per span, task, actor call, message and error event, on one clock.
+    timeline
+        ``events`` sorted by start, with ``depth`` in the span tree and ``lane``
+        (node / thread).
+    errors
+        Rows of ``events`` whose status is ``error``, with type, message and traceback.
+    summary
+        Duration, nodes, counts by kind and node, errors, the critical path, cross-node
+        parent/child links, missing and lost nodes.
+    """
+
+    trace_id: str
+    info: dict[str, Any]
+    events: pd.DataFrame
+    timeline: pd.DataFrame
+    errors: pd.DataFrame
+    summary: dict[str, Any]
+    missing_nodes: list[str] = field(default_factory=list)
+    lost_nodes: list[str] = field(default_factory=list)
+    clock: dict[str, dict[str, float]] = field(default_factory=dict)
+    processes: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def partial(self) -> bool:
+        """True when some node did not answer or was lost during the trace."""
+        return bool(self.missing_nodes or self.lost_nodes)
+
+    def to_json(self, path: str | None = None) -> dict[str, Any]:
+        """The trace in the export format of ElixirScope (see :mod:`.export`)."""
+        from foundation_dask.scope.export import to_json
+
+        return to_json(self, path)
+
+    def to_chrome_trace(self, path: str | None = None) -> dict[str, Any]:
+        """Chrome trace-event JSON that Perfetto and ``chrome://tracing`` load."""
+        from foundation_dask.scope.export import to_chrome_trace
+
+        return to_chrome_trace(self, path)
+
+    def to_otlp_json(self, path: str | None = None) -> dict[str, Any]:
+        """OpenTelemetry OTLP/JSON ``TracesData``."""
+        from foundation_dask.scope.export import to_otlp_json
+
+        return to_otlp_json(self, path)
+
+    def __repr__(self) -> str:
+        s = self.summary
+        text = (
+            f"<TraceData {self.trace_id} scope={self.info.get('scope')!r} "
+            f"status={self.info.get('status')} spans={s['spans']} nodes={len(s['nodes'])} "
+            f"errors={s['errors']} duration={s['duration_ms']:.1f} ms"
+        )
+        if self.partial:
+            text += f" missing={self.missing_nodes} lost={self.lost_nodes}"
+        return text + ">"
+
+    def _repr_html_(self) -> str:
+        s = self.summary
+        rows = "".join(
+            f"<tr><th style='text-align:left'>{k}</th><td>{v}</td></tr>"
+            for k, v in [
+                ("trace", self.trace_id), ("scope", self.info.get("scope")),
+                ("status", self.info.get("status")), ("duration", f"{s['duration_ms']:.1f} ms"),
+                ("spans", s["spans"]), ("nodes", ", ".join(s["nodes"])),
+                ("errors", s["errors"]),
+                ("critical path", " → ".join(p["name"] for p in s["critical_path"])),
+                ("missing nodes", ", ".join(self.missing_nodes) or "none"),
+                ("lost nodes", ", ".join(self.lost_nodes) or "none"),
+            ]
+        )
+        return f"<table>{rows}</table>"
+
+
+def _rows_from_process(payload: dict[str, Any], offset_ns: float) -> list[dict[str, Any]]:
+    rows = []
+    threads = payload.get("threads", {})
+    for raw in payload["spans"]:
+        r = dict(zip(SPAN_FIELDS, raw, strict=False))
+        err = r.pop("error")
+        r.update(
+            node=payload["node"], pid=payload["pid"], host=payload.get("host"),
+            thread=threads.get(r["thread_id"], str(r["thread_id"])),
+            start_ns=int(r["start_ns"] - offset_ns), end_ns=int(r["end_ns"] - offset_ns),
+            error_type=err and err["type"], error_message=err and err["message"],
+            traceback=err and err["traceback"], key=None,
+            clock_offset_ms=offset_ns / 1e6,
+        )
+        rows.append(r)
+    return rows
+
+
+def _rows_from_tasks(tasks: list[dict], offsets: dict[str, float],
+                     processes: dict[str, dict]) -> list[dict[str, Any]]:
+    rows = []
+    for t in tasks:
+        node = t["node"]
+        off = offsets.get(node, 0.0)
+        proc = processes.get(node, {})
+        err = t["error"]
+        rows.append({
+            "trace_id": t["trace_id"], "span_id": t["span_id"], "parent_id": t["parent_id"],
+            "name": t["name"], "kind": "task", "node": node, "pid": proc.get("pid"),
+            "host": proc.get("host"), "thread_id": t["thread_id"],
+            "thread": proc.get("threads", {}).get(t["thread_id"], str(t["thread_id"])),
+            "start_ns": int(t["start_ns"] - off), "end_ns": int(t["end_ns"] - off),
+            "status": t["status"], "error_type": err and err["type"],
+            "error_message": err and err["message"], "traceback": err and err["traceback"],
+            "key": t["key"], "attrs": {"transfers": t["transfers"]} if t["transfers"] else None,
+            "clock_offset_ms": off / 1e6,
+        })
+    return rows
+
+
+def _critical_path(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    if frame.empty:
+        return []
+    children: dict[Any, list[int]] = defaultdict(list)
+    ids = set(frame["span_id"])
+    for i, parent in enumerate(frame["parent_id"]):
+        children[parent if parent in ids else None].append(i)
+    path = []
+    level = children[None]
+    seen = set()
+    while level:
+        i = max(level, key=lambda j: frame["end_ns"].iat[j])
+        sid = frame["span_id"].iat[i]
+        if sid in seen:
+            break
+        seen.add(sid)
+        path.append({
+            "span_id": sid, "name": frame["name"].iat[i], "node": frame["node"].iat[i],
+            "duration_ms": float(frame["duration_ms"].iat[i]),
+        })
+        level = children.get(sid, [])
+    return path
+
+
+def correlate(trace_id: str, info: dict[str, Any], payloads: list[dict[str, Any]],
+              scheduler: dict[str, Any] | None, offsets: dict[str, float],
+              errors_ns: dict[str, float], missing: list[str]) -> TraceData:
+    """Merge per-node payloads into a :class:`TraceData` (pure; no cluster access)."""
+    import pandas as pd
+
+    processes = {p["node"]: p for p in payloads}
+    rows: list[dict[str, Any]] = []
+    for p in payloads:
+        rows += _rows_from_process(p, offsets.get(p["node"], 0.0))
+    lost: list[str] = []
+    if scheduler is not None:
+        rows += _rows_from_tasks(scheduler["tasks"], offsets, processes)
+        started_s = (info.get("started_at") or 0) / 1000
+        alive = set(scheduler["workers"])
+        lost = sorted(
+            w for w, t in scheduler["removed_workers"].items() if t >= started_s
+        )
+        lost += sorted({r["node"] for r in rows if r["kind"] == "task"} - alive - set(lost))
+    frame = pd.DataFrame(rows, columns=[c for c in EVENT_COLUMNS if c not in ("start", "end",
+                                                                            "duration_ms")])
+    frame = frame.drop_duplicates(subset="span_id", keep="first")
+    frame = frame.sort_values(["start_ns", "end_ns"], kind="stable").reset_index(drop=True)
+    frame["duration_ms"] = (frame["end_ns"] - frame["start_ns"]) / 1e6
+    frame["start"] = pd.to_datetime(frame["start_ns"], unit="ns")
+    frame["end"] = pd.to_datetime(frame["end_ns"], unit="ns")
+    frame["parent_id"] = frame["parent_id"].map(lambda x: _hex(x) if x else None)
+    frame["span_id"] = frame["span_id"].map(_hex)
+    events = frame[EVENT_COLUMNS]
+
+    # span tree: depth and cross-node links
+    node_of = dict(zip(events["span_id"], events["node"], strict=False))
+    parent_of = dict(zip(events["span_id"], events["parent_id"], strict=False))
+    depth_cache: dict[str, int] = {}
+
+    def depth(sid: str) -> int:
+        chain = []
+        while sid not in depth_cache:
+            parent = parent_of.get(sid)
+            if parent is None or parent not in parent_of or len(chain) > 10_000:
+                depth_cache[sid] = 0
+                break
+            chain.append(sid)
+            sid = parent
+        for s_ in reversed(chain):
+            depth_cache[s_] = depth_cache[parent_of[s_]] + 1
+        return depth_cache[chain[0]] if chain else depth_cache[sid]
+
+    timeline = events.copy()
+    timeline["depth"] = [depth(s) for s in timeline["span_id"]]
+    timeline["lane"] = timeline["node"].astype(str) + " / " + timeline["thread"].astype(str)
+    cross = sum(
+        1 for sid, p in parent_of.items() if p in node_of and node_of[p] != node_of[sid]
+    )
+    errs = events[events["status"] == "error"][
+        ["span_id", "name", "kind", "node", "thread", "start", "error_type", "error_message",
+         "traceback"]
+    ].reset_index(drop=True)
+    if len(events):
+        duration = (events["end_ns"].max() - events["start_ns"].min()) / 1e6
+    else:
+        duration = 0.0
+    summary = {
+        "trace_id": trace_id,
+        "scope": info.get("scope"),
+        "status": info.get("status"),
+        "duration_ms": float(duration),
+        "spans": int(len(events)),
+        "nodes": sorted(set(events["node"].dropna().astype(str))),
+        "by_kind": events["kind"].value_counts().to_dict(),
+        "by_node": events["node"].value_counts().to_dict(),
+        "errors": int(len(errs)),
+        "cross_node_links": int(cross),
+        "critical_path": _critical_path(frame),
+        "missing_nodes": missing,
+        "lost_nodes": lost,
+        "dropped_spans": int(sum(p.get("dropped", 0) for p in payloads)),
+        "clock_error_ms": {k: v / 1e6 for k, v in errors_ns.items()},
+    }
+    return TraceData(
+        trace_id=trace_id, info=info, events=events, timeline=timeline, errors=errs,
+        summary=summary, missing_nodes=missing, lost_nodes=lost,
+        clock={n: {"offset_ms": offsets.get(n, 0.0) / 1e6, "error_ms": errors_ns.get(n, 0) / 1e6}
+               for n in set(offsets) | set(errors_ns)},
+        processes={n: {k: v for k, v in p.items() if k != "spans"} for n, p in processes.items()},
+    )
+
+
+def collect_trace_data(trace_id: str, timeout: float = 10.0) -> TraceData:
+    """Gather a trace from every worker, the scheduler and this process.
+
+    Parameters
+    ----------
+    trace_id
+        The id of a trace started with :func:`start_cluster_trace` or :func:`trace`.
+    timeout
+        Seconds each node has to answer; slower nodes are listed in
+        ``TraceData.missing_nodes`` and the result is partial, never a hang.
+
+    Raises
+    ------
+    TraceNotFoundError
+        If no trace has that id.
+    """
+    from foundation_dask.scope.tracing import _coordinator
+
+    if not isinstance(timeout, (int, float)) or timeout <= 0:
+        raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
+    info = _coordinator(trace_id).get_trace_info().result()
+    client = current_client()
+
+    workers = list(client.scheduler_info(n_workers=-1)["workers"])
+
+    async def gather():
+        offsets: dict[str, float] = {}
+        errors: dict[str, float] = {}
+        missing: list[str] = []
+
+        async def from_worker(addr: str):
+            rpc = client.rpc(addr)
+            off, err = await _clock(rpc.foundation_scope_clock)
+            offsets[addr], errors[addr] = off, err
+            return await rpc.foundation_scope_spans(trace_id=trace_id)
+
+        async def from_scheduler():
+            off, err = await _clock(client.scheduler.foundation_scope_clock)
+            offsets["scheduler"], errors["scheduler"] = off, err
+            return await client.scheduler.foundation_scope_scheduler_spans(trace_id=trace_id)
+
+        names = [*workers, "scheduler"]
+        coros = [from_worker(w) for w in workers] + [from_scheduler()]
+        results = await asyncio.gather(
+            *(asyncio.wait_for(c, timeout) for c in coros), return_exceptions=True
+        )
+        payloads, sched = [], None
+        for name, res in zip(names, results, strict=True):
+            if isinstance(res, BaseException):
+                missing.append(name)
+            elif name == "scheduler":
+                sched = res
+            else:
+                payloads.append(res)
+        return payloads, sched, offsets, errors, missing
+
+    payloads, sched, offsets, errors, missing = client.sync(gather)
+    local = recorder.take(trace_id)
+    if local["node"] not in {p["node"] for p in payloads}:
+        local["node"] = f"client-{client.id}" if local["node"] == "client" else local["node"]
+        payloads.append(local)
+        offsets.setdefault(local["node"], 0.0)
+        errors.setdefault(local["node"], 0.0)
+    else:
+        payloads.append({**local, "node": local["node"]})
+    # tasks are timed by worker clocks: map the scheduler's worker offsets
+    return correlate(trace_id, info, payloads, sched, offsets, errors, missing)

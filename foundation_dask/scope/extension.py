@@ -1,0 +1,137 @@
+"""Scheduler and worker sides of ElixirScope.
+
+The scheduler side records a span for every traced task as it finishes (which
+worker, which thread, compute and transfer intervals measured on the worker, errors)
+from the task's ``span`` annotation; the worker side hands out the spans its process
+recorded and its clock for offset estimation.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from dask.utils import key_split
+
+from foundation_dask.core.plugin import SchedulerExtension, WorkerExtension
+from foundation_dask.scope.context import context_from_annotations, recorder, task_span_id
+
+#: Traced tasks kept per trace on the scheduler.
+MAX_TASKS_PER_TRACE = 200_000
+
+
+class ScopeExtension(SchedulerExtension):
+    """Scheduler side of ElixirScope: the task stream of traced tasks."""
+
+    name = "scope"
+
+    def __init__(self, scheduler, plugin):
+        super().__init__(scheduler, plugin)
+        self.tasks: dict[str, deque] = {}
+        self.removed_workers: dict[str, float] = {}
+        self.transition = self._transition
+
+    def handlers(self):
+        return {
+            "foundation_scope_scheduler_spans": self.scheduler_spans,
+            "foundation_scope_clock": self.clock,
+        }
+
+    def clock(self) -> int:
+        return time.time_ns()
+
+    def remove_worker(self, worker: str, **kwargs: Any) -> None:
+        self.removed_workers[worker] = time.time()
+
+    def _transition(self, key, start, finish, *args, **kwargs) -> None:
+        if start != "processing" or finish not in ("memory", "erred"):
+            return
+        ts = self.scheduler.tasks.get(key)
+        if ts is None or not ts.annotations:
+            return
+        ctx = context_from_annotations(ts.annotations)
+        if ctx is None:
+            return
+        worker = kwargs.get("worker")
+        startstops = kwargs.get("startstops") or ()
+        compute = [s for s in startstops if s.get("action") == "compute"]
+        if compute:
+            t0, t1 = compute[0]["start"], compute[-1]["stop"]
+        else:
+            t0 = t1 = time.time()
+        transfers = [
+            {"source": s.get("source"), "start_ns": int(s["start"] * 1e9),
+             "end_ns": int(s["stop"] * 1e9)}
+            for s in startstops if s.get("action") == "transfer"
+        ]
+        error = None
+        if finish == "erred":
+            error = {
+                "type": _exception_type(kwargs.get("exception_text") or ""),
+                "message": kwargs.get("exception_text") or "",
+                "traceback": kwargs.get("traceback_text") or "",
+            }
+        buf = self.tasks.get(ctx.trace_id)
+        if buf is None:
+            buf = self.tasks[ctx.trace_id] = deque(maxlen=MAX_TASKS_PER_TRACE)
+        buf.append(
+            {
+                "trace_id": ctx.trace_id,
+                "span_id": task_span_id(ctx.trace_id, key),
+                "parent_id": ctx.span_id,
+                "name": key_split(key),
+                "key": str(key),
+                "node": worker,
+                "thread_id": kwargs.get("thread"),
+                "start_ns": int(t0 * 1e9),
+                "end_ns": int(t1 * 1e9),
+                "status": "ok" if finish == "memory" else "error",
+                "error": error,
+                "transfers": transfers,
+            }
+        )
+
+    def scheduler_spans(self, trace_id: str, clear: bool = False) -> dict[str, Any]:
+        buf = self.tasks.pop(trace_id, None) if clear else self.tasks.get(trace_id)
+        return {
+            "tasks": list(buf or ()),
+            "removed_workers": dict(self.removed_workers),
+            "workers": list(self.scheduler.workers),
+            "now_ns": time.time_ns(),
+        }
+
+
+def _exception_type(text: str) -> str:
+    """``"ValueError('nope')"`` -> ``"ValueError"`` (the scheduler keeps only the text)."""
+    match = re.match(r"^\s*([A-Za-z_][\w.]*)\s*[(:]", text)
+    return match.group(1) if match else "Exception"
+
+
+class ScopeWorker(WorkerExtension):
+    """Worker side of ElixirScope: this process's recorded spans and its clock."""
+
+    name = "scope"
+
+    def handlers(self):
+        return {
+            "foundation_scope_spans": self.spans,
+            "foundation_scope_clock": self.clock,
+        }
+
+    async def setup(self) -> None:
+        if recorder.node == "client":
+            recorder.node = self.worker.address
+
+    def spans(self, trace_id: str, clear: bool = False) -> dict[str, Any]:
+        out = recorder.take(trace_id, clear=clear)
+        out["node"] = self.worker.address
+        out["threads"] = {
+            **{t.ident: t.name for t in threading.enumerate()}, **out["threads"]
+        }
+        return out
+
+    def clock(self) -> int:
+        return time.time_ns()
