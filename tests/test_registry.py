@@ -1,0 +1,347 @@
+"""ProcessRegistry and ServiceMesh on real clusters."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+from collections import namedtuple
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import distributed
+import pandas as pd
+import pytest
+from distributed.utils_test import gen_cluster
+
+import foundation_dask as fd
+from foundation_dask.core.registry import (
+    AlreadyRegisteredError,
+    NotRegisteredError,
+    RegistryEntry,
+    Service,
+    canonical_key,
+)
+
+from .conftest import wait_for, worker_names
+
+
+async def poll(check: Callable[[], Awaitable[Any]], timeout: float = 20.0) -> Any:
+    """Await ``check()`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = await check()
+        if last:
+            return last
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"condition not met within {timeout}s (last value: {last!r})")
+
+
+class Counter:
+    """A small actor class."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def increment(self) -> int:
+        self.n += 1
+        return self.n
+
+
+def register_from_task(key: Any, value: Any) -> str:
+    fd.ProcessRegistry.register(key, value, metadata={"origin": "task"})
+    return distributed.get_worker().address
+
+
+def lookup_from_task(key: Any) -> Any:
+    entry = fd.ProcessRegistry.lookup(key)
+    return None if entry is None else (entry.value, entry.owner)
+
+
+Point = namedtuple("Point", "x y")
+
+
+class Colour(enum.Enum):
+    RED = 1
+
+
+# ------------------------------------------------------------------ key canonical form
+
+
+@pytest.mark.timeout(10)
+def test_canonical_key_distinguishes_types_and_ignores_set_order() -> None:
+    assert canonical_key(("a", 1)) == canonical_key(("a", 1)) == "('a', 1)"
+    assert len({canonical_key(k) for k in [("a", 1), ("a", 1.0), ("a", True), "a"]}) == 4
+    assert canonical_key(frozenset({"x", "y", "z"})) == canonical_key(frozenset({"z", "y", "x"}))
+    assert canonical_key(("one",)) != canonical_key("one")
+    assert canonical_key(Point(1, 2)) != canonical_key((1, 2))
+    assert canonical_key(Colour.RED).endswith("Colour.RED")
+    with pytest.raises(TypeError, match="hashable"):
+        canonical_key(("a", [1]))
+
+
+# ------------------------------------------------------------------ in-process cluster
+
+
+@pytest.mark.timeout(60)
+@gen_cluster(client=True)
+async def test_register_lookup_unregister_tuple_key(c, s, a, b) -> None:
+    await fd.install_plugins(c)
+    key = ("trace_metadata", "abc-123")
+    entry = await fd.ProcessRegistry.register(key, {"span": 7}, metadata={"kind": "trace"})
+    assert isinstance(entry, RegistryEntry)
+    assert entry.owner == c.id
+
+    found = await fd.ProcessRegistry.lookup(("trace_metadata", "abc-123"))
+    assert found is not None
+    assert found.key == key and isinstance(found.key, tuple)
+    assert found.value == {"span": 7}
+    assert found.metadata == {"kind": "trace"}
+    assert found.owner == c.id
+    assert abs(found.registered_at - time.time()) < 60
+    assert "trace_metadata" in repr(found)
+
+    assert await fd.ProcessRegistry.lookup(("trace_metadata", "other")) is None
+
+    # the same tuple key is found from tasks on both workers
+    for w in (a, b):
+        got = await c.submit(lookup_from_task, key, workers=[w.address], pure=False)
+        assert got == ({"span": 7}, c.id)
+
+    await fd.ProcessRegistry.unregister(key)
+    assert await fd.ProcessRegistry.lookup(key) is None
+    with pytest.raises(KeyError, match="abc-123.*not registered") as info:
+        await fd.ProcessRegistry.unregister(key)
+    assert isinstance(info.value, NotRegisteredError)
+
+
+@pytest.mark.timeout(60)
+@gen_cluster(client=True)
+async def test_register_from_task_is_owned_by_worker(c, s, a, b) -> None:
+    await fd.install_plugins(c)
+    key = ("job", 1)
+    address = await c.submit(register_from_task, key, [1, 2, 3], workers=[a.address])
+    assert address == a.address
+
+    entry = await fd.ProcessRegistry.lookup(("job", 1))
+    assert entry is not None
+    assert entry.value == [1, 2, 3]
+    assert entry.owner == a.address
+    assert entry.metadata == {"origin": "task"}
+    assert [e.key for e in await fd.ProcessRegistry.select(owner=a.address)] == [key]
+
+    # the worker leaves: its entries go with it, the client's stay
+    await fd.ProcessRegistry.register("client-key", 1)
+    await a.close()
+
+    async def gone() -> bool:
+        return await fd.ProcessRegistry.lookup(key) is None
+
+    await poll(gone)
+    assert (await fd.ProcessRegistry.lookup("client-key")).value == 1
+    assert s.extensions["foundation"]["registry"].count_owned_by(a.address) == 0
+
+
+@pytest.mark.timeout(60)
+@gen_cluster(client=True)
+async def test_conflict_and_replace(c, s, a, b) -> None:
+    await fd.install_plugins(c)
+    key = ("singleton", "counter")
+    await fd.ProcessRegistry.register(key, "first")
+    with pytest.raises(ValueError, match=r"\('singleton', 'counter'\).*already registered") as info:
+        await fd.ProcessRegistry.register(key, "second")
+    assert isinstance(info.value, AlreadyRegisteredError)
+    assert c.id in str(info.value)
+    assert (await fd.ProcessRegistry.lookup(key)).value == "first"
+
+    # a task on a worker takes it over with replace=True: owner changes
+    def take_over() -> str:
+        fd.ProcessRegistry.register(("singleton", "counter"), "second", replace=True)
+        return distributed.get_worker().address
+
+    address = await c.submit(take_over, workers=[b.address], pure=False)
+    entry = await fd.ProcessRegistry.lookup(key)
+    assert (entry.value, entry.owner) == ("second", address)
+    assert s.extensions["foundation"]["registry"].count_owned_by(c.id) == 0
+
+
+@pytest.mark.timeout(60)
+@gen_cluster(client=True)
+async def test_select_by_metadata(c, s, a, b) -> None:
+    await fd.install_plugins(c)
+    await fd.ProcessRegistry.register("a", 1, metadata={"kind": "cache", "tier": 1})
+    await fd.ProcessRegistry.register("b", 2, metadata={"kind": "cache", "tier": 2})
+    await fd.ProcessRegistry.register("c", 3, metadata={"kind": "worker", "flag": True})
+    await fd.ProcessRegistry.register("d", 4, metadata={"kind": "worker", "flag": 1})
+
+    keys = [e.key for e in await fd.ProcessRegistry.select({"kind": "cache"})]
+    assert keys == ["a", "b"]
+    assert [e.key for e in await fd.ProcessRegistry.select({"kind": "cache", "tier": 2})] == ["b"]
+    assert [e.key for e in await fd.ProcessRegistry.select({"flag": True})] == ["c"]
+    assert [e.key for e in await fd.ProcessRegistry.select({"flag": 1})] == ["d"]
+    assert await fd.ProcessRegistry.select({"kind": "none"}) == []
+    assert len(await fd.ProcessRegistry.select()) == 4
+
+
+@pytest.mark.timeout(60)
+@gen_cluster(client=True)
+async def test_bad_input_registers_nothing(c, s, a, b) -> None:
+    await fd.install_plugins(c)
+    with pytest.raises(TypeError, match="hashable"):
+        await fd.ProcessRegistry.register(["not", "hashable"], 1)
+    with pytest.raises(TypeError, match="metadata must be a dict"):
+        await fd.ProcessRegistry.register("k", 1, metadata=[("a", 1)])
+    with pytest.raises(TypeError, match=r"metadata\['a'\] must be a str"):
+        await fd.ProcessRegistry.register("k", 1, metadata={"a": [1, 2]})
+    with pytest.raises(TypeError, match="metadata keys must be str"):
+        await fd.ProcessRegistry.register("k", 1, metadata={1: "a"})
+    with pytest.raises(TypeError, match="capabilities must be a list"):
+        await fd.ServiceMesh.register_service("svc", None, capabilities="embed")
+    with pytest.raises(TypeError, match="capabilities must be str"):
+        await fd.ServiceMesh.register_service("svc", None, capabilities=["embed", 3])
+    with pytest.raises(TypeError, match="metadata"):
+        await fd.ServiceMesh.register_service("svc", None, metadata={"x": {"nested": 1}})
+    with pytest.raises(ValueError, match="neither a connected client nor a worker"):
+        await fd.ProcessRegistry.register("k", 1, owner="tcp://127.0.0.1:1")
+
+    assert await fd.ProcessRegistry.select() == []
+    assert await fd.ServiceMesh.discover_services() == []
+    ext = s.extensions["foundation"]["registry"]
+    assert ext.entries == {} and ext.services == {} and not ext.owned
+
+
+@pytest.mark.timeout(60)
+@gen_cluster(client=True)
+async def test_service_discovery_filters(c, s, a, b) -> None:
+    await fd.install_plugins(c)
+    mesh = fd.ServiceMesh
+    await mesh.register_service("embedder", ("tcp", 1), capabilities=["embed", "batch"],
+                                metadata={"model": "small", "gpu": False})
+    await mesh.register_service("embedder-xl", ("tcp", 2), capabilities=["embed"],
+                                metadata={"model": "large", "gpu": True})
+    await mesh.register_service(("llm", 0), {"url": "x"}, capabilities=["generate"],
+                                metadata={"model": "large"})
+
+    names = [s.name for s in await mesh.discover_services(capabilities=["embed"])]
+    assert names == ["embedder", "embedder-xl"]
+    assert [s.name for s in await mesh.discover_services(capabilities=["embed", "batch"])] == [
+        "embedder"
+    ]
+    assert await mesh.discover_services(capabilities=["embed", "generate"]) == []
+    large = await mesh.discover_services(metadata={"model": "large"})
+    assert [s.name for s in large] == ["embedder-xl", ("llm", 0)]
+    gpu = await mesh.discover_services(capabilities=["embed"], metadata={"gpu": True})
+    assert [s.name for s in gpu] == ["embedder-xl"]
+
+    [llm] = await mesh.discover_services(name=("llm", 0))
+    assert isinstance(llm, Service)
+    assert llm.handle == {"url": "x"}
+    assert llm.capabilities == ["generate"]
+    assert llm.owner == c.id
+    assert "generate" in repr(llm)
+    assert await mesh.discover_services(name="nope") == []
+
+    with pytest.raises(AlreadyRegisteredError, match="service 'embedder'"):
+        await mesh.register_service("embedder", None)
+
+    frame = await mesh.services_frame(capabilities=["embed"])
+    assert isinstance(frame, pd.DataFrame)
+    assert list(frame.columns) == [
+        "name", "capabilities", "metadata", "owner", "registered_at", "handle"
+    ]
+    assert frame["name"].tolist() == ["embedder", "embedder-xl"]
+
+    await mesh.deregister_service("embedder")
+    assert [s.name for s in await mesh.discover_services(capabilities=["embed"])] == [
+        "embedder-xl"
+    ]
+    with pytest.raises(KeyError, match="service 'embedder' is not registered"):
+        await mesh.deregister_service("embedder")
+    # services and registry entries are separate namespaces
+    assert await fd.ProcessRegistry.lookup("embedder-xl") is None
+
+
+@pytest.mark.timeout(60)
+@gen_cluster(client=True)
+async def test_actor_handle_round_trips(c, s, a, b) -> None:
+    await fd.install_plugins(c)
+    actor = await c.submit(Counter, actor=True, workers=[a.address])
+    await fd.ServiceMesh.register_service("counter", actor, capabilities=["count"])
+    [service] = await fd.ServiceMesh.discover_services(capabilities=["count"])
+    assert isinstance(service.handle, distributed.Actor)
+    assert await service.handle.increment() == 1
+    assert await actor.increment() == 2
+
+
+@pytest.mark.timeout(60)
+@gen_cluster(client=True)
+async def test_closed_client_loses_entries(c, s, a, b) -> None:
+    await fd.install_plugins(c)
+    async with distributed.Client(s.address, asynchronous=True, set_as_default=False) as c2:
+        await fd.ProcessRegistry.register(("owned", "by", "c2"), 1, client=c2)
+        await fd.ServiceMesh.register_service("c2-service", None, client=c2)
+        entry = await fd.ProcessRegistry.lookup(("owned", "by", "c2"))
+        assert entry.owner == c2.id != c.id
+    assert c2.status == "closed"
+
+    async def gone() -> bool:
+        lookup = await fd.ProcessRegistry.lookup(("owned", "by", "c2"))
+        return lookup is None and await fd.ServiceMesh.discover_services() == []
+
+    await poll(gone)
+
+
+# ------------------------------------------------------------------ subprocess cluster
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_sigkilled_worker_entries_and_services_vanish(fd_client, subprocess_cluster) -> None:
+    names = worker_names(fd_client)
+
+    def register(tag: str) -> str:
+        import distributed
+
+        import foundation_dask as fd
+
+        fd.ProcessRegistry.register(("job", tag), {"tag": tag})
+        fd.ServiceMesh.register_service(f"svc-{tag}", ("handle", tag), capabilities=["work"])
+        return distributed.get_worker().address
+
+    for name, address in names.items():
+        assert fd_client.submit(register, name, workers=[address], pure=False).result() == address
+
+    assert fd.ProcessRegistry.lookup(("job", "w0")).owner == names["w0"]
+    assert len(fd.ServiceMesh.discover_services(capabilities=["work"])) == 2
+
+    subprocess_cluster.kill("w0")
+    wait_for(lambda: fd.ProcessRegistry.lookup(("job", "w0")) is None)
+    wait_for(lambda: fd.ServiceMesh.discover_services(name="svc-w0") == [])
+
+    survivor = fd.ProcessRegistry.lookup(("job", "w1"))
+    assert survivor is not None and survivor.owner == names["w1"]
+    [service] = fd.ServiceMesh.discover_services(capabilities=["work"])
+    assert (service.name, service.handle) == ("svc-w1", ("handle", "w1"))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_second_client_entries_vanish_when_it_closes(fd_client, subprocess_cluster) -> None:
+    c2 = distributed.Client(subprocess_cluster.address, set_as_default=False)
+    try:
+        fd.ProcessRegistry.register(("session", 2), "state", metadata={"n": 2}, client=c2)
+        entry = fd.ProcessRegistry.lookup(("session", 2))
+        assert entry is not None and entry.owner == c2.id
+
+        def look() -> Any:
+            import foundation_dask as fd
+
+            e = fd.ProcessRegistry.lookup(("session", 2))
+            return None if e is None else (e.key, e.value, e.owner)
+
+        # a tuple key registered by a client, found from a task in another process
+        assert fd_client.submit(look, pure=False).result() == (("session", 2), "state", c2.id)
+    finally:
+        c2.close()
+    wait_for(lambda: fd.ProcessRegistry.lookup(("session", 2)) is None)
