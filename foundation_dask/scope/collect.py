@@ -222,8 +222,13 @@ def correlate(trace_id: str, info: dict[str, Any], payloads: list[dict[str, Any]
     frame["duration_ms"] = (frame["end_ns"] - frame["start_ns"]) / 1e6
     frame["start"] = pd.to_datetime(frame["start_ns"], unit="ns")
     frame["end"] = pd.to_datetime(frame["end_ns"], unit="ns")
-    frame["parent_id"] = frame["parent_id"].map(lambda x: _hex(x) if x else None)
-    frame["span_id"] = frame["span_id"].map(_hex)
+    # object columns keep None (not NaN) for "no parent"
+    frame["parent_id"] = pd.Series(
+        [_hex(x) if x else None for x in frame["parent_id"]], index=frame.index, dtype=object
+    )
+    frame["span_id"] = pd.Series(
+        [_hex(x) for x in frame["span_id"]], index=frame.index, dtype=object
+    )
     events = frame[EVENT_COLUMNS]
 
     # span tree: depth and cross-node links
@@ -304,7 +309,13 @@ def collect_trace_data(trace_id: str, timeout: float = 10.0) -> TraceData:
 
     if not isinstance(timeout, (int, float)) or timeout <= 0:
         raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
-    info = _coordinator(trace_id).get_trace_info().result()
+    coordinator = _coordinator(trace_id)
+    try:
+        info = coordinator.get_trace_info().result(timeout)
+    except TimeoutError:
+        # the coordinator's worker does not answer: go on with what its name tells
+        info = {"trace_id": trace_id, "scope": None, "status": "unknown",
+                "started_at": None, "completed_at": None, "results": None, "options": {}}
     client = current_client()
 
     workers = list(client.scheduler_info(n_workers=-1)["workers"])

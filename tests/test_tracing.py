@@ -1,0 +1,227 @@
+"""ElixirScope tracing on real clusters: propagation, collection, correlation, failures."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import dask
+import pytest
+from distributed import worker_client
+
+import foundation_dask as fd
+from foundation_dask import scope
+from foundation_dask.scope.tracing import TraceNotFoundError
+
+from .conftest import wait_for, worker_names
+
+
+@pytest.fixture(scope="module")
+def cluster_client():
+    client = fd.connect(n_workers=2, threads_per_worker=2)
+    client.wait_for_workers(2, timeout=60)
+    yield client
+    fd.close()
+
+
+@scope.traced
+def leaf(i: int) -> int:
+    return i * 2
+
+
+def fan_out(i: int) -> int:
+    with scope.span("fan_out.inner", i=i), worker_client() as c:
+        return c.submit(leaf, i, pure=False).result()
+
+
+def explode(i: int) -> None:
+    raise ZeroDivisionError(f"bad input {i}")
+
+
+class Accumulator:
+    def __init__(self) -> None:
+        self.total = 0
+
+    def add(self, x: int) -> int:
+        with scope.span("accumulate"):
+            self.total += x
+        return self.total
+
+    async def aadd(self, x: int) -> int:
+        self.total += x
+        return self.total
+
+
+def rows(data, **match):
+    ev = data.events
+    for k, v in match.items():
+        ev = ev[ev[k] == v]
+    return ev
+
+
+@pytest.mark.timeout(120)
+def test_context_follows_tasks_nested_tasks_actors(cluster_client):
+    c = cluster_client
+    acc = fd.ProcessManager.start_singleton(Accumulator, name="acc-trace")
+    with scope.trace("propagation") as t:
+        with scope.span("submit-step"):
+            assert c.gather(c.map(fan_out, range(4), pure=False)) == [0, 2, 4, 6]
+        assert dask.delayed(leaf)(21).compute() == 42
+        acc.add(5).result()
+        acc.aadd(1).result()
+        with pytest.raises(ZeroDivisionError):
+            c.submit(explode, 7).result()
+    data = scope.collect_trace_data(t.trace_id)
+    ev = data.events
+    by_id = ev.set_index("span_id")
+
+    root = rows(data, kind="trace").iloc[0]
+    assert root["name"] == "propagation" and root["parent_id"] is None
+    step = rows(data, name="submit-step").iloc[0]
+    assert step["parent_id"] == root["span_id"]
+
+    # tasks submitted from the notebook are children of the span they were submitted in
+    tasks = rows(data, kind="task", name="fan_out")
+    assert len(tasks) == 4 and set(tasks["parent_id"]) == {step["span_id"]}
+    assert set(tasks["node"]) <= set(c.scheduler_info()["workers"])
+    # spans inside a task are children of the task; tasks submitted inside them, theirs
+    inner = rows(data, name="fan_out.inner")
+    assert len(inner) == 4 and set(inner["parent_id"]) == set(tasks["span_id"])
+    leaf_tasks = rows(data, kind="task", name="leaf")
+    nested = leaf_tasks[leaf_tasks["parent_id"].isin(set(inner["span_id"]))]
+    assert len(nested) == 4
+    # @traced inside each nested task is the task's child
+    leaf_spans = rows(data, kind="span", name="leaf")
+    assert set(leaf_spans["parent_id"]) >= set(nested["span_id"])
+    # delayed compute carries the context too
+    assert (leaf_tasks["parent_id"] == root["span_id"]).sum() == 1
+
+    # supervised process calls carry it explicitly
+    calls = rows(data, kind="actor")
+    assert set(calls["name"]) == {"Accumulator.add", "Accumulator.aadd"}
+    assert set(calls["parent_id"]) == {root["span_id"]}
+    inside = rows(data, name="accumulate").iloc[0]
+    assert by_id.loc[inside["parent_id"], "name"] == "Accumulator.add"
+
+    # the error: type, message, traceback, node, span
+    err = data.errors.iloc[0]
+    assert len(data.errors) == 1
+    assert err["error_type"] == "ZeroDivisionError" and "bad input 7" in err["error_message"]
+    assert "explode" in err["traceback"] and err["node"] in c.scheduler_info()["workers"]
+
+    assert data.summary["cross_node_links"] > 0
+    assert data.summary["critical_path"][0]["name"] == "propagation"
+    assert data.timeline["start_ns"].is_monotonic_increasing
+    assert not data.partial
+    assert ev["span_id"].is_unique
+    fd.ProcessManager.stop("acc-trace")
+
+
+@pytest.mark.timeout(120)
+def test_trace_lifecycle_and_bad_input(cluster_client):
+    t = scope.start_cluster_trace(scope="lifecycle", options="sample=0.5, verbose")
+    assert t.info()["options"] == {"sample": "0.5", "verbose": True}
+    active = scope.active_traces()
+    assert t.trace_id in set(active["trace_id"])
+    same = scope.start_cluster_trace(scope="lifecycle", trace_id=t.trace_id)
+    assert same.info()["started_at"] == t.info()["started_at"]
+    done = scope.stop_trace(t.trace_id, results={"ok": 1})
+    assert done["status"] == "completed" and done["results"] == {"ok": 1}
+    assert t.trace_id not in set(scope.active_traces()["trace_id"])
+    assert t.trace_id in set(scope.active_traces(include_completed=True)["trace_id"])
+
+    with pytest.raises(TraceNotFoundError, match="No trace 'nope'"):
+        scope.collect_trace_data("nope")
+    with pytest.raises(TraceNotFoundError):
+        scope.stop_trace("nope")
+    with pytest.raises(ValueError, match="look like JSON"):
+        scope.start_cluster_trace(scope="x", options="{bad json")
+    with pytest.raises(ValueError, match="has no key"):
+        scope.start_cluster_trace(scope="x", options="=3")
+    with pytest.raises(TypeError, match="options must be"):
+        scope.start_cluster_trace(scope="x", options=42)
+    with pytest.raises(ValueError, match="not valid"):
+        scope.start_cluster_trace(scope="x", trace_id="has:colon")
+    with pytest.raises(ValueError, match="timeout"):
+        scope.collect_trace_data(t.trace_id, timeout=0)
+    scope.forget_trace(t.trace_id)
+    with pytest.raises(TraceNotFoundError):
+        scope.collect_trace_data(t.trace_id)
+
+
+@pytest.mark.timeout(120)
+def test_spans_outside_a_trace_record_nothing(cluster_client):
+    from foundation_dask.scope.context import recorder
+
+    before = {k: len(v) for k, v in recorder.buffers.items()}
+    with scope.span("nothing"):
+        leaf(1)
+    assert {k: len(v) for k, v in recorder.buffers.items()} == before
+    assert scope.current() is None
+
+
+def block_loop(flag: str, seconds: float) -> None:
+    """Run by client.run on the worker's event loop: it cannot answer meanwhile."""
+    Path(flag).write_text("blocked")
+    time.sleep(seconds)
+
+
+@pytest.mark.timeout(120)
+def test_unresponsive_node_gives_partial_result(cluster_client, tmp_path):
+    c = cluster_client
+    with scope.trace("partial") as t:
+        c.gather(c.map(leaf, range(4), pure=False))
+    stuck = sorted(c.scheduler_info()["workers"])[0]
+    # block that worker's event loop for a while (client.run runs plain functions on it)
+    flag = tmp_path / "blocked"
+    blocker = threading.Thread(
+        target=c.run, args=(block_loop, str(flag), 3), kwargs={"workers": [stuck]}
+    )
+    blocker.start()
+    wait_for(flag.exists)
+    t0 = time.monotonic()
+    data = scope.collect_trace_data(t.trace_id, timeout=0.5)
+    elapsed = time.monotonic() - t0
+    blocker.join()
+    assert elapsed < 2.5  # bounded by the per-node timeout, not by the stall
+    assert data.missing_nodes == [stuck]
+    assert data.partial
+    assert "missing" in repr(data)
+    # the scheduler still saw every task
+    assert len(rows(data, kind="task")) == 4
+    # and clocks were measured for the nodes that answered, with an error bound
+    other = [w for w in c.scheduler_info()["workers"] if w != stuck][0]
+    assert abs(data.clock[other]["offset_ms"]) < 1000 and data.clock[other]["error_ms"] >= 0
+
+
+def slow(i: int) -> int:
+    time.sleep(0.05)
+    return i
+
+
+@pytest.mark.timeout(180)
+def test_worker_death_mid_trace(fd_client, subprocess_cluster):
+    c = fd_client
+    with scope.trace("dying") as t:
+        c.gather(c.map(slow, range(6), pure=False))
+        victim = worker_names(c)["w0"]
+        subprocess_cluster.kill("w0")
+        c.gather(c.map(slow, range(6, 12), pure=False))
+    data = scope.collect_trace_data(t.trace_id, timeout=5)
+    assert victim in data.lost_nodes and data.partial
+    assert len(rows(data, kind="task", name="slow")) == 12  # the scheduler saw them all
+    assert victim not in data.missing_nodes
+
+
+@pytest.mark.timeout(180)
+def test_trace_coordinator_survives_sigkill(fd_client, subprocess_cluster):
+    t = scope.start_cluster_trace(scope="survivor", options={"level": 2})
+    info = t.info()
+    pid_addr = t.coordinator.info()["worker"]
+    names = {a: n for n, a in worker_names(fd_client).items()}
+    subprocess_cluster.kill(names[pid_addr])
+    after = t.info()
+    assert after == info  # restored from its checkpoint on the other worker
+    assert t.coordinator.info()["worker"] != pid_addr
+    assert t.stop()["status"] == "completed"
