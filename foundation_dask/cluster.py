@@ -14,6 +14,7 @@ from typing import Any
 
 import distributed
 from distributed import Client, LocalCluster
+from distributed.comm.addressing import normalize_address, resolve_address
 from distributed.security import Security
 
 from foundation_dask import config
@@ -35,6 +36,16 @@ class FoundationNotInstalledError(RuntimeError):
 
 def _configured_address() -> str | None:
     return config.get("scheduler-address") or os.environ.get("DASK_SCHEDULER_ADDRESS") or None
+
+
+def _same_address(a: str, b: str) -> bool:
+    """Whether two scheduler addresses name the same endpoint (``localhost`` = ``127.0.0.1``)."""
+    if a == b:
+        return True
+    try:
+        return resolve_address(normalize_address(a)) == resolve_address(normalize_address(b))
+    except (ValueError, OSError):
+        return False
 
 
 def _embedded_cluster_kwargs(overrides: dict[str, Any]) -> dict[str, Any]:
@@ -103,6 +114,8 @@ def connect(
     -------
     distributed.Client
         The default client; calling ``connect()`` again returns the same one.
+        Connecting to another address closes the previous client (and the embedded
+        cluster, if ``connect()`` started one).
 
     Examples
     --------
@@ -112,23 +125,28 @@ def connect(
     """
     global _default_client, _embedded_cluster
 
+    explicit = address is not None
     address = address or _configured_address()
     if address is not None and cluster_kwargs:
+        source = "" if explicit else " (from foundation.scheduler-address/DASK_SCHEDULER_ADDRESS)"
         raise TypeError(
-            f"connect() got cluster options {sorted(cluster_kwargs)} together with an address; "
-            "they only apply to the embedded cluster. Drop them, or drop the address."
+            f"connect() got cluster options {sorted(cluster_kwargs)} together with the "
+            f"scheduler address {address!r}{source}; they only apply to the embedded cluster. "
+            "Drop them, or drop the address."
         )
     client = _default_client
     if client is not None and client.status == "running":
-        same = address is None or client.scheduler.address == address
-        if same and not cluster_kwargs:
+        if cluster_kwargs:
+            raise RuntimeError(
+                f"connect() is already connected to {client.scheduler.address}; call "
+                "foundation_dask.close() before starting an embedded cluster with other options."
+            )
+        if address is None or _same_address(client.scheduler.address, address):
             install_plugins(client)
             return client
-    if client is not None and client.status == "running" and address is None:
-        raise RuntimeError(
-            "connect() already started an embedded cluster; call foundation_dask.close() "
-            "before starting one with other options."
-        )
+    # Another cluster is asked for, or the previous client is no longer running:
+    # release what the previous connect() opened before opening anything new.
+    close()
 
     if address is not None:
         client = Client(address, security=security, set_as_default=True)
@@ -137,7 +155,9 @@ def connect(
         if security is not None:
             kwargs["security"] = security
         _embedded_cluster = LocalCluster(**kwargs)
-        client = Client(_embedded_cluster, security=security, set_as_default=True)
+        # The client takes the cluster's own Security: with ``security=True`` the cluster
+        # made temporary credentials that a second ``Security.temporary()`` would not match.
+        client = Client(_embedded_cluster, set_as_default=True)
     _default_client = client
     install_plugins(client)
     logger.info("Connected to %s (dashboard %s)", client.scheduler.address, client.dashboard_link)

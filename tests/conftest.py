@@ -95,12 +95,16 @@ class SubprocessCluster:
         proc.wait(timeout=30)
 
     def close(self) -> None:
-        for proc in [*self.workers.values(), self.scheduler]:
-            if proc is not None and proc.poll() is None:
+        # workers first, then the scheduler: a worker interrupted while its scheduler
+        # goes away can hang in reconnection attempts
+        for proc in self.workers.values():
+            if proc.poll() is None:
                 proc.send_signal(signal.SIGINT)
         for proc in [*self.workers.values(), self.scheduler]:
             if proc is None:
                 continue
+            if proc is self.scheduler and proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
             try:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:

@@ -132,66 +132,91 @@ class TraceData:
         return f"<table>{rows}</table>"
 
 
-def _rows_from_process(payload: dict[str, Any], offset_ns: float) -> list[dict[str, Any]]:
-    rows = []
+_ROW_COLUMNS = [c for c in EVENT_COLUMNS if c not in ("start", "end", "duration_ms")]
+
+
+def _error_columns(errors: list) -> dict[str, list]:
+    return {
+        "error_type": [e and e["type"] for e in errors],
+        "error_message": [e and e["message"] for e in errors],
+        "traceback": [e and e["traceback"] for e in errors],
+    }
+
+
+def _frame_from_process(payload: dict[str, Any], offset_ns: float) -> pd.DataFrame:
+    """The spans one process recorded, as a frame on the collector's clock."""
+    import pandas as pd
+
+    df = pd.DataFrame.from_records(payload["spans"], columns=list(SPAN_FIELDS))
     threads = payload.get("threads", {})
-    for raw in payload["spans"]:
-        r = dict(zip(SPAN_FIELDS, raw, strict=False))
-        err = r.pop("error")
-        r.update(
-            node=payload["node"], pid=payload["pid"], host=payload.get("host"),
-            thread=threads.get(r["thread_id"], str(r["thread_id"])),
-            start_ns=int(r["start_ns"] - offset_ns), end_ns=int(r["end_ns"] - offset_ns),
-            error_type=err and err["type"], error_message=err and err["message"],
-            traceback=err and err["traceback"], key=None,
-            clock_offset_ms=offset_ns / 1e6,
-        )
-        rows.append(r)
-    return rows
+    errors = df.pop("error").tolist()
+    for col, values in _error_columns(errors).items():
+        df[col] = pd.Series(values, index=df.index, dtype=object)
+    df["start_ns"] = (df["start_ns"] - offset_ns).astype("int64")
+    df["end_ns"] = (df["end_ns"] - offset_ns).astype("int64")
+    df["thread"] = [threads.get(t, str(t)) for t in df["thread_id"]]
+    df["node"] = payload["node"]
+    df["pid"] = payload["pid"]
+    df["host"] = payload.get("host")
+    df["key"] = None
+    df["clock_offset_ms"] = offset_ns / 1e6
+    return df.reindex(columns=_ROW_COLUMNS)
 
 
-def _rows_from_tasks(tasks: list[dict], offsets: dict[str, float],
-                     processes: dict[str, dict]) -> list[dict[str, Any]]:
-    rows = []
-    for t in tasks:
-        node = t["node"]
-        off = offsets.get(node, 0.0)
-        proc = processes.get(node, {})
-        err = t["error"]
-        rows.append({
-            "trace_id": t["trace_id"], "span_id": t["span_id"], "parent_id": t["parent_id"],
-            "name": t["name"], "kind": "task", "node": node, "pid": proc.get("pid"),
-            "host": proc.get("host"), "thread_id": t["thread_id"],
-            "thread": proc.get("threads", {}).get(t["thread_id"], str(t["thread_id"])),
-            "start_ns": int(t["start_ns"] - off), "end_ns": int(t["end_ns"] - off),
-            "status": t["status"], "error_type": err and err["type"],
-            "error_message": err and err["message"], "traceback": err and err["traceback"],
-            "key": t["key"], "attrs": {"transfers": t["transfers"]} if t["transfers"] else None,
-            "clock_offset_ms": off / 1e6,
-        })
-    return rows
+def _frame_from_tasks(tasks: list[dict], offsets: dict[str, float],
+                      processes: dict[str, dict]) -> pd.DataFrame:
+    """The traced tasks the scheduler saw, timed by their workers' clocks."""
+    import pandas as pd
+
+    df = pd.DataFrame.from_records(tasks, columns=[
+        "trace_id", "span_id", "parent_id", "name", "key", "node", "thread_id", "start_ns",
+        "end_ns", "status", "error", "transfers",
+    ])
+    if df.empty:
+        return pd.DataFrame(columns=_ROW_COLUMNS)
+    off = df["node"].map(lambda n: offsets.get(n, 0.0)).astype(float)
+    df["start_ns"] = (df["start_ns"] - off).astype("int64")
+    df["end_ns"] = (df["end_ns"] - off).astype("int64")
+    df["clock_offset_ms"] = off / 1e6
+    errors = df.pop("error").tolist()
+    for col, values in _error_columns(errors).items():
+        df[col] = pd.Series(values, index=df.index, dtype=object)
+    df["kind"] = "task"
+    df["pid"] = [processes.get(n, {}).get("pid") for n in df["node"]]
+    df["host"] = [processes.get(n, {}).get("host") for n in df["node"]]
+    df["thread"] = [
+        processes.get(n, {}).get("threads", {}).get(t, str(t))
+        for n, t in zip(df["node"], df["thread_id"], strict=True)
+    ]
+    df["attrs"] = [{"transfers": t} if t else None for t in df.pop("transfers")]
+    return df.reindex(columns=_ROW_COLUMNS)
 
 
 def _critical_path(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """From the root, follow the child that ends last, down to a leaf."""
     if frame.empty:
         return []
+    span_ids = frame["span_id"].tolist()
+    parents = frame["parent_id"].tolist()
+    ends = frame["end_ns"].tolist()
+    names = frame["name"].tolist()
+    nodes = frame["node"].tolist()
+    durations = frame["duration_ms"].tolist()
+    ids = set(span_ids)
     children: dict[Any, list[int]] = defaultdict(list)
-    ids = set(frame["span_id"])
-    for i, parent in enumerate(frame["parent_id"]):
+    for i, parent in enumerate(parents):
         children[parent if parent in ids else None].append(i)
     path = []
     level = children[None]
     seen = set()
     while level:
-        i = max(level, key=lambda j: frame["end_ns"].iat[j])
-        sid = frame["span_id"].iat[i]
+        i = max(level, key=ends.__getitem__)
+        sid = span_ids[i]
         if sid in seen:
             break
         seen.add(sid)
-        path.append({
-            "span_id": sid, "name": frame["name"].iat[i], "node": frame["node"].iat[i],
-            "duration_ms": float(frame["duration_ms"].iat[i]),
-        })
+        path.append({"span_id": sid, "name": names[i], "node": nodes[i],
+                     "duration_ms": float(durations[i])})
         level = children.get(sid, [])
     return path
 
@@ -203,20 +228,20 @@ def correlate(trace_id: str, info: dict[str, Any], payloads: list[dict[str, Any]
     import pandas as pd
 
     processes = {p["node"]: p for p in payloads}
-    rows: list[dict[str, Any]] = []
-    for p in payloads:
-        rows += _rows_from_process(p, offsets.get(p["node"], 0.0))
+    frames = [_frame_from_process(p, offsets.get(p["node"], 0.0)) for p in payloads]
     lost: list[str] = []
     if scheduler is not None:
-        rows += _rows_from_tasks(scheduler["tasks"], offsets, processes)
+        tasks = _frame_from_tasks(scheduler["tasks"], offsets, processes)
+        frames.append(tasks)
         started_s = (info.get("started_at") or 0) / 1000
         alive = set(scheduler["workers"])
         lost = sorted(
             w for w, t in scheduler["removed_workers"].items() if t >= started_s
         )
-        lost += sorted({r["node"] for r in rows if r["kind"] == "task"} - alive - set(lost))
-    frame = pd.DataFrame(rows, columns=[c for c in EVENT_COLUMNS if c not in ("start", "end",
-                                                                            "duration_ms")])
+        lost += sorted(set(tasks["node"].dropna()) - alive - set(lost))
+    frames = [f for f in frames if len(f)]
+    frame = (pd.concat(frames, ignore_index=True) if frames
+             else pd.DataFrame(columns=_ROW_COLUMNS))
     frame = frame.drop_duplicates(subset="span_id", keep="first")
     frame = frame.sort_values(["start_ns", "end_ns"], kind="stable").reset_index(drop=True)
     frame["duration_ms"] = (frame["end_ns"] - frame["start_ns"]) / 1e6

@@ -140,11 +140,12 @@ def current() -> TraceContext | None:
     Inside a traced task that opened no span of its own, the current span is the
     task itself.
     """
-    key = getattr(thread_state, "key", None)
+    local = thread_state.__dict__  # cheaper than getattr with a default on a threading.local
+    key = local.get("key")
     value = _current.get()
     if value is not None and value[1] == key:
         return value[0]
-    if key is not None and not getattr(thread_state, "actor", False):
+    if key is not None and not local.get("actor", False):
         ctx = context_from_annotations(_task_annotations(key))
         if ctx is None:
             return None
@@ -164,7 +165,7 @@ def attach(ctx: TraceContext | None):
     """Make ``ctx`` current; returns a token for :func:`detach`."""
     if ctx is None:
         return _current.set(None)
-    return _current.set((ctx, getattr(thread_state, "key", None)))
+    return _current.set((ctx, thread_state.__dict__.get("key")))
 
 
 def detach(token) -> None:
@@ -243,6 +244,7 @@ class Recorder:
 
 
 recorder = Recorder()
+_buffers = recorder.buffers
 
 
 def error_info(exc: BaseException) -> dict[str, str]:
@@ -270,14 +272,18 @@ class SpanScope:
         self.ann_token = None
 
     def __enter__(self) -> SpanScope:
-        ctx = self.ctx or current()
-        self.ctx = ctx
+        key = thread_state.__dict__.get("key")
+        ctx = self.ctx
         if ctx is None:
-            self.token = None
-            return self
-        self.span_id = _getrandbits(63) or 1
-        inner = TraceContext(ctx.trace_id, self.span_id)
-        self.token = _current.set((inner, getattr(thread_state, "key", None)))
+            value = _current.get()
+            ctx = value[0] if value is not None and value[1] == key else current()
+            self.ctx = ctx
+            if ctx is None:
+                self.token = None
+                return self
+        self.span_id = span_id = _getrandbits(63) or 1
+        inner = TraceContext(ctx.trace_id, span_id)
+        self.token = _current.set((inner, key))
         if self.propagate:
             # What distributed.span() does, minus its overhead: work submitted inside
             # this block (also from inside a task) carries the context.
@@ -309,13 +315,16 @@ class SpanScope:
         if self.ann_token is not None:
             _annotations.reset(self.ann_token)
         ctx = self.ctx
-        if exc is None:
-            recorder.record((ctx.trace_id, self.span_id, ctx.span_id, self.name, self.kind,
-                             self.start, end, _get_ident(), None, "ok", None, self.attrs))
+        trace_id = ctx.trace_id
+        row = (trace_id, self.span_id, ctx.span_id, self.name, self.kind, self.start, end,
+               _get_ident(), None, "ok" if exc is None else "error",
+               None if exc is None else error_info(exc), self.attrs)
+        # Recorder.record, inlined: this is the hot path
+        buf = _buffers.get(trace_id)
+        if buf is None or len(buf) == buf.maxlen:
+            recorder.record(row)
         else:
-            recorder.record((ctx.trace_id, self.span_id, ctx.span_id, self.name, self.kind,
-                             self.start, end, _get_ident(), None, "error", error_info(exc),
-                             self.attrs))
+            buf.append(row)
 
 
 def record_event(name: str, kind: str = "event", attrs: dict | None = None,

@@ -47,7 +47,9 @@ class ScopeExtension(SchedulerExtension):
         self.removed_workers[worker] = time.time()
 
     def _transition(self, key, start, finish, *args, **kwargs) -> None:
-        if start != "processing" or finish not in ("memory", "erred"):
+        # Called for every transition of every task: keep the untraced path to a few
+        # comparisons and the traced path to one tuple; the rest waits for collection.
+        if start != "processing" or (finish != "memory" and finish != "erred"):
             return
         ts = self.scheduler.tasks.get(key)
         if ts is None or not ts.annotations:
@@ -55,53 +57,52 @@ class ScopeExtension(SchedulerExtension):
         ctx = context_from_annotations(ts.annotations)
         if ctx is None:
             return
-        worker = kwargs.get("worker")
-        startstops = kwargs.get("startstops") or ()
-        compute = [s for s in startstops if s.get("action") == "compute"]
-        if compute:
-            t0, t1 = compute[0]["start"], compute[-1]["stop"]
-        else:
-            t0 = t1 = time.time()
-        transfers = [
-            {"source": s.get("source"), "start_ns": int(s["start"] * 1e9),
-             "end_ns": int(s["stop"] * 1e9)}
-            for s in startstops if s.get("action") == "transfer"
-        ]
-        error = None
-        if finish == "erred":
-            error = {
-                "type": _exception_type(kwargs.get("exception_text") or ""),
-                "message": kwargs.get("exception_text") or "",
-                "traceback": kwargs.get("traceback_text") or "",
-            }
         buf = self.tasks.get(ctx.trace_id)
         if buf is None:
             buf = self.tasks[ctx.trace_id] = deque(maxlen=MAX_TASKS_PER_TRACE)
-        buf.append(
-            {
-                "trace_id": ctx.trace_id,
-                "span_id": task_span_id(ctx.trace_id, key),
-                "parent_id": ctx.span_id,
-                "name": key_split(key),
-                "key": str(key),
-                "node": worker,
-                "thread_id": kwargs.get("thread"),
-                "start_ns": int(t0 * 1e9),
-                "end_ns": int(t1 * 1e9),
-                "status": "ok" if finish == "memory" else "error",
-                "error": error,
-                "transfers": transfers,
-            }
-        )
+        buf.append((
+            ctx.span_id, key, kwargs.get("worker"), kwargs.get("thread"),
+            kwargs.get("startstops"), finish, kwargs.get("exception_text"),
+            kwargs.get("traceback_text"),
+        ))
 
     def scheduler_spans(self, trace_id: str, clear: bool = False) -> dict[str, Any]:
         buf = self.tasks.pop(trace_id, None) if clear else self.tasks.get(trace_id)
         return {
-            "tasks": list(buf or ()),
+            "tasks": [_task_record(trace_id, *row) for row in list(buf or ())],
             "removed_workers": dict(self.removed_workers),
             "workers": list(self.scheduler.workers),
             "now_ns": time.time_ns(),
         }
+
+
+def _task_record(trace_id, parent_id, key, worker, thread, startstops, finish, exc_text,
+                 tb_text) -> dict[str, Any]:
+    startstops = startstops or ()
+    compute = [s for s in startstops if s.get("action") == "compute"]
+    t0, t1 = (compute[0]["start"], compute[-1]["stop"]) if compute else (0.0, 0.0)
+    error = None
+    if finish == "erred":
+        error = {"type": _exception_type(exc_text or ""), "message": exc_text or "",
+                 "traceback": tb_text or ""}
+    return {
+        "trace_id": trace_id,
+        "span_id": task_span_id(trace_id, key),
+        "parent_id": parent_id,
+        "name": key_split(key),
+        "key": str(key),
+        "node": worker,
+        "thread_id": thread,
+        "start_ns": int(t0 * 1e9),
+        "end_ns": int(t1 * 1e9),
+        "status": "ok" if finish == "memory" else "error",
+        "error": error,
+        "transfers": [
+            {"source": s.get("source"), "start_ns": int(s["start"] * 1e9),
+             "end_ns": int(s["stop"] * 1e9)}
+            for s in startstops if s.get("action") == "transfer"
+        ],
+    }
 
 
 def _exception_type(text: str) -> str:

@@ -1,0 +1,149 @@
+"""ElixirScope costs, each against a baseline measured in the same run.
+
+Run: ``python benchmarks/bench_scope.py [--spans 200000] [--tasks 1000] [--collect 100000]``
+(``pip install -e ".[bench]"`` brings the OpenTelemetry SDK used as the baseline).
+
+1. Cost of one recorded span on a worker: ``@scope.traced`` / ``scope.span`` against an
+   OpenTelemetry SDK span (``TracerProvider`` + ``SimpleSpanProcessor`` into an
+   in-memory exporter) and against an empty loop.
+2. Overhead of tracing on 1,000 tasks of 1 ms: the same ``client.map`` inside and
+   outside ``scope.trace`` (interleaved repetitions, medians).
+3. Collection time of a trace of 100k spans recorded on 2 workers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import foundation_dask as fd
+from foundation_dask import scope
+
+
+def span_costs(n: int) -> dict[str, float]:
+    """Runs on a worker: nanoseconds per span for each recorder."""
+    from foundation_dask.scope.context import SpanScope, TraceContext, attach, detach, recorder
+
+    out: dict[str, float] = {}
+    t0 = time.perf_counter_ns()
+    for _ in range(n):
+        pass
+    empty = (time.perf_counter_ns() - t0) / n
+
+    token = attach(TraceContext("f" * 32, 1))
+    try:
+        t0 = time.perf_counter_ns()
+        for _ in range(n):
+            with SpanScope("bench"):
+                pass
+        out["scope.traced (SpanScope)"] = (time.perf_counter_ns() - t0) / n - empty
+
+        t0 = time.perf_counter_ns()
+        for _ in range(n):
+            with scope.span("bench"):
+                pass
+        out["scope.span (propagating)"] = (time.perf_counter_ns() - t0) / n - empty
+    finally:
+        detach(token)
+        recorder.forget("f" * 32)
+
+    try:
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
+            InMemorySpanExporter,
+        )
+    except ImportError:
+        return out
+    provider = TracerProvider()
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("bench")
+    m = max(1000, n // 10)
+    t0 = time.perf_counter_ns()
+    for _ in range(m):
+        with tracer.start_as_current_span("bench"):
+            pass
+    out["OpenTelemetry SDK span"] = (time.perf_counter_ns() - t0) / m - empty
+    return out
+
+
+def one_ms(i: int) -> int:
+    deadline = time.perf_counter() + 0.001
+    while time.perf_counter() < deadline:
+        pass
+    return i
+
+
+def record_many(n: int) -> int:
+    from foundation_dask.scope.context import SpanScope
+
+    for i in range(n):
+        with SpanScope("bulk", attrs=None):
+            pass
+    return n
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--spans", type=int, default=200_000)
+    parser.add_argument("--tasks", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--collect", type=int, default=100_000)
+    args = parser.parse_args()
+
+    client = fd.connect(n_workers=2, threads_per_worker=1)
+    try:
+        client.wait_for_workers(2)
+        worker = sorted(client.scheduler_info()["workers"])[0]
+        costs = client.submit(span_costs, args.spans, workers=[worker], pure=False).result()
+        print(f"1. cost per recorded span on a worker ({args.spans} spans)")
+        ours = costs["scope.traced (SpanScope)"]
+        for name, ns in costs.items():
+            print(f"   {name:32s} {ns / 1000:7.2f} us   ratio to scope.traced {ns / ours:6.1f}x")
+        if "OpenTelemetry SDK span" in costs:
+            ratio = costs["OpenTelemetry SDK span"] / ours
+            print(f"   target < 2 us: {'met' if ours < 2000 else 'NOT met'}; "
+                  f">= 10x cheaper than OTel: {'met' if ratio >= 10 else 'NOT met'} ({ratio:.1f}x)")
+
+        def run_plain() -> float:
+            t0 = time.perf_counter()
+            client.gather(client.map(one_ms, range(args.tasks), pure=False))
+            return time.perf_counter() - t0
+
+        def run_traced() -> float:
+            with scope.trace("bench-overhead") as t:
+                t0 = time.perf_counter()
+                client.gather(client.map(one_ms, range(args.tasks), pure=False))
+                elapsed = time.perf_counter() - t0
+            scope.forget_trace(t.trace_id)
+            return elapsed
+
+        run_plain()  # warm up
+        plain, traced = [], []
+        for _ in range(args.repeats):
+            plain.append(run_plain())
+            traced.append(run_traced())
+        p, t = statistics.median(plain), statistics.median(traced)
+        print(f"2. {args.tasks} tasks of 1 ms on 2 workers, median of {args.repeats}")
+        print(f"   untraced {p:.3f} s   traced {t:.3f} s   overhead {100 * (t / p - 1):+.1f}%"
+              f"   target < 3%: {'met' if t / p - 1 < 0.03 else 'NOT met'}")
+
+        with scope.trace("bench-collect") as tr:
+            per = args.collect // 2
+            workers = sorted(client.scheduler_info()["workers"])
+            client.gather([client.submit(record_many, per, workers=[w], pure=False)
+                           for w in workers])
+        t0 = time.perf_counter()
+        data = scope.collect_trace_data(tr.trace_id, timeout=60)
+        took = time.perf_counter() - t0
+        print(f"3. collection of a trace of {data.summary['spans']} spans over 2 workers: "
+              f"{took:.2f} s ({data.summary['spans'] / took:,.0f} spans/s)")
+        scope.forget_trace(tr.trace_id)
+    finally:
+        fd.close()
+
+
+if __name__ == "__main__":
+    main()
