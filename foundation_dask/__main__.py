@@ -1,0 +1,3 @@
+from foundation_dask.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,547 @@
+"""Channels: priority pub/sub between clients, tasks and the scheduler.
+
+In-process tests use ``gen_cluster``; whatever crosses process boundaries (workers
+publishing, workers subscribing, worker death) runs on a subprocess cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import dask
+import pytest
+from distributed import Client, Event
+from distributed.utils_test import gen_cluster
+
+import foundation_dask as fd
+from foundation_dask.core.channels import (
+    MAX_BATCH,
+    WINDOW,
+    Channels,
+    Message,
+    Subscription,
+    SubscriptionClosedError,
+)
+from foundation_dask.core.plugin import scheduler_extension
+
+from .conftest import wait_for, worker_names
+
+# Worker processes of the subprocess cluster may not be able to import this module: ship the
+# functions below by value.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+async def async_wait_for(predicate, timeout: float = 10.0) -> Any:
+    """Poll ``predicate`` on the event loop until it returns a truthy value."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"condition not met within {timeout}s (last value: {last!r})")
+
+
+def hub_of(s):
+    return scheduler_extension(s, "channels")
+
+
+# -- functions run in tasks on workers --------------------------------------------------------
+
+
+def publish_range(channel: str, n: int, tag: str = "") -> list[int]:
+    return [fd.Channels.broadcast(channel, (tag, i)) for i in range(n)]
+
+
+def publish_range_together(channel: str, n: int, tag: str, event: str) -> list[int]:
+    """Connect, wait for the distributed event ``event``, then publish ``n`` messages."""
+    from distributed import Event
+
+    fd.Channels.broadcast("data", "connect")
+    assert Event(event).wait(timeout=60)
+    return publish_range(channel, n, tag)
+
+
+def collect(channel: str, n: int, timeout: float = 30.0) -> list[tuple]:
+    with fd.Channels.subscribe(channel) as sub:
+        msgs = [sub.get(timeout=timeout) for _ in range(n)]
+    return [(m.payload, m.publisher, m.seq, m.missed) for m in msgs]
+
+
+def subscribe_and_return(channels: tuple[str, ...]) -> str:
+    from distributed import get_worker
+
+    for channel in channels:
+        fd.Channels.subscribe(channel)  # stays active in the worker until closed
+    return get_worker().address
+
+
+def control_position(n: int) -> tuple[int, list[int], int]:
+    """Subscribe to telemetry and control; return how many telemetry messages arrived
+    before the control message, the telemetry sequence numbers and the missed count."""
+    with fd.Channels.subscribe("telemetry", buffer=2 * n) as tel, \
+            fd.Channels.subscribe("control") as ctl:
+        control = ctl.get(timeout=60)
+        telemetry = [tel.get(timeout=60) for _ in range(n)]
+        missed = tel.missed + ctl.missed
+    before = sum(1 for m in telemetry if m.received < control.received)
+    return before, [m.seq for m in telemetry], missed
+
+
+def stall_event_loop(fifo: str, marker: str) -> None:
+    """Run on a worker's event loop (``client.run``): block it until ``fifo`` is written,
+    which makes the worker a subscriber that reads nothing for a while."""
+    Path(marker).touch()
+    with open(fifo) as f:
+        f.read()
+
+
+class Emitter:
+    """An actor publishing from a method running in a thread and from one running on the
+    worker's event loop."""
+
+    def emit(self, n: int) -> list[int]:
+        return [fd.Channels.broadcast("events", ("sync", i)) for i in range(n)]
+
+    async def aemit(self, n: int) -> list[int]:
+        return [await fd.Channels.broadcast("events", ("async", i)) for i in range(n)]
+
+    async def alisten(self) -> Any:
+        async with await fd.Channels.subscribe("control") as sub:
+            await fd.Channels.broadcast("control", "ping")
+            return (await sub.aget(timeout=5)).payload
+
+
+def flood_then_control(n: int) -> None:
+    for i in range(n):
+        fd.Channels.broadcast("telemetry", i)
+    fd.Channels.broadcast("control", "stop")
+
+
+# -- in-process ---------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+@gen_cluster(client=True)
+async def test_roundtrip_exact_payload_and_metadata(c, s, a, b):
+    await fd.install_plugins(c)
+    assert fd.Channels is Channels
+    assert Channels.CHANNELS == ("control", "events", "telemetry", "data")
+    payload = ("start_trace", 7, {"scope": ("a", ("b", 1.5)), "tags": {"x"}})
+
+    sub = await fd.Channels.subscribe("control")
+    try:
+        assert isinstance(sub, Subscription)
+        before = time.time()
+        seq = await fd.Channels.broadcast("control", payload)
+        msg = await sub.aget(timeout=5)
+        assert isinstance(msg, Message)
+        assert msg.payload == payload
+        assert type(msg.payload) is tuple and type(msg.payload[2]["scope"][1]) is tuple
+        assert msg.channel == "control"
+        assert msg.publisher == c.id
+        assert msg.seq == seq
+        assert before <= msg.timestamp <= msg.received
+        assert msg.missed == 0
+        assert "control" in repr(msg) and "start_trace" in repr(msg)
+        assert "channel='control'" in repr(sub) and "missed=0" in repr(sub)
+        html = sub._repr_html_()
+        assert "control" in html and "Buffered" in html and "Missed" in html
+
+        with pytest.raises(TimeoutError, match="control"):
+            await sub.aget(timeout=0.05)
+
+        hub = hub_of(s)
+        assert hub.message_count == 1
+        assert hub.messages_by_channel == {"control": 1, "events": 0, "telemetry": 0, "data": 0}
+    finally:
+        sub.close()
+    with pytest.raises(SubscriptionClosedError):
+        await sub.aget(timeout=1)
+
+
+@pytest.mark.timeout(60)
+@gen_cluster(client=True)
+async def test_message_carries_the_publishers_trace_context(c, s, a, b):
+    context = pytest.importorskip("foundation_dask.scope.context")
+    await fd.install_plugins(c)
+    async with await fd.Channels.subscribe("events") as sub:
+        await fd.Channels.broadcast("events", "untraced")
+        token = context.attach(context.TraceContext("trace-1", 42))
+        try:
+            await fd.Channels.broadcast("events", "traced")
+        finally:
+            context.detach(token)
+        untraced, traced = await sub.aget(timeout=5), await sub.aget(timeout=5)
+    assert untraced.trace is None
+    assert traced.trace == ("trace-1", 42)
+
+
+@pytest.mark.timeout(60)
+@gen_cluster(client=True)
+async def test_bad_input_sends_nothing(c, s, a, b):
+    await fd.install_plugins(c)
+    hub = hub_of(s)
+    async with await fd.Channels.subscribe("events") as sub:
+        first = await fd.Channels.broadcast("events", "first")
+
+        with pytest.raises(ValueError, match="control, events, telemetry, data"):
+            fd.Channels.broadcast("nope", 1)
+        with pytest.raises(TypeError, match=r"_thread\.lock.*picklable|lock.*picklable"):
+            fd.Channels.broadcast("events", threading.Lock())
+        with dask.config.set({"foundation.channels.max-message-size": "1KiB"}), \
+                pytest.raises(ValueError) as err:
+            fd.Channels.broadcast("events", b"x" * 5000)
+        text = str(err.value)
+        assert "5,0" in text and "1,024" in text
+        assert "foundation.channels.max-message-size" in text
+
+        second = await fd.Channels.broadcast("events", "second")
+        assert second == first + 1
+        await fd.Channels.flush()
+        assert hub.message_count == 2  # flush() returns once the hub has them
+
+        m1 = await sub.aget(timeout=5)
+        m2 = await sub.aget(timeout=5)
+        assert (m1.payload, m2.payload) == ("first", "second")
+        assert m2.seq == m1.seq + 1
+        with pytest.raises(TimeoutError, match="events"):
+            await sub.aget(timeout=0.2)
+        assert sub.missed == 0
+
+        # just under the limit goes through, in one piece
+        big = b"y" * 1_000_000
+        assert await fd.Channels.broadcast("events", big) == second + 1
+        assert (await sub.aget(timeout=10)).payload == big
+
+
+@pytest.mark.timeout(60)
+@gen_cluster(client=True)
+async def test_route_message(c, s, a, b):
+    await fd.install_plugins(c)
+    subs = {ch: await fd.Channels.subscribe(ch) for ch in ("control", "events", "telemetry")}
+    try:
+        await fd.Channels.route_message("h", priority="high")
+        await fd.Channels.route_message("n", priority="normal")
+        await fd.Channels.route_message("n2")
+        await fd.Channels.route_message("l", priority="low")
+        with pytest.raises(ValueError, match="urgent.*high"):
+            fd.Channels.route_message("u", priority="urgent")
+
+        assert (await subs["control"].aget(timeout=5)).payload == "h"
+        assert (await subs["events"].aget(timeout=5)).payload == "n"
+        assert (await subs["events"].aget(timeout=5)).payload == "n2"
+        assert (await subs["telemetry"].aget(timeout=5)).payload == "l"
+        for sub in subs.values():
+            with pytest.raises(TimeoutError):
+                await sub.aget(timeout=0.1)
+    finally:
+        for sub in subs.values():
+            sub.close()
+
+
+@pytest.mark.timeout(60)
+@gen_cluster(client=True)
+async def test_several_subscriptions_per_process_and_info(c, s, a, b):
+    await fd.install_plugins(c)
+    hub = hub_of(s)
+    s1 = await fd.Channels.subscribe("data")
+    s2 = await fd.Channels.subscribe("data")
+    try:
+        info = await fd.Channels.info()
+        assert info["channels"]["data"]["subscriptions"] == 2
+        assert info["channels"]["data"]["processes"] == 1
+        for i in range(3):
+            await fd.Channels.broadcast("data", i)
+        assert [(await s1.aget(timeout=5)).payload for _ in range(3)] == [0, 1, 2]
+        assert [(await s2.aget(timeout=5)).payload for _ in range(3)] == [0, 1, 2]
+
+        s1.close()
+        await async_wait_for(lambda: hub.info()["channels"]["data"]["subscriptions"] == 1)
+        await fd.Channels.broadcast("data", 3)
+        assert (await s2.aget(timeout=5)).payload == 3
+        info = await c.scheduler.foundation_channels_info()
+        assert info["channels"]["data"]["messages"] == 4
+        assert info["message_count"] == hub.message_count == 4
+    finally:
+        s1.close()
+        s2.close()
+    await async_wait_for(lambda: hub.info()["channels"]["data"]["subscriptions"] == 0)
+
+
+@pytest.mark.timeout(60)
+@gen_cluster(client=True)
+async def test_handler_called_in_a_thread(c, s, a, b):
+    await fd.install_plugins(c)
+    seen: list[tuple[str, Any]] = []
+
+    def handler(msg: Message) -> None:
+        if msg.payload == 0:
+            raise RuntimeError("a failing handler call does not stop the subscription")
+        seen.append((threading.current_thread().name, msg.payload))
+
+    sub = await fd.Channels.subscribe("events", handler=handler)
+    try:
+        for i in range(5):
+            await fd.Channels.broadcast("events", i)
+        await async_wait_for(lambda: len(seen) == 4)
+        assert [p for _, p in seen] == [1, 2, 3, 4]
+        names = {name for name, _ in seen}
+        assert names == {"foundation-channels-events"}
+        assert threading.current_thread().name not in names
+        assert "handler='handler'" in repr(sub)
+    finally:
+        sub.close()
+    assert sub._thread is not None and not sub._thread.is_alive()
+
+
+@pytest.mark.timeout(60)
+@gen_cluster(client=True)
+async def test_task_publishes_through_its_worker(c, s, a, b):
+    await fd.install_plugins(c)
+    async with await fd.Channels.subscribe("events") as sub:
+        seqs = await c.submit(publish_range, "events", 3, "t", workers=[a.address])
+        msgs = []
+        async for msg in sub:
+            msgs.append(msg)
+            if len(msgs) == 3:
+                break
+    assert [m.payload for m in msgs] == [("t", 0), ("t", 1), ("t", 2)]
+    assert {m.publisher for m in msgs} == {a.address}
+    assert [m.seq for m in msgs] == seqs == [0, 1, 2]
+    assert a.address in hub_of(s).info()["peers"]
+
+
+@pytest.mark.timeout(60)
+@gen_cluster(client=True)
+async def test_actor_methods_publish_and_subscribe(c, s, a, b):
+    await fd.install_plugins(c)
+    actor = await c.submit(Emitter, workers=[b.address], actor=True)
+    async with await fd.Channels.subscribe("events") as sub:
+        assert await actor.emit(2) == [0, 1]
+        assert await actor.aemit(2) == [2, 3]
+        msgs = [await sub.aget(timeout=5) for _ in range(4)]
+    assert [m.payload for m in msgs] == [("sync", 0), ("sync", 1), ("async", 0), ("async", 1)]
+    assert [m.seq for m in msgs] == [0, 1, 2, 3]
+    assert {m.publisher for m in msgs} == {b.address}
+    assert await actor.alisten() == "ping"
+
+
+@pytest.mark.timeout(60)
+@gen_cluster(client=True)
+async def test_client_leaving_removes_its_subscriptions(c, s, a, b):
+    await fd.install_plugins(c)
+    hub = hub_of(s)
+    c2 = await Client(s.address, asynchronous=True)
+    sub = await fd.Channels.subscribe("telemetry", client=c2)
+    assert hub.info()["channels"]["telemetry"]["processes"] == 1
+    assert c2.id in hub.peers
+
+    await c2.close()
+    await async_wait_for(lambda: c2.id not in hub.peers)
+    assert hub.info()["channels"]["telemetry"] == {
+        "subscriptions": 0, "processes": 0, "messages": 0, "dropped": 0,
+    }
+    await async_wait_for(lambda: sub.closed)
+    with pytest.raises(SubscriptionClosedError):
+        await sub.aget(timeout=1)
+
+
+@pytest.mark.timeout(60)
+@gen_cluster(client=True)
+async def test_control_first_from_a_queued_outbox(c, s, a, b):
+    """Publisher-side priority: 10k telemetry queued before the flusher runs, then one
+    control message: the control message goes out first."""
+    await fd.install_plugins(c)
+    n = 10_000
+    tel = await fd.Channels.subscribe("telemetry", buffer=2 * n)
+    ctl = await fd.Channels.subscribe("control")
+    try:
+        # Awaiting a broadcast on a connected link does not yield to the event loop, so
+        # the whole flood is queued before the flusher gets to run.
+        for i in range(n):
+            await fd.Channels.broadcast("telemetry", i)
+        await fd.Channels.broadcast("control", "stop")
+        control = await ctl.aget(timeout=10)
+        telemetry = [await tel.aget(timeout=10) for _ in range(n)]
+    finally:
+        tel.close()
+        ctl.close()
+    assert control.payload == "stop"
+    assert [m.payload for m in telemetry] == list(range(n))
+    assert sum(m.received < control.received for m in telemetry) == 0
+    assert tel.missed == 0
+
+
+# -- across processes ---------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_worker_task_broadcasts_to_client(fd_client):
+    w0 = worker_names(fd_client)["w0"]
+    with fd.Channels.subscribe("telemetry") as sub:
+        seqs = fd_client.submit(publish_range, "telemetry", 100, "w", workers=[w0],
+                                pure=False).result(timeout=60)
+        received = []
+        for msg in sub:  # blocking iteration
+            received.append(msg)
+            if len(received) == 100:
+                break
+    assert [m.payload for m in received] == [("w", i) for i in range(100)]
+    assert [m.seq for m in received] == seqs == list(range(100))
+    assert {m.publisher for m in received} == {w0}
+    assert sub.missed == 0
+    info = fd.Channels.info()
+    assert info["channels"]["telemetry"]["messages"] == 100
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_worker_subscriber_receives_client_broadcasts(fd_client):
+    w1 = worker_names(fd_client)["w1"]
+    fut = fd_client.submit(collect, "control", 20, workers=[w1], pure=False)
+    wait_for(lambda: fd.Channels.info()["channels"]["control"]["subscriptions"] == 1, 60)
+    assert w1 in fd.Channels.info()["peers"]
+    seqs = [fd.Channels.broadcast("control", ("cmd", i)) for i in range(20)]
+    got = fut.result(timeout=60)
+    assert [p for p, _, _, _ in got] == [("cmd", i) for i in range(20)]
+    assert {pub for _, pub, _, _ in got} == {fd_client.id}
+    assert [seq for _, _, seq, _ in got] == seqs
+    assert all(missed == 0 for *_, missed in got)
+    # the worker closed its subscription on leaving the ``with`` block
+    wait_for(lambda: fd.Channels.info()["channels"]["control"]["subscriptions"] == 0)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_order_per_publisher_with_two_concurrent_publishers(fd_client):
+    names = worker_names(fd_client)
+    n = 3000
+    go = Event("channels-two-publishers-go", client=fd_client)
+    with fd.Channels.subscribe("events", buffer=4 * n) as sub:
+        futs = [
+            fd_client.submit(publish_range_together, "events", n, name, go.name,
+                             workers=[addr], pure=False)
+            for name, addr in names.items()
+        ]
+        # both publishers are connected (and waiting for the event): start them together
+        wait_for(lambda: set(names.values()) <= set(fd.Channels.info()["peers"]), 60)
+        go.set()
+        msgs = [sub.get(timeout=30) for _ in range(2 * n)]
+        for f in futs:
+            f.result(timeout=60)
+        assert sub.missed == 0
+    by_publisher: dict[str, list[Message]] = defaultdict(list)
+    for m in msgs:
+        by_publisher[m.publisher].append(m)
+    assert set(by_publisher) == set(names.values())
+    for name, addr in names.items():
+        own = by_publisher[addr]
+        assert [m.payload for m in own] == [(name, i) for i in range(n)]
+        assert [m.seq for m in own] == list(range(n))
+    # the two publishers really ran concurrently: their messages interleave
+    switches = sum(1 for i in range(1, len(msgs)) if msgs[i].publisher != msgs[i - 1].publisher)
+    assert switches >= 2
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_slow_subscriber_drops_oldest_and_counts(fd_client):
+    w0 = worker_names(fd_client)["w0"]
+    with dask.config.set({"foundation.channels.subscriber-buffer": 10}):
+        sub = fd.Channels.subscribe("events")
+    with sub:
+        assert sub.buffer_size == 10
+        fd_client.submit(publish_range, "events", 100, "x", workers=[w0],
+                         pure=False).result(timeout=60)
+        wait_for(lambda: sub.received == 100)
+        assert sub.buffered == 10
+        assert sub.missed == 90
+        first = sub.get(timeout=5)
+        assert first.payload == ("x", 90) and first.seq == 90
+        assert first.missed == 90
+        rest = [sub.get(timeout=5) for _ in range(9)]
+        assert [m.payload for m in rest] == [("x", i) for i in range(91, 100)]
+        assert all(m.missed == 0 for m in rest)
+        with pytest.raises(TimeoutError, match="events"):
+            sub.get(timeout=0.2)
+        assert sub.missed == 90
+        assert "missed=90" in repr(sub)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_control_overtakes_flood_queued_at_the_scheduler(fd_client, tmp_path):
+    """Scheduler-side priority: the subscribing worker stops reading while a 10k telemetry
+    flood and then a control message reach the scheduler; once it reads again, the
+    control message comes before everything but the batches already in flight."""
+    names = worker_names(fd_client)
+    w0, w1 = names["w0"], names["w1"]
+    n = 10_000
+    positions = fd_client.submit(control_position, n, workers=[w1], pure=False)
+
+    def subscribed() -> bool:
+        ch = fd.Channels.info()["channels"]
+        return ch["control"]["subscriptions"] == 1 and ch["telemetry"]["subscriptions"] == 1
+
+    wait_for(subscribed, 60)
+    fifo, marker = tmp_path / "release", tmp_path / "stalled"
+    os.mkfifo(fifo)
+    stall = threading.Thread(
+        target=fd_client.run, args=(stall_event_loop, str(fifo), str(marker)),
+        kwargs={"workers": [w1]}, daemon=True,
+    )
+    stall.start()
+    try:
+        wait_for(marker.exists, 30)
+        fd_client.submit(flood_then_control, n, workers=[w0], pure=False).result(timeout=60)
+
+        def all_at_hub() -> bool:
+            ch = fd.Channels.info()["channels"]
+            return ch["telemetry"]["messages"] == n and ch["control"]["messages"] == 1
+
+        wait_for(all_at_hub, 30)
+        queued = fd.Channels.info()["peers"][w1]["queued"]
+    finally:
+        with open(fifo, "w") as f:
+            f.write("go")
+        stall.join(30)
+    before, seqs, missed = positions.result(timeout=60)
+    assert missed == 0
+    assert seqs == list(range(n))  # telemetry itself stays in order
+    assert queued >= n + 1 - WINDOW * MAX_BATCH  # the flood waited at the scheduler
+    assert before <= WINDOW * MAX_BATCH  # control overtook all of it
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_subscriptions_of_a_killed_worker_are_removed(fd_client, subprocess_cluster):
+    w0 = worker_names(fd_client)["w0"]
+    addr = fd_client.submit(subscribe_and_return, ("events", "control"), workers=[w0],
+                            pure=False).result(timeout=60)
+    assert addr == w0
+
+    def subs() -> dict[str, int]:
+        info = fd.Channels.info()
+        return {ch: v["subscriptions"] for ch, v in info["channels"].items()}
+
+    wait_for(lambda: subs()["events"] == 1 and subs()["control"] == 1, 30)
+    assert w0 in fd.Channels.info()["peers"]
+
+    subprocess_cluster.kill("w0")
+    wait_for(lambda: w0 not in fd.Channels.info()["peers"], 60)
+    assert subs() == {"control": 0, "events": 0, "telemetry": 0, "data": 0}
+    # the hub keeps serving the others
+    with fd.Channels.subscribe("events") as sub:
+        fd.Channels.broadcast("events", "still here")
+        assert sub.get(timeout=10).payload == "still here"
