@@ -17,7 +17,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import dask.config
 import pytest
+from distributed import utils_test
 from distributed.utils_test import (  # noqa: F401  (pytest fixtures)
     cleanup,
     client,
@@ -27,6 +29,11 @@ from distributed.utils_test import (  # noqa: F401  (pytest fixtures)
 )
 
 import foundation_dask as fd
+from foundation_dask import config as fd_config
+
+# distributed.utils_test restores the dask config it saw at its import after each
+# gen_cluster test; make that snapshot include the foundation defaults.
+dask.config.update(utils_test.original_config, fd_config.defaults, priority="old")
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.02) -> Any:
