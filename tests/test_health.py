@@ -214,7 +214,7 @@ def test_health_on_subprocess_cluster(fd_client, subprocess_cluster) -> None:
         assert node.nthreads == 1
         assert node.memory_limit == 2 * 2**30
         assert node.cores == psutil.cpu_count()
-        assert node.threads >= 2  # worker processes run an event loop and a task thread
+        assert node.threads >= 1  # OS threads of the worker process (the pool starts lazily)
 
     subprocess_cluster.kill("w1")
     health = wait_for(
