@@ -1,0 +1,136 @@
+"""Global and context-local settings of DSPEx: the default LM, adapter, cache switch, trace.
+
+``configure(**kw)`` sets process-wide defaults; ``context(**kw)`` overrides them for the
+code inside a ``with`` block, in the current thread (or asyncio task) only, through a
+:class:`contextvars.ContextVar`. New threads start without overrides, so concurrent
+``with context(lm=...)`` blocks in different threads never see each other's values.
+
+On Dask workers
+---------------
+A program shipped to a worker carries the LMs set on its predictors (``predictor.lm``).
+A predictor without one falls back to the worker process's settings: call
+``dspex.configure(lm=...)`` in that process (for example through ``client.run``), or,
+better, pass the LM explicitly with the task and run the program under
+``with dspex.context(lm=lm): ...`` there. That is what an evaluator should do: LMs are
+small picklable objects (a local model is loaded once per worker process on first use).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+_DEFAULTS: dict[str, Any] = {
+    "lm": None,
+    "adapter": None,
+    "cache": True,
+    "trace": None,
+}
+
+_overrides: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "foundation_dask_dspex_settings", default=None
+)
+
+
+class Settings:
+    """Effective settings: context overrides first, then the process-wide configuration.
+
+    Attributes are read with ``settings.lm``, ``settings.adapter``, ``settings.cache``,
+    ``settings.trace`` (a list while bootstrapping records predictor calls, else None);
+    any other key passed to :meth:`configure` is readable the same way.
+    """
+
+    def __init__(self) -> None:
+        object.__setattr__(self, "_global", dict(_DEFAULTS))
+        object.__setattr__(self, "_lock", threading.Lock())
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The effective value of ``key`` (``default`` when it was never set)."""
+        local = _overrides.get()
+        if local is not None and key in local:
+            return local[key]
+        return self._global.get(key, default)
+
+    def __getattr__(self, key: str) -> Any:
+        if key.startswith("_"):
+            raise AttributeError(key)
+        local = _overrides.get()
+        if local is not None and key in local:
+            return local[key]
+        if key in self._global:
+            return self._global[key]
+        raise AttributeError(f"dspex.settings has no setting {key!r}")
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        raise AttributeError(
+            f"set dspex settings with dspex.configure({key}=...) or "
+            f"'with dspex.context({key}=...)', not by assignment"
+        )
+
+    def __getitem__(self, key: str) -> Any:
+        return self.get(key)
+
+    def configure(self, **kwargs: Any) -> None:
+        """Set process-wide defaults, e.g. ``configure(lm=lm, adapter=CompletionAdapter())``.
+
+        Values set by an enclosing :meth:`context` still win inside that block.
+        """
+        with self._lock:
+            self._global.update(kwargs)
+
+    @contextmanager
+    def context(self, **kwargs: Any) -> Iterator[Settings]:
+        """Override settings inside a ``with`` block, for the current thread/task only."""
+        current = _overrides.get()
+        merged = dict(current) if current else {}
+        merged.update(kwargs)
+        token = _overrides.set(merged)
+        try:
+            yield self
+        finally:
+            _overrides.reset(token)
+
+    def as_dict(self) -> dict[str, Any]:
+        """A snapshot of the effective settings."""
+        out = dict(self._global)
+        out.update(_overrides.get() or {})
+        return out
+
+    def reset(self) -> None:
+        """Restore the process-wide defaults (context overrides are left alone)."""
+        with self._lock:
+            self._global.clear()
+            self._global.update(_DEFAULTS)
+
+    def __repr__(self) -> str:
+        items = ", ".join(f"{k}={v!r}" for k, v in self.as_dict().items())
+        return f"Settings({items})"
+
+
+settings = Settings()
+
+
+def configure(**kwargs: Any) -> None:
+    """Set process-wide DSPEx defaults (``lm``, ``adapter``, ``cache``...).
+
+    Examples
+    --------
+    >>> from foundation_dask import dspex
+    >>> dspex.configure(lm=dspex.DummyLM([{"answer": "4"}]))
+    """
+    settings.configure(**kwargs)
+
+
+def context(**kwargs: Any):
+    """Context manager overriding DSPEx settings in the current thread or task only.
+
+    Examples
+    --------
+    >>> from foundation_dask import dspex
+    >>> with dspex.context(lm=dspex.DummyLM([{"answer": "4"}])):
+    ...     pass
+    """
+    return settings.context(**kwargs)

@@ -1,0 +1,674 @@
+"""Signatures: the typed input/output contract of a predictor.
+
+A signature is a class. Declare one with fields::
+
+    class Classify(Signature):
+        \"\"\"Classify the sentiment of a movie review.\"\"\"      # -> instructions
+        review: str = InputField(desc="a short movie review")
+        sentiment: str = OutputField(desc="positive or negative")
+
+or from a string: ``Signature("context, question -> answer: int", "Answer briefly.")``.
+Signatures compare by name, instructions and fields (``a.equals(b)`` ignores the name),
+hash consistently and pickle: classes importable by name by reference, others (made
+from strings, defined in functions or notebooks) by value, with plain :mod:`pickle` as
+well as :mod:`cloudpickle`.
+"""
+
+from __future__ import annotations
+
+import ast
+import copyreg
+import inspect
+import re
+import sys
+import typing
+from typing import Any, Literal, Optional, Union
+
+__all__ = [
+    "Field",
+    "InputField",
+    "OutputField",
+    "Signature",
+    "SignatureMeta",
+    "ensure_signature",
+    "make_signature",
+    "signature_from_state",
+]
+
+_KINDS = ("input", "output")
+
+
+def default_prefix(name: str) -> str:
+    """``movie_review`` / ``movieReview`` -> ``'Movie Review:'``."""
+    words: list[str] = []
+    for chunk in name.split("_"):
+        words.extend(w for w in re.split(r"(?<=[a-z0-9])(?=[A-Z])", chunk) if w)
+    return " ".join(w[:1].upper() + w[1:] for w in words) + ":"
+
+
+def type_name(tp: Any) -> str:
+    """A short readable name of a type annotation (``str``, ``list[str]``, ``Literal['a']``)."""
+    if tp is None or tp is type(None):
+        return "None"
+    if isinstance(tp, type) and not typing.get_args(tp):
+        return tp.__name__
+    if isinstance(tp, str):
+        return tp
+    return repr(tp).replace("typing.", "")
+
+
+class Field:
+    """An input or output field of a signature.
+
+    Create with :func:`InputField` / :func:`OutputField`; the signature binds the name and
+    the type annotation.
+
+    Attributes
+    ----------
+    name
+        Field name (set when the signature is built).
+    kind
+        ``"input"`` or ``"output"``.
+    annotation
+        The declared type (``str`` when none was given).
+    desc
+        Description shown to the LM.
+    prefix
+        Label in completion prompts; defaults to the title-cased name with a colon
+        (``movie_review`` -> ``Movie Review:``).
+    multiline
+        Whether values may span several lines (completion prompts then do not stop
+        generating at the end of the line).
+    """
+
+    def __init__(self, kind: str, *, desc: str | None = None, prefix: str | None = None,
+                 multiline: bool = False, name: str | None = None,
+                 annotation: Any = str, **extra: Any):
+        if kind not in _KINDS:
+            raise ValueError(f"field kind must be 'input' or 'output', not {kind!r}")
+        if desc is not None and not isinstance(desc, str):
+            raise TypeError(f"desc must be a string, not {type(desc).__name__}")
+        if prefix is not None and not isinstance(prefix, str):
+            raise TypeError(f"prefix must be a string, not {type(prefix).__name__}")
+        self.kind = kind
+        self.desc = desc or ""
+        self._prefix = prefix or None
+        self.multiline = bool(multiline)
+        self.name = name
+        self.annotation = annotation
+        self.extra = dict(extra)
+
+    @property
+    def prefix(self) -> str:
+        """The label in completion prompts (given, or derived from the name)."""
+        if self._prefix:
+            return self._prefix
+        return default_prefix(self.name) if self.name else ""
+
+    @property
+    def is_input(self) -> bool:
+        """Whether this is an input field."""
+        return self.kind == "input"
+
+    @property
+    def json_schema_extra(self) -> dict[str, Any]:
+        """DSPy-style view of the field's metadata."""
+        return {"__dspy_field_type": self.kind, "desc": self.desc, "prefix": self.prefix,
+                **self.extra}
+
+    def copy(self, **changes: Any) -> Field:
+        """A copy with some attributes changed (``desc``, ``prefix``, ``annotation``...)."""
+        state = {"desc": self.desc, "prefix": self._prefix, "multiline": self.multiline,
+                 "name": self.name, "annotation": self.annotation, **self.extra}
+        state.update(changes)
+        kind = state.pop("kind", self.kind)
+        return Field(kind, **state)
+
+    def _key(self) -> tuple:
+        return (self.name, self.kind, type_name(self.annotation), self.desc, self.prefix,
+                self.multiline, tuple(sorted((k, repr(v)) for k, v in self.extra.items())))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Field):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        parts = [f"{self.name or '?'}: {type_name(self.annotation)}", self.kind]
+        if self.desc:
+            parts.append(f"desc={self.desc!r}")
+        if self._prefix:
+            parts.append(f"prefix={self._prefix!r}")
+        if self.multiline:
+            parts.append("multiline=True")
+        return f"Field({', '.join(parts)})"
+
+
+def InputField(*, desc: str | None = None, prefix: str | None = None,
+               multiline: bool = False, **extra: Any) -> Any:
+    """Declare an input field of a signature.
+
+    Parameters
+    ----------
+    desc
+        What the field holds, shown to the LM.
+    prefix
+        Label in completion prompts (default: the title-cased field name and a colon).
+    multiline
+        Values may span several lines.
+    **extra
+        Free-form metadata kept on the field.
+    """
+    return Field("input", desc=desc, prefix=prefix, multiline=multiline, **extra)
+
+
+def OutputField(*, desc: str | None = None, prefix: str | None = None,
+                multiline: bool = False, **extra: Any) -> Any:
+    """Declare an output field of a signature (same parameters as :func:`InputField`)."""
+    return Field("output", desc=desc, prefix=prefix, multiline=multiline, **extra)
+
+
+# ---------------------------------------------------------------------------------------
+# type annotations from strings, without eval
+
+_TYPE_NAMES: dict[str, Any] = {
+    "str": str, "int": int, "float": float, "bool": bool, "list": list, "dict": dict,
+    "tuple": tuple, "set": set, "bytes": bytes, "Any": Any, "Literal": Literal,
+    "Optional": Optional, "Union": Union, "List": list, "Dict": dict, "Tuple": tuple,
+    "Set": set, "None": type(None),
+}
+
+
+def parse_type(text: str, custom_types: dict[str, Any] | None = None) -> Any:
+    """Parse a type annotation such as ``list[str]`` or ``Literal['yes', 'no']``.
+
+    Only builtin container types, ``typing`` constructs and ``custom_types`` are
+    recognised; nothing is evaluated.
+    """
+    names = {**_TYPE_NAMES, **(custom_types or {})}
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except SyntaxError as exc:
+        raise ValueError(f"cannot parse the type {text!r}: {exc.msg}") from None
+
+    def build(node: ast.AST) -> Any:
+        if isinstance(node, ast.Name):
+            if node.id not in names:
+                raise ValueError(
+                    f"unknown type {node.id!r} in {text!r}; known: {', '.join(sorted(names))} "
+                    f"(pass custom_types={{{node.id!r}: ...}} for others)"
+                )
+            return names[node.id]
+        if isinstance(node, ast.Attribute):
+            base = build(node.value)
+            try:
+                return getattr(base, node.attr)
+            except AttributeError:
+                raise ValueError(f"unknown type {ast.unparse(node)!r} in {text!r}") from None
+        if isinstance(node, ast.Constant):
+            return node.value
+        if isinstance(node, ast.Tuple):
+            return tuple(build(e) for e in node.elts)
+        if isinstance(node, ast.Subscript):
+            base = build(node.value)
+            args = build(node.slice)
+            try:
+                return base[args]
+            except TypeError as exc:
+                raise ValueError(f"invalid type {text!r}: {exc}") from None
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
+            return Union[build(node.left), build(node.right)]  # noqa: UP007
+        raise ValueError(f"unsupported syntax in type {text!r}: {ast.unparse(node)!r}")
+
+    return build(tree.body)
+
+
+def _split_top_level(text: str) -> list[str]:
+    parts, depth, quote, buf = [], 0, None, []
+    for ch in text:
+        if quote:
+            if ch == quote:
+                quote = None
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append("".join(buf))
+            buf = []
+            continue
+        buf.append(ch)
+    parts.append("".join(buf))
+    return parts
+
+
+def _parse_side(text: str, kind: str, spec: str,
+                custom_types: dict[str, Any] | None) -> list[Field]:
+    fields = []
+    stripped = text.strip()
+    if not stripped:
+        return fields
+    for item in _split_top_level(stripped):
+        item = item.strip()
+        if not item:
+            raise ValueError(f"invalid signature {spec!r}: empty field name in {text.strip()!r}")
+        name, _, tp = item.partition(":")
+        name = name.strip()
+        if not name.isidentifier() or name.startswith("_"):
+            raise ValueError(
+                f"invalid signature {spec!r}: {name!r} is not a valid field name "
+                "(use identifiers such as 'question' or 'context')"
+            )
+        try:
+            annotation = parse_type(tp, custom_types) if tp.strip() else str
+        except ValueError as exc:
+            raise ValueError(f"invalid signature {spec!r}: {exc}") from None
+        fields.append(Field(kind, name=name, annotation=annotation))
+    return fields
+
+
+def parse_signature_string(spec: str, custom_types: dict[str, Any] | None = None
+                           ) -> list[Field]:
+    """``"context, question -> answer: int"`` -> list of bound :class:`Field`."""
+    if not isinstance(spec, str):
+        raise TypeError(f"a signature string is expected, not {type(spec).__name__}")
+    if spec.count("->") != 1:
+        raise ValueError(
+            f"invalid signature {spec!r}: expected exactly one '->' between inputs and "
+            "outputs, e.g. 'question -> answer' or 'context, question -> answer: int'"
+        )
+    left, right = spec.split("->")
+    fields = _parse_side(left, "input", spec, custom_types)
+    outputs = _parse_side(right, "output", spec, custom_types)
+    if not outputs:
+        raise ValueError(f"invalid signature {spec!r}: at least one output field is needed")
+    fields += outputs
+    seen: set[str] = set()
+    for f in fields:
+        if f.name in seen:
+            raise ValueError(f"invalid signature {spec!r}: field {f.name!r} appears twice")
+        seen.add(f.name)
+    return fields
+
+
+# ---------------------------------------------------------------------------------------
+# the signature class
+
+
+def _default_instructions(fields: dict[str, Field]) -> str:
+    ins = ", ".join(f"`{n}`" for n, f in fields.items() if f.kind == "input")
+    outs = ", ".join(f"`{n}`" for n, f in fields.items() if f.kind == "output")
+    if ins:
+        return f"Given the fields {ins}, produce the fields {outs}."
+    return f"Produce the fields {outs}."
+
+
+def _resolve_annotations(cls: type, raw: dict[str, Any]) -> dict[str, Any]:
+    """Evaluate string annotations (``from __future__ import annotations``) safely."""
+    resolved = {}
+    module = sys.modules.get(cls.__module__)
+    globalns = vars(module) if module is not None else {}
+    for name, ann in raw.items():
+        if not isinstance(ann, str):
+            resolved[name] = ann
+            continue
+        try:
+            resolved[name] = parse_type(ann, {k: v for k, v in globalns.items()
+                                              if not k.startswith("__")})
+        except ValueError:
+            try:
+                resolved[name] = eval(ann, dict(globalns), {})  # noqa: S307  (user's own code)
+            except Exception:
+                resolved[name] = ann
+    return resolved
+
+
+class SignatureMeta(type):
+    """Metaclass of signatures: collects fields, gives class-level properties."""
+
+    def __new__(mcs, name: str, bases: tuple[type, ...], namespace: dict[str, Any],
+                **kwargs: Any) -> SignatureMeta:
+        if "_fields" in namespace:  # built by make_signature / a transformation
+            return super().__new__(mcs, name, bases, namespace, **kwargs)
+        declared = {k: v for k, v in namespace.items() if isinstance(v, Field)}
+        ns = {k: v for k, v in namespace.items() if k not in declared}
+        cls = super().__new__(mcs, name, bases, ns, **kwargs)
+        raw_ann = dict(namespace.get("__annotations__", {}))
+        if not raw_ann and "__annotate__" in namespace:  # Python 3.14 lazy annotations
+            raw_ann = dict(getattr(cls, "__annotations__", {}))
+        annotations = _resolve_annotations(cls, raw_ann)
+        for ann_name in raw_ann:
+            if ann_name not in declared and not ann_name.startswith("_"):
+                origin = typing.get_origin(annotations.get(ann_name))
+                if origin is typing.ClassVar:
+                    continue
+                raise TypeError(
+                    f"field {ann_name!r} of signature {name!r} must be declared with "
+                    f"{ann_name}: <type> = dspex.InputField() or dspex.OutputField()"
+                )
+        fields: dict[str, Field] = {}
+        parent_instructions, parent_explicit = None, False
+        for base in reversed(bases):
+            if (isinstance(base, SignatureMeta) and "_fields" in base.__dict__
+                    and not base.__dict__.get("_is_base")):
+                fields.update({k: v.copy() for k, v in base._fields.items()})
+                if base.__dict__.get("_explicit_instructions"):
+                    parent_instructions = base._instructions
+                    parent_explicit = True
+        for fname, field in declared.items():
+            if fname.startswith("_"):
+                raise ValueError(f"field names may not start with '_': {fname!r} in {name!r}")
+            fields[fname] = field.copy(name=fname, annotation=annotations.get(fname, str))
+        doc = namespace.get("__doc__")
+        if doc and doc.strip():
+            instructions, explicit = inspect.cleandoc(doc), True
+        elif parent_explicit:
+            instructions, explicit = parent_instructions, True
+        else:
+            instructions, explicit = _default_instructions(fields), False
+        type.__setattr__(cls, "_fields", fields)
+        type.__setattr__(cls, "_instructions", instructions)
+        type.__setattr__(cls, "_explicit_instructions", explicit)
+        return cls
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        if cls.__dict__.get("_is_base"):
+            return make_signature(*args, **kwargs)
+        raise TypeError(
+            f"{cls.__name__} is a signature class: pass it to a predictor, e.g. "
+            f"dspex.Predict({cls.__name__}), instead of calling it"
+        )
+
+    # -- class-level properties ----------------------------------------------------
+    @property
+    def instructions(cls) -> str:
+        """The task description given to the LM."""
+        return cls._instructions
+
+    @property
+    def fields(cls) -> dict[str, Field]:
+        """All fields, inputs then outputs, each in declaration order."""
+        return {**cls.input_fields, **cls.output_fields}
+
+    @property
+    def input_fields(cls) -> dict[str, Field]:
+        """The input fields, in declaration order."""
+        return {k: v for k, v in cls._fields.items() if v.kind == "input"}
+
+    @property
+    def output_fields(cls) -> dict[str, Field]:
+        """The output fields, in declaration order."""
+        return {k: v for k, v in cls._fields.items() if v.kind == "output"}
+
+    @property
+    def signature(cls) -> str:
+        """``"review -> sentiment"``."""
+        return f"{', '.join(cls.input_fields)} -> {', '.join(cls.output_fields)}"
+
+    # -- identity ------------------------------------------------------------------
+    def _content_key(cls) -> tuple:
+        fields = cls.__dict__.get("_fields") or {}
+        return (cls.__dict__.get("_instructions"),
+                tuple(f._key() for f in {**{k: v for k, v in fields.items()
+                                            if v.kind == "input"},
+                                         **{k: v for k, v in fields.items()
+                                            if v.kind == "output"}}.values()))
+
+    def __eq__(cls, other: object) -> bool:
+        if cls is other:
+            return True
+        if not isinstance(other, SignatureMeta):
+            return NotImplemented
+        return cls.__name__ == other.__name__ and cls._content_key() == other._content_key()
+
+    def __hash__(cls) -> int:
+        return hash((cls.__name__, cls._content_key()))
+
+    def __repr__(cls) -> str:
+        if cls.__dict__.get("_is_base"):
+            return "<class 'foundation_dask.dspex.Signature'>"
+        instr = cls._instructions
+        if len(instr) > 80:
+            instr = instr[:77] + "..."
+        return f"{cls.__name__}({cls.signature}, instructions={instr!r})"
+
+
+class Signature(metaclass=SignatureMeta):
+    """Base class of signatures; ``Signature("q -> a", "instructions")`` makes one.
+
+    Class-level attributes: ``instructions``, ``fields`` (ordered, inputs first),
+    ``input_fields``, ``output_fields``, ``signature`` (``"q -> a"``).
+
+    Examples
+    --------
+    >>> sig = Signature("question -> answer")
+    >>> sig
+    StringSignature(question -> answer, instructions='Given the fields `question`, produce the fields `answer`.')
+    >>> list(sig.output_fields)
+    ['answer']
+    """  # noqa: E501
+
+    _is_base = True
+
+    @classmethod
+    def _rebuild(cls, name: str, fields: list[Field], instructions: str | None,
+                 explicit: bool = True) -> SignatureMeta:
+        bound = {f.name: f for f in fields}
+        if instructions is None:
+            instructions, explicit = _default_instructions(bound), False
+        return _new_signature_class(name, bound, instructions, explicit)
+
+    @classmethod
+    def with_instructions(cls, instructions: str) -> SignatureMeta:
+        """The same signature with other instructions."""
+        if not isinstance(instructions, str):
+            raise TypeError("instructions must be a string")
+        return cls._rebuild(cls.__name__, list(cls._fields.values()), instructions)
+
+    @classmethod
+    def with_updated_fields(cls, name: str, type_: Any = None, **changes: Any
+                            ) -> SignatureMeta:
+        """The same signature with field ``name`` changed (``desc=``, ``prefix=``...)."""
+        if name not in cls._fields:
+            raise KeyError(f"{cls.__name__} has no field {name!r}; fields: {list(cls._fields)}")
+        if type_ is not None:
+            changes["annotation"] = type_
+        fields = [f.copy(**changes) if f.name == name else f for f in cls._fields.values()]
+        return cls._rebuild(cls.__name__, fields, cls._instructions,
+                            cls._explicit_instructions)
+
+    @classmethod
+    def insert(cls, index: int, name: str, field: Field, type_: Any = None) -> SignatureMeta:
+        """Insert a field at ``index`` among the fields of its kind (``-1``: last)."""
+        if not isinstance(field, Field):
+            raise TypeError("field must be made with dspex.InputField() or dspex.OutputField()")
+        if name in cls._fields:
+            raise ValueError(f"{cls.__name__} already has a field {name!r}")
+        new = field.copy(name=name, annotation=type_ if type_ is not None else field.annotation)
+        same = [f for f in cls._fields.values() if f.kind == new.kind]
+        other = [f for f in cls._fields.values() if f.kind != new.kind]
+        if index < 0:
+            index = len(same) + 1 + index
+        same.insert(max(0, min(index, len(same))), new)
+        fields = same + other if new.kind == "input" else other + same
+        instructions = cls._instructions if cls._explicit_instructions else None
+        return cls._rebuild(cls.__name__, fields, instructions)
+
+    @classmethod
+    def prepend(cls, name: str, field: Field, type_: Any = None) -> SignatureMeta:
+        """Insert a field first among the fields of its kind."""
+        return cls.insert(0, name, field, type_)
+
+    @classmethod
+    def append(cls, name: str, field: Field, type_: Any = None) -> SignatureMeta:
+        """Insert a field last among the fields of its kind."""
+        return cls.insert(-1, name, field, type_)
+
+    @classmethod
+    def delete(cls, name: str) -> SignatureMeta:
+        """The signature without field ``name``."""
+        if name not in cls._fields:
+            raise KeyError(f"{cls.__name__} has no field {name!r}")
+        fields = [f for f in cls._fields.values() if f.name != name]
+        instructions = cls._instructions if cls._explicit_instructions else None
+        return cls._rebuild(cls.__name__, fields, instructions)
+
+    @classmethod
+    def equals(cls, other: Any) -> bool:
+        """Same instructions and fields, whatever the class names."""
+        return isinstance(other, SignatureMeta) and cls._content_key() == other._content_key()
+
+    @classmethod
+    def dump_state(cls) -> dict[str, Any]:
+        """JSON-able instructions and per-field prefix/description/type."""
+        return {
+            "name": cls.__name__,
+            "instructions": cls._instructions,
+            "fields": [{"name": f.name, "kind": f.kind, "type": type_name(f.annotation),
+                        "prefix": f.prefix, "desc": f.desc, "multiline": f.multiline}
+                       for f in cls.fields.values()],
+        }
+
+    @classmethod
+    def load_state(cls, state: dict[str, Any]) -> SignatureMeta:
+        """A copy with instructions, prefixes and descriptions from :meth:`dump_state`."""
+        saved = {f["name"]: f for f in state.get("fields", [])}
+        mine = cls.fields
+        if set(saved) != set(mine):
+            raise ValueError(
+                f"saved signature fields {sorted(saved)} do not match {cls.__name__}'s fields "
+                f"{sorted(mine)}"
+            )
+        fields = []
+        for f in cls._fields.values():
+            s = saved[f.name]
+            if s.get("kind", f.kind) != f.kind:
+                raise ValueError(f"field {f.name!r} is an {f.kind} field, saved as {s['kind']}")
+            prefix = s.get("prefix")
+            fields.append(f.copy(desc=s.get("desc", f.desc),
+                                 prefix=None if prefix == default_prefix(f.name) else prefix))
+        return cls._rebuild(cls.__name__, fields, state.get("instructions", cls._instructions))
+
+
+def signature_from_state(state: dict[str, Any],
+                         custom_types: dict[str, Any] | None = None) -> SignatureMeta:
+    """Build a signature from :meth:`Signature.dump_state` output alone.
+
+    Types are read back with :func:`parse_type` (``str`` when a type is not known).
+    """
+    fields: dict[str, Field] = {}
+    for f in state.get("fields", []):
+        try:
+            annotation = parse_type(f.get("type") or "str", custom_types)
+        except ValueError:
+            annotation = str
+        prefix = f.get("prefix")
+        fields[f["name"]] = Field(
+            f["kind"], name=f["name"], annotation=annotation, desc=f.get("desc"),
+            prefix=None if prefix == default_prefix(f["name"]) else prefix,
+            multiline=bool(f.get("multiline", False)))
+    default = _default_instructions(fields)
+    instructions = state.get("instructions") or default
+    return _new_signature_class(state.get("name") or "StringSignature", fields, instructions,
+                                instructions != default)
+
+
+def _new_signature_class(name: str, fields: dict[str, Field], instructions: str,
+                         explicit: bool) -> SignatureMeta:
+    namespace = {
+        "__module__": __name__,
+        "__qualname__": name,
+        "__doc__": instructions,
+        "_fields": dict(fields),
+        "_instructions": instructions,
+        "_explicit_instructions": explicit,
+    }
+    return SignatureMeta(name, (Signature,), namespace)
+
+
+def make_signature(signature: str | dict[str, Any] | SignatureMeta,
+                   instructions: str | None = None, signature_name: str = "StringSignature",
+                   custom_types: dict[str, Any] | None = None) -> SignatureMeta:
+    """Build a signature from a string, a ``{name: field}`` dict, or another signature.
+
+    Parameters
+    ----------
+    signature
+        ``"context, question -> answer: int"``; or ``{"question": InputField(), ...}``
+        (values may also be ``(type, field)``); or a signature class.
+    instructions
+        Task description; defaults to one naming the fields.
+    signature_name
+        Class name of the result.
+    custom_types
+        Extra type names usable in the string form.
+    """
+    if isinstance(signature, SignatureMeta):
+        return signature.with_instructions(instructions) if instructions is not None \
+            else signature
+    if isinstance(signature, str):
+        fields = parse_signature_string(signature, custom_types)
+    elif isinstance(signature, dict):
+        fields = []
+        for name, value in signature.items():
+            tp: Any = str
+            if isinstance(value, tuple) and len(value) == 2:
+                tp, value = value
+            if not isinstance(value, Field):
+                raise TypeError(f"field {name!r}: expected InputField()/OutputField(), "
+                                f"got {type(value).__name__}")
+            if not isinstance(name, str) or not name.isidentifier() or name.startswith("_"):
+                raise ValueError(f"invalid field name {name!r}")
+            fields.append(value.copy(name=name, annotation=tp))
+        if not any(f.kind == "output" for f in fields):
+            raise ValueError("a signature needs at least one output field")
+    else:
+        raise TypeError(
+            "Signature() takes a string such as 'question -> answer', a dict of fields or a "
+            f"signature class, not {type(signature).__name__}"
+        )
+    if instructions is not None and not isinstance(instructions, str):
+        raise TypeError("instructions must be a string")
+    bound = {f.name: f for f in fields}
+    explicit = instructions is not None
+    return _new_signature_class(signature_name, bound,
+                                instructions if explicit else _default_instructions(bound),
+                                explicit)
+
+
+def ensure_signature(signature: Any, instructions: str | None = None) -> SignatureMeta:
+    """Accept a signature class or anything :func:`make_signature` accepts."""
+    if isinstance(signature, SignatureMeta):
+        if signature.__dict__.get("_is_base"):
+            raise TypeError("pass a concrete signature, not the Signature base class")
+        return signature.with_instructions(instructions) if instructions else signature
+    return make_signature(signature, instructions)
+
+
+# ---------------------------------------------------------------------------------------
+# pickling: by reference when importable by name, else by value
+
+
+def _rebuild_signature(name: str, fields: list[Field], instructions: str,
+                       explicit: bool) -> SignatureMeta:
+    return _new_signature_class(name, {f.name: f for f in fields}, instructions, explicit)
+
+
+def _reduce_signature(cls: SignatureMeta) -> Any:
+    module = sys.modules.get(cls.__module__)
+    obj: Any = module
+    for part in cls.__qualname__.split("."):
+        obj = getattr(obj, part, None)
+    if obj is cls:
+        return cls.__qualname__
+    return (_rebuild_signature,
+            (cls.__name__, list(cls._fields.values()), cls._instructions,
+             cls._explicit_instructions))
+
+
+copyreg.pickle(SignatureMeta, _reduce_signature)
