@@ -1,0 +1,348 @@
+"""Distributed evaluation: (program x example) evaluations scattered over the cluster.
+
+``Evaluate(devset=..., metric=...)(program)`` splits the devset into chunks and
+submits one Dask task per chunk, so the per-task overhead of the scheduler (100-300
+tiny tasks/s on two cores) stays a small part of the work. Each chunk evaluates its
+examples one after the other in a worker process (where a local LM is loaded once)
+and returns one record per example. Progress (done, running score, rate, ETA) goes
+out on the ``telemetry`` channel and to a progress line as chunks finish.
+
+Failures: a program or metric that raises is recorded for that example with its
+error and scored ``failure_score``; ``max_errors`` stops the run with the first
+failures listed. A worker that dies mid-evaluation loses nothing: Dask re-runs its
+chunks on the other workers (``distributed.scheduler.allowed-failures``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from foundation_dask.core._client import current_client
+
+if TYPE_CHECKING:
+    import distributed
+    import pandas as pd
+
+
+class EvaluationError(RuntimeError):
+    """The evaluation stopped: too many examples failed."""
+
+
+@dataclass
+class EvaluationRecord:
+    """The outcome of one (program, example) evaluation."""
+
+    index: int
+    prediction: Any
+    score: float
+    error: str | None
+    worker: str
+    pid: int
+    start: float
+    duration: float
+
+
+def _evaluate_chunk(program: Any, examples: list[tuple[int, Any]], metric: Callable,
+                    failure_score: float, lm: Any = None) -> list[EvaluationRecord]:
+    """Runs on a worker: evaluate ``examples`` (index, example) with ``program``."""
+    from foundation_dask.scope.context import SpanScope
+
+    try:
+        from distributed import get_worker
+
+        worker = get_worker().address
+    except ValueError:
+        worker = "local"
+    pid = os.getpid()
+    settings_ctx = _lm_context(lm)
+    out = []
+    with settings_ctx:
+        for index, example in examples:
+            start = time.time()
+            t0 = time.perf_counter()
+            prediction, error = None, None
+            with SpanScope("evaluate_example", "span", {"index": index}):
+                try:
+                    prediction = program(**_inputs(example))
+                    score = float(metric(example, prediction))
+                except Exception as exc:
+                    score = failure_score
+                    error = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+            out.append(EvaluationRecord(index, prediction, score, error, worker, pid, start,
+                                        time.perf_counter() - t0))
+    return out
+
+
+class _NullContext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _lm_context(lm: Any):
+    if lm is None:
+        return _NullContext()
+    from foundation_dask import dspex
+
+    return dspex.context(lm=lm)
+
+
+def _inputs(example: Any) -> dict[str, Any]:
+    inputs = example.inputs() if hasattr(example, "inputs") else example
+    if hasattr(inputs, "toDict"):
+        return inputs.toDict()
+    return dict(inputs)
+
+
+def auto_chunk_size(n_examples: int, n_workers: int, per_worker_chunks: int = 4) -> int:
+    """Examples per task: about ``per_worker_chunks`` tasks per worker, at least 1.
+
+    Fewer, larger tasks amortise the scheduler's per-task cost; several per worker
+    keep load balance and progress reporting fine-grained.
+    """
+    if n_examples <= 0:
+        return 1
+    return max(1, math.ceil(n_examples / (max(1, n_workers) * per_worker_chunks)))
+
+
+@dataclass
+class EvaluationResult:
+    """Score and per-example records of an evaluation.
+
+    Attributes
+    ----------
+    score
+        Mean metric over the devset, in percent (like DSPy's ``Evaluate``).
+    results
+        ``[(example, prediction, score), ...]`` in devset order.
+    frame
+        DataFrame: example, prediction, score, error, worker, duration.
+    """
+
+    score: float
+    results: list[tuple[Any, Any, float]]
+    records: list[EvaluationRecord] = field(repr=False, default_factory=list)
+    devset: Sequence[Any] = field(repr=False, default=())
+    wall_time: float = 0.0
+    eval_id: str = ""
+
+    @property
+    def frame(self) -> pd.DataFrame:
+        import pandas as pd
+
+        return pd.DataFrame([
+            {"example": self.devset[r.index], "prediction": r.prediction, "score": r.score,
+             "error": r.error, "worker": r.worker, "duration": r.duration}
+            for r in self.records
+        ])
+
+    @property
+    def errors(self) -> list[EvaluationRecord]:
+        return [r for r in self.records if r.error]
+
+    def __float__(self) -> float:
+        return float(self.score)
+
+    def __repr__(self) -> str:
+        return (f"EvaluationResult(score={self.score:.2f}, n={len(self.records)}, "
+                f"errors={len(self.errors)}, wall_time={self.wall_time:.2f}s)")
+
+    def _repr_html_(self) -> str:
+        workers = sorted({r.worker for r in self.records})
+        return (
+            f"<b>Evaluation</b>: score <b>{self.score:.2f}%</b> on {len(self.records)} examples, "
+            f"{len(self.errors)} errors, {self.wall_time:.2f} s on {len(workers)} workers"
+        )
+
+
+class _Progress:
+    """One progress line on stderr (or nothing), updated as chunks finish."""
+
+    def __init__(self, total: int, enabled: bool, label: str):
+        self.total = total
+        self.enabled = enabled
+        self.label = label
+        self.t0 = time.perf_counter()
+
+    def update(self, done: int, score_sum: float) -> dict[str, Any]:
+        elapsed = time.perf_counter() - self.t0
+        rate = done / elapsed if elapsed > 0 else 0.0
+        eta = (self.total - done) / rate if rate > 0 else None
+        score = 100.0 * score_sum / done if done else 0.0
+        if self.enabled:
+            width = 30
+            filled = int(width * done / max(1, self.total))
+            eta_text = f"{eta:.0f}s" if eta is not None else "?"
+            sys.stderr.write(
+                f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] {done}/{self.total} "
+                f"score {score:.1f}% {rate:.1f}/s ETA {eta_text}  "
+            )
+            if done >= self.total:
+                sys.stderr.write("\n")
+            sys.stderr.flush()
+        return {"done": done, "total": self.total, "running_score": score, "rate": rate,
+                "eta_s": eta, "elapsed_s": elapsed}
+
+
+class Evaluate:
+    """Evaluate a program on a devset, distributed over the Dask cluster.
+
+    Parameters
+    ----------
+    devset
+        Examples (``Example.with_inputs(...)``).
+    metric
+        ``metric(example, prediction, trace=None) -> float | bool``.
+    failure_score
+        Score of an example whose program or metric raised.
+    max_errors
+        Stop after more than this many failed examples (``None``: never stop).
+    chunk_size
+        Examples per task, or ``"auto"`` (:func:`auto_chunk_size`).
+    display_progress
+        Show a progress line while it runs.
+    workers
+        Restrict evaluation to these worker addresses (capacity-aware placement).
+    lm
+        Run the program under ``dspex.context(lm=lm)`` on the workers.
+    num_threads
+        Accepted for DSPy compatibility; the cluster decides parallelism.
+    """
+
+    def __init__(self, *, devset: Sequence[Any], metric: Callable | None = None,
+                 failure_score: float = 0.0, max_errors: int | None = None,
+                 chunk_size: int | str = "auto", display_progress: bool = False,
+                 workers: Sequence[str] | None = None, lm: Any = None,
+                 num_threads: int | None = None, client: distributed.Client | None = None,
+                 progress_channel: str | None = "telemetry", label: str = "Evaluate"):
+        if chunk_size != "auto" and (not isinstance(chunk_size, int) or chunk_size < 1):
+            raise ValueError(f"chunk_size must be a positive integer or 'auto', not {chunk_size!r}")
+        if max_errors is not None and max_errors < 0:
+            raise ValueError(f"max_errors must be >= 0 or None, not {max_errors!r}")
+        self.devset = list(devset)
+        self.metric = metric
+        self.failure_score = failure_score
+        self.max_errors = max_errors
+        self.chunk_size = chunk_size
+        self.display_progress = display_progress
+        self.workers = list(workers) if workers else None
+        self.lm = lm
+        self.client = client
+        self.progress_channel = progress_channel
+        self.label = label
+
+    def __call__(self, program: Any, metric: Callable | None = None,
+                 devset: Sequence[Any] | None = None, **kwargs: Any) -> EvaluationResult:
+        metric = metric or self.metric
+        devset = list(devset) if devset is not None else self.devset
+        if metric is None:
+            raise TypeError("Evaluate needs a metric: Evaluate(devset=..., metric=fn)")
+        if not devset:
+            raise ValueError("Evaluate got an empty devset: pass at least one Example")
+        client = self.client or current_client()
+        return evaluate_many(
+            client, [program], devset, metric, failure_score=self.failure_score,
+            max_errors=self.max_errors, chunk_size=self.chunk_size,
+            display_progress=kwargs.get("display_progress", self.display_progress),
+            workers=self.workers, lm=self.lm, progress_channel=self.progress_channel,
+            label=self.label,
+        )[0]
+
+
+def evaluate_many(client: distributed.Client, programs: Sequence[Any], devset: Sequence[Any],
+                  metric: Callable, *, failure_score: float = 0.0,
+                  max_errors: int | None = None, chunk_size: int | str = "auto",
+                  display_progress: bool = False, workers: Sequence[str] | None = None,
+                  lm: Any = None, progress_channel: str | None = "telemetry",
+                  label: str = "Evaluate", on_record: Callable | None = None,
+                  on_chunk: Callable | None = None,
+                  eval_id: str | None = None) -> list[EvaluationResult]:
+    """Evaluate several programs on one devset with every (program, chunk) in flight at once.
+
+    This is what optimizers use to evaluate all their candidates together instead of
+    one after another. Returns one :class:`EvaluationResult` per program.
+    """
+    from distributed import as_completed
+
+    eval_id = eval_id or uuid.uuid4().hex[:12]
+    n_workers = len(workers) if workers else max(1, len(client.scheduler_info()["workers"]))
+    size = (auto_chunk_size(len(devset) * len(programs), n_workers)
+            if chunk_size == "auto" else int(chunk_size))
+    size = min(size, len(devset))
+    indexed = list(enumerate(devset))
+    chunks = [indexed[i:i + size] for i in range(0, len(indexed), size)]
+    t0 = time.perf_counter()
+    futures = {}
+    for p, program in enumerate(programs):
+        for c, chunk in enumerate(chunks):
+            fut = client.submit(
+                _evaluate_chunk, program, chunk, metric, failure_score, lm,
+                key=f"evaluate-{eval_id}-{p}-{c}", workers=workers,
+                allow_other_workers=workers is not None, pure=False, retries=0,
+            )
+            futures[fut] = p
+    total = len(devset) * len(programs)
+    progress = _Progress(total, display_progress, label)
+    records: list[list[EvaluationRecord]] = [[] for _ in programs]
+    done, score_sum, errors = 0, 0.0, []
+    seq = as_completed(futures)
+    try:
+        for fut in seq:
+            p = futures[fut]
+            chunk_records = fut.result()
+            records[p].extend(chunk_records)
+            for r in chunk_records:
+                done += 1
+                score_sum += r.score
+                if r.error:
+                    errors.append((p, r))
+                if on_record is not None:
+                    on_record(p, r)
+            state = progress.update(done, score_sum)
+            if on_chunk is not None:
+                on_chunk({"phase": label, "eval_id": eval_id, **state})
+            if progress_channel:
+                _publish(progress_channel, {"type": "evaluation_progress", "eval_id": eval_id,
+                                            "label": label, **state})
+            if max_errors is not None and len(errors) > max_errors:
+                first = "\n".join(
+                    f"  example {r.index}: {r.error}" for _, r in errors[:5]
+                )
+                raise EvaluationError(
+                    f"{label}: {len(errors)} examples failed (max_errors={max_errors}); "
+                    f"first failures:\n{first}"
+                )
+    finally:
+        remaining = [f for f in futures if not f.done()]
+        if remaining:
+            client.cancel(remaining)
+    wall = time.perf_counter() - t0
+    results = []
+    for p in range(len(programs)):
+        recs = sorted(records[p], key=lambda r: r.index)
+        score = 100.0 * sum(r.score for r in recs) / max(1, len(recs))
+        results.append(EvaluationResult(
+            score=round(score, 2),
+            results=[(devset[r.index], r.prediction, r.score) for r in recs],
+            records=recs, devset=devset, wall_time=wall, eval_id=eval_id,
+        ))
+    return results
+
+
+def _publish(channel: str, msg: dict[str, Any]) -> None:
+    try:
+        import foundation_dask as fd
+
+        fd.Channels.broadcast(channel, msg)
+    except Exception:  # progress reporting never fails an evaluation
+        pass

@@ -1,0 +1,454 @@
+"""Few-shot optimizers whose work is scattered over the cluster.
+
+* :class:`LabeledFewShot`: demos sampled from the labelled trainset.
+* :class:`BootstrapFewShot`: a teacher program runs on the trainset and the traces of
+  the runs that pass the metric become demos. The teacher runs go to the cluster in
+  parallel (chunked tasks), unlike DSPy's serial loop; demos are then taken in
+  trainset order, so the result is the same as the serial loop's.
+* :class:`BootstrapFewShotWithRandomSearch`: candidate programs (zero-shot, labelled
+  only, bootstrapped, and bootstrapped from shuffled trainsets with random demo
+  counts), all evaluated on the validation set at once: every (candidate, example)
+  evaluation is in flight together, not one candidate after another. The teacher's
+  runs are shared between candidates (they do not depend on the candidate), so the
+  trainset is bootstrapped once.
+
+Every optimizer is seeded: the same seed gives the same best program.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from foundation_dask.core._client import current_client
+from foundation_dask.dspex.evaluate import (
+    EvaluationError,
+    EvaluationResult,
+    auto_chunk_size,
+    evaluate_many,
+)
+
+if TYPE_CHECKING:
+    import distributed
+    import pandas as pd
+
+logger = logging.getLogger(__name__)
+
+
+class OptimizationStopped(RuntimeError):  # noqa: N818 - a signal more than an error
+    """The optimization was asked to stop (``stop`` on the control channel)."""
+
+
+@dataclass
+class Runtime:
+    """How an optimizer reaches the cluster and reports progress.
+
+    Parameters
+    ----------
+    client
+        Dask client (the current one by default).
+    workers
+        Restrict tasks to these workers (a capacity plan).
+    on_progress
+        Called with a dict after each finished chunk of evaluations.
+    should_stop
+        Polled between chunks; when it returns true the optimizer stops.
+    display_progress
+        Print a progress line.
+    """
+
+    client: distributed.Client | None = None
+    workers: list[str] | None = None
+    on_progress: Callable[[dict[str, Any]], None] | None = None
+    should_stop: Callable[[], bool] | None = None
+    display_progress: bool = False
+    chunk_size: int | str = "auto"
+    lm: Any = None
+    evaluations: int = 0
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+    def get_client(self) -> distributed.Client:
+        return self.client or current_client()
+
+
+def _examples_equal(a: Any, b: Any) -> bool:
+    try:
+        return a == b
+    except Exception:
+        return a is b
+
+
+# --------------------------------------------------------------------------------------
+# teacher runs
+
+
+def _capture(program: Any, inputs: dict[str, Any]) -> tuple[Any, list[tuple[str, dict, dict]]]:
+    """Run ``program`` and record every predictor call: (name, inputs, outputs)."""
+    from foundation_dask.dspex.settings import context
+
+    names = {id(pred): name for name, pred in program.named_predictors()}
+    trace: list = []
+    with context(trace=trace):
+        prediction = program(**inputs)
+    return prediction, [
+        (names.get(id(pred), "?"), dict(ins), _as_dict(out)) for pred, ins, out in trace
+    ]
+
+
+def _as_dict(prediction: Any) -> dict[str, Any]:
+    if hasattr(prediction, "toDict"):
+        return prediction.toDict()
+    return dict(prediction)
+
+
+def _teacher_chunk(teacher: Any, examples: list[tuple[int, Any]], metric: Callable,
+                   metric_threshold: float | None, lm: Any) -> list[dict[str, Any]]:
+    """Runs on a worker: the teacher on each example, its own demo excluded."""
+    from foundation_dask.dspex.evaluate import _inputs, _lm_context
+
+    out = []
+    with _lm_context(lm):
+        for index, example in examples:
+            program = teacher.deepcopy()
+            for _, pred in program.named_predictors():
+                pred.demos = [d for d in pred.demos if not _examples_equal(d, example)]
+            t0 = time.perf_counter()
+            try:
+                prediction, calls = _capture(program, _inputs(example))
+                score = metric(example, prediction, calls)
+                ok = (score >= metric_threshold) if metric_threshold is not None else bool(score)
+                error = None
+            except Exception as exc:
+                ok, calls, error = False, [], f"{type(exc).__name__}: {exc}"
+            out.append({"index": index, "success": bool(ok), "calls": calls if ok else [],
+                        "error": error, "duration": time.perf_counter() - t0})
+    return out
+
+
+def run_teacher(teacher: Any, trainset: Sequence[Any], metric: Callable, *,
+                metric_threshold: float | None = None, runtime: Runtime | None = None,
+                max_errors: int | None = None, label: str = "bootstrap") -> list[dict[str, Any]]:
+    """Run the teacher on every trainset example on the cluster; results in trainset order."""
+    from distributed import as_completed
+
+    runtime = runtime or Runtime()
+    client = runtime.get_client()
+    n_workers = len(runtime.workers or client.scheduler_info()["workers"]) or 1
+    size = (auto_chunk_size(len(trainset), n_workers) if runtime.chunk_size == "auto"
+            else int(runtime.chunk_size))
+    indexed = list(enumerate(trainset))
+    futures = [
+        client.submit(_teacher_chunk, teacher, indexed[i:i + size], metric, metric_threshold,
+                      runtime.lm, workers=runtime.workers,
+                      allow_other_workers=runtime.workers is not None, pure=False)
+        for i in range(0, len(indexed), size)
+    ]
+    results: list[dict[str, Any]] = []
+    errors = 0
+    try:
+        for fut in as_completed(futures):
+            chunk = fut.result()
+            results.extend(chunk)
+            errors += sum(1 for r in chunk if r["error"])
+            runtime.evaluations += len(chunk)
+            if runtime.on_progress:
+                runtime.on_progress({"phase": label, "done": len(results),
+                                     "total": len(trainset), "evaluations": runtime.evaluations})
+            if max_errors is not None and errors > max_errors:
+                first = [r for r in results if r["error"]][:5]
+                raise EvaluationError(
+                    f"{label}: {errors} teacher runs failed (max_errors={max_errors}); first: "
+                    + "; ".join(f"example {r['index']}: {r['error']}" for r in first)
+                )
+            if runtime.should_stop and runtime.should_stop():
+                raise OptimizationStopped(label)
+    finally:
+        client.cancel([f for f in futures if not f.done()])
+    return sorted(results, key=lambda r: r["index"])
+
+
+def _demos_from_calls(calls: list[tuple[str, dict, dict]], predictor_name: str) -> list[Any]:
+    from foundation_dask.dspex import Example
+
+    demos = []
+    for name, inputs, outputs in calls:
+        if name == predictor_name:
+            demos.append(Example(**inputs, **outputs, augmented=True).with_inputs(*inputs))
+    return demos
+
+
+def _assign_demos(student: Any, trainset: Sequence[Any], teacher_runs: list[dict[str, Any]],
+                  order: Sequence[int], max_bootstrapped: int, max_labeled: int,
+                  rng: random.Random) -> Any:
+    """A copy of ``student`` with bootstrapped demos (taken in ``order``) and labelled ones."""
+    program = student.reset_copy()
+    by_index = {r["index"]: r for r in teacher_runs}
+    used: list[int] = []
+    augmented: dict[str, list[Any]] = {name: [] for name, _ in program.named_predictors()}
+    for idx in order:
+        if len(used) >= max_bootstrapped:
+            break
+        run = by_index.get(idx)
+        if run is None or not run["success"]:
+            continue
+        used.append(idx)
+        for name in augmented:
+            augmented[name].extend(_demos_from_calls(run["calls"], name))
+    raw = [ex for i, ex in enumerate(trainset) if i not in set(used)]
+    rng.shuffle(raw)
+    for name, pred in program.named_predictors():
+        demos = augmented[name][:max_bootstrapped]
+        pred.demos = demos + raw[: max(0, max_labeled - len(demos))]
+    return program
+
+
+# --------------------------------------------------------------------------------------
+# optimizers
+
+
+class Teleprompter:
+    """Base class: ``compile(student, trainset=...) -> program``."""
+
+    runtime: Runtime
+
+    def compile(self, student: Any, *, trainset: Sequence[Any], **kwargs: Any) -> Any:
+        raise NotImplementedError
+
+
+class LabeledFewShot(Teleprompter):
+    """Demos sampled at random (seeded) from the labelled trainset.
+
+    Parameters
+    ----------
+    k
+        Demos per predictor.
+    """
+
+    def __init__(self, k: int = 16, seed: int = 0):
+        if k < 0:
+            raise ValueError(f"k must be >= 0, not {k}")
+        self.k = k
+        self.seed = seed
+
+    def compile(self, student: Any, *, trainset: Sequence[Any], sample: bool = True,
+                **kwargs: Any) -> Any:
+        program = student.reset_copy()
+        if not trainset or self.k == 0:
+            return program
+        rng = random.Random(self.seed)
+        for _, pred in program.named_predictors():
+            pred.demos = (rng.sample(list(trainset), min(self.k, len(trainset))) if sample
+                          else list(trainset)[: self.k])
+        return program
+
+
+class BootstrapFewShot(Teleprompter):
+    """Bootstrapped demos: traces of teacher runs that pass the metric.
+
+    Parameters
+    ----------
+    metric
+        ``metric(example, prediction, trace) -> float | bool``.
+    metric_threshold
+        Minimum metric value of a passing run (default: truthiness).
+    max_bootstrapped_demos, max_labeled_demos
+        Demos per predictor from teacher traces, and from the labelled trainset.
+    max_errors
+        Stop when more teacher runs than this raise.
+    runtime
+        Cluster placement and progress (:class:`Runtime`).
+    """
+
+    def __init__(self, metric: Callable, *, metric_threshold: float | None = None,
+                 teacher_settings: dict | None = None, max_bootstrapped_demos: int = 4,
+                 max_labeled_demos: int = 16, max_rounds: int = 1,
+                 max_errors: int | None = None, seed: int = 0,
+                 runtime: Runtime | None = None):
+        if max_rounds != 1:
+            raise ValueError(
+                "max_rounds > 1 is not supported: teacher runs are deterministic here "
+                "(temperature 0, cached), so further rounds would repeat the first."
+            )
+        self.metric = metric
+        self.metric_threshold = metric_threshold
+        self.teacher_settings = teacher_settings or {}
+        self.max_bootstrapped_demos = max_bootstrapped_demos
+        self.max_labeled_demos = max_labeled_demos
+        self.max_errors = max_errors
+        self.seed = seed
+        self.runtime = runtime or Runtime()
+
+    def _teacher(self, student: Any, teacher: Any | None, trainset: Sequence[Any]) -> Any:
+        teacher = (teacher or student).deepcopy()
+        if self.max_labeled_demos and not any(p.demos for _, p in teacher.named_predictors()):
+            teacher = LabeledFewShot(k=self.max_labeled_demos).compile(
+                teacher, trainset=trainset
+            )
+        return teacher
+
+    def compile(self, student: Any, *, trainset: Sequence[Any], teacher: Any | None = None,
+                teacher_runs: list[dict[str, Any]] | None = None,
+                order: Sequence[int] | None = None, **kwargs: Any) -> Any:
+        trainset = list(trainset)
+        if not trainset:
+            raise ValueError("BootstrapFewShot needs a non-empty trainset")
+        if teacher_runs is None:
+            teacher_runs = run_teacher(
+                self._teacher(student, teacher, trainset), trainset, self.metric,
+                metric_threshold=self.metric_threshold, runtime=self.runtime,
+                max_errors=self.max_errors,
+            )
+        order = list(order) if order is not None else list(range(len(trainset)))
+        program = _assign_demos(student, trainset, teacher_runs, order,
+                                self.max_bootstrapped_demos, self.max_labeled_demos,
+                                random.Random(self.seed))
+        program._compiled = True
+        return program
+
+
+@dataclass
+class Candidate:
+    """One candidate program of a random search."""
+
+    seed: int
+    kind: str
+    program: Any
+    score: float | None = None
+    evaluation: EvaluationResult | None = None
+
+
+class BootstrapFewShotWithRandomSearch(Teleprompter):
+    """Random search over bootstrapped demo sets, every candidate evaluated at once.
+
+    Candidates (as in DSPy): seed -3 zero-shot, -2 labelled demos only, -1 bootstrapped
+    in trainset order, then ``num_candidate_programs`` bootstrapped from a trainset
+    shuffled with their seed, with a random number of demos in
+    ``[min_num_samples, max_bootstrapped_demos]``.
+
+    Parameters
+    ----------
+    metric
+        ``metric(example, prediction, trace=None)``.
+    num_candidate_programs
+        Shuffled candidates beyond the three fixed ones.
+    seed
+        Base seed; the same seed gives the same best program.
+    """
+
+    def __init__(self, metric: Callable, *, teacher_settings: dict | None = None,
+                 max_bootstrapped_demos: int = 4, max_labeled_demos: int = 16,
+                 max_rounds: int = 1, num_candidate_programs: int = 16,
+                 num_threads: int | None = None, max_errors: int | None = None,
+                 stop_at_score: float | None = None, metric_threshold: float | None = None,
+                 min_num_samples: int = 1, seed: int = 0, runtime: Runtime | None = None):
+        if num_candidate_programs < 0:
+            raise ValueError(f"num_candidate_programs must be >= 0, not {num_candidate_programs}")
+        self.metric = metric
+        self.teacher_settings = teacher_settings or {}
+        self.max_bootstrapped_demos = max_bootstrapped_demos
+        self.max_labeled_demos = max_labeled_demos
+        self.max_rounds = max_rounds
+        self.num_candidate_programs = num_candidate_programs
+        self.max_errors = max_errors
+        self.stop_at_score = stop_at_score
+        self.metric_threshold = metric_threshold
+        self.min_num_samples = min_num_samples
+        self.seed = seed
+        self.runtime = runtime or Runtime()
+        self.candidates: list[Candidate] = []
+        self.history: list[dict[str, Any]] = []
+
+    def candidate_programs(self, student: Any, trainset: Sequence[Any],
+                           teacher: Any | None = None,
+                           teacher_runs: list[dict[str, Any]] | None = None) -> list[Candidate]:
+        """Build every candidate (one shared, parallel teacher pass over the trainset)."""
+        trainset = list(trainset)
+        boot = BootstrapFewShot(
+            self.metric, metric_threshold=self.metric_threshold,
+            max_bootstrapped_demos=self.max_bootstrapped_demos,
+            max_labeled_demos=self.max_labeled_demos, max_errors=self.max_errors,
+            seed=self.seed, runtime=self.runtime,
+        )
+        if teacher_runs is None:
+            teacher_runs = run_teacher(
+                boot._teacher(student, teacher, trainset), trainset, self.metric,
+                metric_threshold=self.metric_threshold, runtime=self.runtime,
+                max_errors=self.max_errors,
+            )
+        self.teacher_runs = teacher_runs
+        candidates = [
+            Candidate(-3, "zero-shot", student.reset_copy()),
+            Candidate(-2, "labeled", LabeledFewShot(k=self.max_labeled_demos, seed=self.seed)
+                      .compile(student, trainset=trainset)),
+            Candidate(-1, "bootstrapped", boot.compile(student, trainset=trainset,
+                                                       teacher_runs=teacher_runs)),
+        ]
+        for s in range(self.num_candidate_programs):
+            rng = random.Random(self.seed * 10_007 + s)
+            order = list(range(len(trainset)))
+            rng.shuffle(order)
+            size = rng.randint(self.min_num_samples, max(self.min_num_samples,
+                                                         self.max_bootstrapped_demos))
+            shuffled = BootstrapFewShot(
+                self.metric, metric_threshold=self.metric_threshold,
+                max_bootstrapped_demos=size, max_labeled_demos=self.max_labeled_demos,
+                seed=self.seed * 10_007 + s, runtime=self.runtime,
+            )
+            candidates.append(Candidate(s, f"bootstrapped x{size}", shuffled.compile(
+                student, trainset=trainset, teacher_runs=teacher_runs, order=order)))
+        return candidates
+
+    def compile(self, student: Any, *, trainset: Sequence[Any], teacher: Any | None = None,
+                valset: Sequence[Any] | None = None, **kwargs: Any) -> Any:
+        trainset = list(trainset)
+        if not trainset:
+            raise ValueError("BootstrapFewShotWithRandomSearch needs a non-empty trainset")
+        valset = list(valset) if valset is not None else trainset
+        self.candidates = self.candidate_programs(student, trainset, teacher)
+        runtime = self.runtime
+        client = runtime.get_client()
+        history = self.history = []
+        best = {"score": -1.0}
+
+        def on_record(p: int, record) -> None:
+            runtime.evaluations += 1
+            history.append({"evaluation": runtime.evaluations, "candidate": p,
+                            "seed": self.candidates[p].seed, "index": record.index,
+                            "score": record.score, "worker": record.worker,
+                            "duration": record.duration, "error": record.error})
+            if runtime.should_stop and runtime.should_stop():
+                raise OptimizationStopped("random search")
+
+        def on_progress(results_so_far: dict[str, Any]) -> None:
+            if runtime.on_progress:
+                runtime.on_progress(results_so_far)
+
+        results = evaluate_many(
+            client, [c.program for c in self.candidates], valset, self.metric,
+            max_errors=self.max_errors, chunk_size=runtime.chunk_size,
+            display_progress=runtime.display_progress, workers=runtime.workers, lm=runtime.lm,
+            label="random search", on_record=on_record, on_chunk=on_progress,
+        )
+        for cand, res in zip(self.candidates, results, strict=True):
+            cand.score, cand.evaluation = res.score, res
+            if res.score > best["score"]:
+                best = {"score": res.score, "candidate": cand}
+        chosen: Candidate = best["candidate"]
+        program = chosen.program
+        program.candidate_programs = [
+            {"seed": c.seed, "kind": c.kind, "score": c.score} for c in self.candidates
+        ]
+        program.score = chosen.score
+        logger.info("Random search: best candidate seed %s (%s) with %.2f", chosen.seed,
+                    chosen.kind, chosen.score)
+        return program
+
+    def history_frame(self) -> pd.DataFrame:
+        """Every evaluation of the last compile: candidate, example, score, worker."""
+        import pandas as pd
+
+        return pd.DataFrame(self.history)
