@@ -10,7 +10,9 @@ except its tasks, which the scheduler saw).
 Clocks: before asking for spans, each node's clock is read three times with a tiny
 RPC; the sample with the shortest round trip gives ``offset = remote - (t0 + t1) / 2``
 with an error bound of half that round trip (on loopback, tens of microseconds).
-Timestamps are shifted onto this process's clock by that offset.
+Spans are shifted onto this process's clock by their node's offset; task times, which
+Dask reports on the scheduler's clock (worker time corrected by the worker's own
+estimate of its scheduler delay), by the scheduler's offset.
 """
 
 from __future__ import annotations
@@ -152,8 +154,9 @@ def _frame_from_process(payload: dict[str, Any], offset_ns: float) -> pd.DataFra
     errors = df.pop("error").tolist()
     for col, values in _error_columns(errors).items():
         df[col] = pd.Series(values, index=df.index, dtype=object)
-    df["start_ns"] = (df["start_ns"] - offset_ns).astype("int64")
-    df["end_ns"] = (df["end_ns"] - offset_ns).astype("int64")
+    shift = round(offset_ns)  # integer ns: epoch ns in a float lose 256 ns steps
+    df["start_ns"] = df["start_ns"].astype("int64") - shift
+    df["end_ns"] = df["end_ns"].astype("int64") - shift
     df["thread"] = [threads.get(t, str(t)) for t in df["thread_id"]]
     df["node"] = payload["node"]
     df["pid"] = payload["pid"]
@@ -174,10 +177,12 @@ def _frame_from_tasks(tasks: list[dict], offsets: dict[str, float],
     ])
     if df.empty:
         return pd.DataFrame(columns=_ROW_COLUMNS)
-    off = df["node"].map(lambda n: offsets.get(n, 0.0)).astype(float)
-    df["start_ns"] = (df["start_ns"] - off).astype("int64")
-    df["end_ns"] = (df["end_ns"] - off).astype("int64")
-    df["clock_offset_ms"] = off / 1e6
+    # Dask reports task start/stop (and transfers) as worker time corrected by the
+    # worker's own estimate of its clock difference to the scheduler: scheduler clock.
+    shift = round(offsets.get("scheduler", 0.0))
+    df["start_ns"] = df["start_ns"].astype("int64") - shift
+    df["end_ns"] = df["end_ns"].astype("int64") - shift
+    df["clock_offset_ms"] = shift / 1e6
     errors = df.pop("error").tolist()
     for col, values in _error_columns(errors).items():
         df[col] = pd.Series(values, index=df.index, dtype=object)
@@ -188,7 +193,11 @@ def _frame_from_tasks(tasks: list[dict], offsets: dict[str, float],
         processes.get(n, {}).get("threads", {}).get(t, str(t))
         for n, t in zip(df["node"], df["thread_id"], strict=True)
     ]
-    df["attrs"] = [{"transfers": t} if t else None for t in df.pop("transfers")]
+    df["attrs"] = [
+        {"transfers": [{**x, "start_ns": x["start_ns"] - shift, "end_ns": x["end_ns"] - shift}
+                       for x in t]} if t else None
+        for t in df.pop("transfers")
+    ]
     return df.reindex(columns=_ROW_COLUMNS)
 
 
