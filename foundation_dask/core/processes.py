@@ -200,6 +200,9 @@ class Supervisor(SchedulerExtension):
         self.groups: dict[str, _Group] = {}
         self.locks: dict[str, asyncio.Lock] = {}
         self.watchers: set[str] = set()  # clients that cache process locations
+        # last incarnation given to each name: a name started again after stop() keeps
+        # counting up, so handles holding the old location see it as stale
+        self.last_incarnation: dict[str, int] = {}
         self._background: set[asyncio.Task] = set()
 
     def handlers(self) -> dict[str, Callable[..., Any]]:
@@ -317,6 +320,7 @@ class Supervisor(SchedulerExtension):
             return
 
     def _drop(self, rec: _Record, state: str) -> None:
+        self.last_incarnation[rec.key] = rec.incarnation
         rec.state = state
         rec.worker = None
         self.records.pop(rec.key, None)
@@ -416,6 +420,7 @@ class Supervisor(SchedulerExtension):
                 rec = _Record(
                     key=name_key, display=display, spec=spec, class_name=class_name,
                     mode=mode, interval=interval, methods=methods, coroutines=coroutines,
+                    incarnation=self.last_incarnation.get(name_key, -1) + 1,
                 )
                 self.records[name_key] = rec
                 await self._place(rec, raise_errors=True)
@@ -424,11 +429,16 @@ class Supervisor(SchedulerExtension):
         return info
 
     async def where(self, name_key: str, min_incarnation: int = 0, timeout: float = 60) -> dict:
+        """Where ``name_key`` runs, once its incarnation is at least ``min_incarnation``.
+
+        A missing name is an answer (``{"missing": True}``), not an error: handles ask
+        this routinely while a process is being stopped or replaced.
+        """
         deadline = time.monotonic() + timeout
         while True:
             rec = self.records.get(name_key)
             if rec is None:
-                raise ProcessNotFoundError(f"No process named {name_key}")
+                return {"missing": True, "name_key": name_key}
             if rec.state == "failed":
                 raise ProcessLostError(f"{rec.display} failed to restart: {rec.error}")
             if rec.state == "running" and rec.incarnation >= min_incarnation:
@@ -904,11 +914,10 @@ class SingletonHandle:
         loc = locs.cache.get(self._key)
         if loc is not None and loc["incarnation"] >= min_incarnation:
             return loc
-        try:
-            loc = await client.scheduler.foundation_process_where(
-                name_key=self._key, min_incarnation=min_incarnation, timeout=timeout
-            )
-        except ProcessNotFoundError:
+        loc = await client.scheduler.foundation_process_where(
+            name_key=self._key, min_incarnation=min_incarnation, timeout=timeout
+        )
+        if loc.get("missing"):
             if self._replica_of:
                 raise ProcessLostError(
                     f"{self!r}: its worker left; replicated instances live and die with "

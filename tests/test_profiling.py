@@ -1,0 +1,336 @@
+"""Cluster profiling (``scope.start_cluster_profiling`` / ``analyze_cluster_performance``)
+on a real cluster of two single-thread worker processes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import dask
+import distributed
+import pandas as pd
+import pytest
+
+import foundation_dask as fd
+from foundation_dask import scope
+from foundation_dask.scope.profiling import (
+    HOTSPOT_COLUMNS,
+    NODE_COLUMNS,
+    PROFILER_NAME,
+    count_innermost_frames,
+    function_stats,
+)
+
+from .conftest import SubprocessCluster, wait_for, worker_names
+
+WINDOW_MS = 3000
+
+
+def hot_spin(n: int) -> int:
+    """Pure-Python CPU work: the hotspot the tests look for."""
+    total = 0
+    for i in range(n):
+        total += i * i
+    return total
+
+
+def nap(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def destroy_profiler(dask_worker: distributed.Worker) -> int:
+    """Make this worker's profiler stop answering (its host is dropped, the supervisor
+    still lists it): calls to it hang until the caller's timeout."""
+    procs = dask_worker.extensions["foundation"].extensions["processes"]
+    keys = [k for k, h in procs.hosts.items() if type(h._instance).__name__ == "NodeProfiler"]
+    for key in keys:
+        procs.destroy(key)
+    return len(keys)
+
+
+def idle(client: distributed.Client) -> bool:
+    return not any(client.processing().values())
+
+
+@pytest.fixture(scope="module")
+def cluster_client() -> Iterator[distributed.Client]:
+    c = fd.connect(n_workers=2, threads_per_worker=1)
+    c.wait_for_workers(2, timeout=60)
+    try:
+        yield c
+    finally:
+        fd.close()
+
+
+@pytest.fixture(scope="module")
+def workers(cluster_client: distributed.Client) -> tuple[str, str]:
+    busy, quiet = sorted(cluster_client.scheduler_info()["workers"])
+    return busy, quiet
+
+
+@pytest.fixture(scope="module")
+def busy_window(cluster_client: distributed.Client,
+                workers: tuple[str, str]) -> dict[str, Any]:
+    """One profiling window with work pinned to one worker; analysed three ways."""
+    c = cluster_client
+    busy, quiet = workers
+    c.gather(c.submit(hot_spin, 10, workers=[busy], pure=False))  # warm up
+    with fd.Channels.subscribe("control") as control:
+        t0 = time.monotonic()
+        session = scope.start_cluster_profiling(duration_ms=WINDOW_MS)
+        naps = [c.submit(nap, 0.01, workers=[busy], pure=False) for _ in range(8)]
+        naps.append(c.submit(nap, 0.6, workers=[busy], pure=False))
+        c.gather(naps)  # all inside the window, before the CPU work
+        spins = [c.submit(hot_spin, 300_000, workers=[busy], pure=False) for _ in range(80)]
+        report = scope.analyze_cluster_performance()
+        elapsed = time.monotonic() - t0
+        announced = control.get(timeout=10).payload
+        while announced[0] != "start_profiling":  # other control traffic
+            announced = control.get(timeout=10).payload
+    c.cancel(spins + naps)
+    wait_for(lambda: idle(c), timeout=60)
+    # a threshold between the two nodes' CPU (how much CPU the busy worker gets depends
+    # on what else runs on the machine)
+    cpu = report.node_details.set_index("node")["cpu"]
+    threshold = round((cpu[busy] + cpu[quiet]) / 2, 1)
+    with dask.config.set({"foundation.scope.bottleneck-cpu": threshold}):
+        low_cpu = session.analyze()
+    with dask.config.set({"foundation.scope.bottleneck-cpu": 10_000}):
+        high_cpu = session.analyze()
+    return {"session": session, "report": report, "elapsed": elapsed, "low_cpu": low_cpu,
+            "high_cpu": high_cpu, "announced": announced, "cpu_threshold": threshold}
+
+
+@pytest.mark.timeout(180)
+def test_session_and_report_shape(busy_window: dict[str, Any], workers: tuple[str, str]):
+    session, report = busy_window["session"], busy_window["report"]
+    busy, quiet = workers
+    assert set(session.profilers) == {busy, quiet}
+    assert session.duration_ms == WINDOW_MS
+    assert session.collection_time == session.started_at + WINDOW_MS
+    assert busy_window["announced"] == ("start_profiling", WINDOW_MS, session.started_at)
+    # analysing right away waited for the window instead of cutting it short
+    assert busy_window["elapsed"] >= WINDOW_MS / 1000
+    assert any("waited" in note for note in report.notes)
+
+    overview = report.cluster_overview
+    assert overview["nodes"] == overview["profiled_nodes"] == 2
+    assert overview["healthy_nodes"] >= 1  # the busy node may be "degraded" by its CPU
+    assert overview["total_cores"] >= 1
+    assert overview["tasks_executed"] >= 9
+    assert overview["tasks_per_sec"] == pytest.approx(overview["tasks_executed"] / 3.0)
+    assert overview["memory_bytes"] > 0
+    assert overview["samples"] > 0
+
+    details = report.node_details
+    assert isinstance(details, pd.DataFrame)
+    assert list(details.columns) == NODE_COLUMNS
+    assert sorted(details["node"]) == sorted(workers)
+    assert set(details["status"]) == {"success"}
+    rows = details.set_index("node")
+    assert rows.loc[busy, "tasks_executed"] >= 9
+    assert rows.loc[quiet, "tasks_executed"] == 0
+    assert rows.loc[busy, "cpu"] > rows.loc[quiet, "cpu"]
+    assert (rows["memory_bytes"] > 0).all()
+    assert (rows["threads"] >= 1).all()
+    assert (rows["process_count"] == 0).all()  # the profilers themselves are not counted
+    assert (rows["event_loop_lag"] >= 0).all()
+    assert (rows["window_s"] >= WINDOW_MS / 1000 * 0.95).all()
+    assert report.to_frame().equals(details)
+    html = report._repr_html_()
+    assert "hot_spin" in html and busy in html
+    assert "PerformanceReport" in repr(report) and "hot_spin" in repr(report)
+
+
+@pytest.mark.timeout(180)
+def test_top_hotspot_is_the_hot_function(busy_window: dict[str, Any],
+                                         workers: tuple[str, str]):
+    hotspots = busy_window["report"].code_hotspots
+    busy, _ = workers
+    assert list(hotspots.columns) == HOTSPOT_COLUMNS
+    assert len(hotspots) <= 20
+    top = hotspots.iloc[0]
+    assert top["name"] == "hot_spin"
+    assert top["function"] == "tests.test_profiling.hot_spin"
+    assert top["location"] == f"{__file__}:{hot_spin.__code__.co_firstlineno}"
+    assert top["samples"] > 0
+    assert top["self_time_s"] > 0.5
+    assert top["total_time_s"] >= top["self_time_s"]
+    assert top["nodes"] == [busy]
+    assert top["calls"] >= 1
+    assert hotspots["self_time_s"].is_monotonic_decreasing
+    naps = hotspots[hotspots["name"] == "nap"]
+    assert len(naps) == 1 and naps.iloc[0]["calls"] == 9
+    assert naps.iloc[0]["self_time_s"] == pytest.approx(0.68, abs=0.25)
+
+
+@pytest.mark.timeout(180)
+def test_imbalance_and_idle_suggestions(busy_window: dict[str, Any], workers: tuple[str, str]):
+    report = busy_window["report"]
+    busy, quiet = workers
+    executed = report.node_details.set_index("node")["tasks_executed"]
+    by_kind = {s["kind"]: s for s in report.optimization_suggestions}
+
+    imbalance = by_kind["task_imbalance"]
+    numbers = imbalance["numbers"]
+    assert numbers["max_node"] == busy and numbers["min_node"] == quiet
+    assert numbers["max"] == executed[busy] and numbers["min"] == 0
+    assert numbers["factor"] == 2
+    assert busy in imbalance["message"] and quiet in imbalance["message"]
+    assert f"executed {int(executed[busy])} tasks" in imbalance["message"]
+
+    idle_nodes = by_kind["idle_nodes"]
+    assert idle_nodes["numbers"]["idle_nodes"] == [quiet]
+    assert idle_nodes["numbers"]["busy_nodes"] == [busy]
+    assert idle_nodes["numbers"]["per_node"][quiet]["tasks_executed"] == 0
+    assert quiet in idle_nodes["message"] and busy in idle_nodes["message"]
+    assert "process_imbalance" not in by_kind
+
+
+@pytest.mark.timeout(180)
+def test_straggler_detected(busy_window: dict[str, Any], workers: tuple[str, str]):
+    busy, _ = workers
+    stragglers = {
+        b["prefix"]: b for b in busy_window["report"].performance_bottlenecks
+        if b["type"] == "straggler"
+    }
+    # (on a loaded machine some hot_spin tasks may be stragglers too)
+    nap_b = stragglers["nap"]
+    assert nap_b["affected_nodes"] == [busy]
+    assert nap_b["tasks"] == 9
+    assert nap_b["threshold"] == 3
+    assert nap_b["median_s"] < 0.1
+    slowest = nap_b["values"][0]
+    assert slowest["duration_s"] >= 0.6 and slowest["node"] == busy
+    assert slowest["ratio"] > 3
+
+
+@pytest.mark.timeout(180)
+def test_cpu_threshold_comes_from_dask_config(busy_window: dict[str, Any],
+                                              workers: tuple[str, str]):
+    busy, _ = workers
+    low = busy_window["low_cpu"]
+    cpu = [b for b in low.performance_bottlenecks if b["type"] == "cpu_bottleneck"]
+    threshold = busy_window["cpu_threshold"]
+    assert len(cpu) == 1
+    assert cpu[0]["affected_nodes"] == [busy]
+    assert cpu[0]["threshold"] == threshold
+    assert cpu[0]["values"][busy] > threshold
+    assert low.thresholds["bottleneck-cpu"] == threshold
+    assert busy_window["report"].thresholds["bottleneck-cpu"] == 80
+    high = busy_window["high_cpu"]
+    assert not [b for b in high.performance_bottlenecks if b["type"] == "cpu_bottleneck"]
+    # analysing again gives the same window figures
+    again = low.node_details.set_index("node")["tasks_executed"]
+    first = busy_window["report"].node_details.set_index("node")["tasks_executed"]
+    assert again.equals(first)
+
+
+@pytest.mark.timeout(180)
+def test_dask_profile_source(cluster_client: distributed.Client, workers: tuple[str, str],
+                             busy_window: dict[str, Any]):
+    c = cluster_client
+    busy, quiet = workers
+    session = scope.start_cluster_profiling(1500, {"source": "dask"})
+    spins = [c.submit(hot_spin, 300_000, workers=[busy], pure=False) for _ in range(20)]
+    report = scope.analyze_cluster_performance(session)
+    c.cancel(spins)
+    wait_for(lambda: idle(c), timeout=60)
+    assert report.cluster_overview["profile_source"] == "dask"
+    top = report.code_hotspots.iloc[0]
+    assert top["name"] == "hot_spin"
+    assert top["samples"] > 0 and top["nodes"] == [busy]
+    assert report.node_details.set_index("node").loc[quiet, "samples"] == 0
+
+
+@pytest.mark.timeout(180)
+def test_analysis_before_the_end_without_waiting(busy_window: dict[str, Any]):
+    session = scope.start_cluster_profiling(5000)
+    t0 = time.monotonic()
+    report = scope.analyze_cluster_performance(wait=False)
+    assert time.monotonic() - t0 < 4
+    assert any("window still open" in note for note in report.notes)
+    assert set(report.node_details["status"]) == {"success"}
+    assert (report.node_details["window_s"] < 5).all()
+    assert session.remaining_s > 0
+
+
+@pytest.mark.timeout(180)
+def test_node_that_does_not_answer_is_rpc_failed(cluster_client: distributed.Client,
+                                                 workers: tuple[str, str],
+                                                 busy_window: dict[str, Any]):
+    c = cluster_client
+    busy, quiet = workers
+    session = scope.start_cluster_profiling(500)
+    assert c.run(destroy_profiler, workers=[quiet]) == {quiet: 1}
+    t0 = time.monotonic()
+    report = scope.analyze_cluster_performance(session, timeout=1.0)
+    assert time.monotonic() - t0 < 10
+    rows = report.node_details.set_index("node")
+    assert rows.loc[busy, "status"] == "success"
+    assert rows.loc[quiet, "status"] == "rpc_failed"
+    assert "TimeoutError" in rows.loc[quiet, "error"]
+    assert report.cluster_overview["failed_nodes"] == [quiet]
+    assert report.cluster_overview["profiled_nodes"] == 1
+    # the health of the node is still reported
+    assert rows.loc[quiet, "health"] == "healthy"
+    assert fd.ProcessManager.stop(PROFILER_NAME)
+
+
+@pytest.mark.timeout(180)
+def test_worker_that_died_is_unreachable(tmp_path: Path) -> None:
+    cluster = SubprocessCluster(tmp_path).start(2)
+    try:
+        with distributed.Client(cluster.address, set_as_default=False) as c:
+            c.wait_for_workers(2, timeout=60)
+            fd.install_plugins(c)
+            names = worker_names(c)
+            with c.as_current():
+                session = scope.start_cluster_profiling(300)
+                assert set(session.profilers) == set(names.values())
+                cluster.kill("w1")
+                wait_for(lambda: len(c.scheduler_info()["workers"]) == 1, timeout=60)
+                report = scope.analyze_cluster_performance(session, timeout=5)
+        rows = report.node_details.set_index("node")
+        assert rows.loc[names["w0"], "status"] == "success"
+        assert rows.loc[names["w1"], "status"] == "unreachable"
+        assert "left the cluster" in rows.loc[names["w1"], "error"]
+        assert report.cluster_overview["failed_nodes"] == [names["w1"]]
+    finally:
+        cluster.close()
+
+
+@pytest.mark.timeout(30)
+def test_invalid_arguments_explain() -> None:
+    with pytest.raises(ValueError, match="positive"):
+        scope.start_cluster_profiling(0)
+    with pytest.raises(ValueError, match="unknown profiling options"):
+        scope.start_cluster_profiling(100, {"sources": "dask"})
+    with pytest.raises(ValueError, match="source must be one of"):
+        scope.start_cluster_profiling(100, "source=perf")
+
+
+def _node(name: str, count: int, *children: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "identifier": f"{name};f.py;1", "count": count,
+        "description": {"filename": "f.py", "name": name, "line_number": 1, "line": ""},
+        "children": {c["identifier"]: c for c in children},
+    }
+
+
+def test_innermost_frames_of_dask_trees_are_counted() -> None:
+    # samples: 7 x run -> work -> loop, 1 x run -> a, 1 x run -> b. Dask's worker
+    # profile does not count the innermost frame: loop, a and b keep a count of 0.
+    tree = _node("root", 9, _node("run", 9, _node("work", 7, _node("loop", 0)),
+                                  _node("a", 0), _node("b", 0)))
+    tree["identifier"] = "root"
+    fixed = count_innermost_frames(tree)
+    stats = {k[1]: v for k, v in function_stats(fixed).items()}
+    assert stats["loop"]["self"] == 7  # work's 7 samples minus its children's 0
+    assert stats["work"]["self"] == 0
+    assert stats["a"]["self"] == stats["b"]["self"] == 1
+    assert stats["run"]["self"] == 0
+    assert stats["run"]["total"] == 9
