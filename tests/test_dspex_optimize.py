@@ -331,3 +331,54 @@ def test_adaptive_optimizer_scales_and_logs():
 
 def test_runtime_defaults():
     assert Runtime().workers is None and Runtime().chunk_size == "auto"
+
+
+# ----------------------------------------------------------------------------------------
+# a traced optimization: one timeline answering "which examples were slow, where, why"
+
+
+@pytest.mark.timeout(300)
+def test_traced_optimization_with_a_killed_worker(subprocess_cluster):
+    from foundation_dask import scope
+
+    subprocess_cluster.start(3)
+    client = fd.connect(subprocess_cluster.address)
+    client.wait_for_workers(3, timeout=60)
+    box = {}
+    thread = threading.Thread(target=lambda: box.setdefault(
+        "r", dspex.DistributedOptimizer.optimize_program_distributed(
+            program(slow_needs_demos), make_examples(18), metric, num_candidate_programs=3,
+            max_bootstrapped_demos=3, max_labeled_demos=3, valset=make_examples(18, 60),
+            display_progress=False, optimization_id="traced", trace=True)))
+    thread.start()
+    coordinator = wait_for(
+        lambda: fd.ProcessManager.lookup(("optimization_coordinator", "traced")), timeout=60)
+    wait_for(lambda: coordinator.get_progress().result()["evaluations_completed"] >= 20,
+             timeout=120)
+    subprocess_cluster.kill("w1")
+    thread.join(timeout=240)
+    result = box["r"]
+    assert result.status == "completed" and result.trace_id
+    data = scope.collect_trace_data(result.trace_id, timeout=10)
+    ev = data.events
+    kinds = set(ev["kind"])
+    assert {"trace", "task", "actor", "lm", "span"} <= kinds
+    # every example evaluation and every LM call is in the timeline
+    examples = ev[ev["name"] == "evaluate_example"]
+    assert len(examples) >= 6 * 18  # 3 + 3 candidates x 18 validation examples
+    lm_calls = ev[ev["kind"] == "lm"]
+    assert {"latency_ms", "prompt_tokens", "completion_tokens", "cache_hit"} <= set(
+        lm_calls["attrs"].iloc[0])
+    # the coordinator's calls are in it too
+    assert any(ev["name"].str.startswith("OptimizationCoordinator."))
+    slow = data.slow_examples(5)
+    assert len(slow) == 5 and slow["duration_ms"].is_monotonic_decreasing
+    assert {"index", "node", "why", "lm_ms"} <= set(slow.columns)
+    assert all(isinstance(w, str) and w for w in slow["why"])
+    # the killed worker is reported; if it held unfinished chunks they appear as lost
+    # tasks and their re-runs completed elsewhere
+    assert data.lost_nodes and data.partial
+    lost = ev[ev["error_type"] == "TaskLost"]
+    for key in set(ev.loc[lost.index, "key"].dropna()):
+        reruns = ev[(ev["key"] == key) & (ev["status"] == "ok")]
+        assert len(reruns) == 1 and reruns["node"].iloc[0] not in data.lost_nodes

@@ -255,6 +255,7 @@ class OptimizationResult:
     candidates: pd.DataFrame
     scaling_log: list[dict[str, Any]] = field(default_factory=list)
     progress: list[dict[str, Any]] = field(default_factory=list)
+    trace_id: str | None = None
 
     def __repr__(self) -> str:
         return (f"OptimizationResult({self.optimization_id}, status={self.status}, "
@@ -285,7 +286,8 @@ class DistributedOptimizer:
         valset: Sequence[Any] | None = None, seed: int = 0, num_candidate_programs: int = 8,
         max_bootstrapped_demos: int = 4, max_labeled_demos: int = 16,
         display_progress: bool = True, optimization_id: str | None = None, lm: Any = None,
-        adaptive_workers: bool = False, _monitor: Callable | None = None,
+        adaptive_workers: bool = False, trace: bool = False,
+        _monitor: Callable | None = None,
     ) -> OptimizationResult:
         """Run an optimization with a capacity plan, a coordinator and live progress.
 
@@ -302,18 +304,57 @@ class DistributedOptimizer:
             ``num_candidate_programs`` and ``seed``); its ``runtime`` is replaced.
         lm
             Run the programs under ``dspex.context(lm=lm)`` on the workers.
+        trace
+            Trace the whole optimization with ElixirScope (``result.trace_id``): the
+            coordinator, every evaluation chunk and example, every LM call (latency,
+            tokens, cache hit), lost tasks and their re-runs. Inside an open
+            ``scope.trace`` block the optimization joins that trace anyway.
 
         Returns
         -------
         OptimizationResult
         """
+        from foundation_dask import scope
+
+        opt_id = optimization_id or uuid.uuid4().hex[:10]
+        if trace and scope.current() is None:
+            with scope.trace(f"optimization {opt_id}", optimization_id=opt_id) as t:
+                result = DistributedOptimizer.optimize_program_distributed(
+                    program, trainset, metric, max_workers=max_workers,
+                    min_workers_per_node=min_workers_per_node, timeout=timeout,
+                    optimizer=optimizer, valset=valset, seed=seed,
+                    num_candidate_programs=num_candidate_programs,
+                    max_bootstrapped_demos=max_bootstrapped_demos,
+                    max_labeled_demos=max_labeled_demos, display_progress=display_progress,
+                    optimization_id=opt_id, lm=lm, adaptive_workers=adaptive_workers,
+                    _monitor=_monitor,
+                )
+            result.trace_id = t.trace_id
+            return result
+        return DistributedOptimizer._optimize(
+            program, trainset, metric, max_workers=max_workers,
+            min_workers_per_node=min_workers_per_node, timeout=timeout, optimizer=optimizer,
+            valset=valset, seed=seed, num_candidate_programs=num_candidate_programs,
+            max_bootstrapped_demos=max_bootstrapped_demos, max_labeled_demos=max_labeled_demos,
+            display_progress=display_progress, opt_id=opt_id, lm=lm,
+            adaptive_workers=adaptive_workers, _monitor=_monitor,
+        )
+
+    @staticmethod
+    def _optimize(program: Any, trainset: Sequence[Any], metric: Callable, *,
+                  max_workers: int | str, min_workers_per_node: int, timeout: float | None,
+                  optimizer: Any, valset: Sequence[Any] | None, seed: int,
+                  num_candidate_programs: int, max_bootstrapped_demos: int,
+                  max_labeled_demos: int, display_progress: bool, opt_id: str, lm: Any,
+                  adaptive_workers: bool, _monitor: Callable | None) -> OptimizationResult:
         import pandas as pd
+
+        from foundation_dask import scope
 
         trainset = list(trainset)
         if not trainset:
             raise ValueError("optimize_program_distributed needs a non-empty trainset")
         client = current_client()
-        opt_id = optimization_id or uuid.uuid4().hex[:10]
         valset = list(valset) if valset is not None else trainset
         health = fd.HealthMonitor.get_cluster_health()
         n_candidates = 3 + num_candidate_programs
@@ -413,10 +454,12 @@ class DistributedOptimizer:
         fd.Channels.broadcast("control", ("optimization_completed", opt_id, summary))
         history = (optimizer.history_frame() if hasattr(optimizer, "history_frame")
                    else pd.DataFrame())
+        ctx = scope.current()
         return OptimizationResult(
             optimization_id=opt_id, status=status, best_program=best_program,
             best_score=best_score, plan=plan, wall_time=wall, history=history,
             candidates=candidates, scaling_log=scale_log, progress=progress_log,
+            trace_id=ctx.trace_id if ctx else None,
         )
 
 

@@ -69,13 +69,15 @@ def _evaluate_chunk(program: Any, examples: list[tuple[int, Any]], metric: Calla
             start = time.time()
             t0 = time.perf_counter()
             prediction, error = None, None
-            with SpanScope("evaluate_example", "span", {"index": index}):
+            attrs: dict[str, Any] = {"index": index}
+            with SpanScope("evaluate_example", "span", attrs):
                 try:
                     prediction = program(**_inputs(example))
                     score = float(metric(example, prediction))
                 except Exception as exc:
                     score = failure_score
                     error = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+                attrs.update(score=score, error=error)
             out.append(EvaluationRecord(index, prediction, score, error, worker, pid, start,
                                         time.perf_counter() - t0))
     return out

@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from foundation_dask.dspex.settings import settings
+from foundation_dask.scope.context import SpanScope
 
 __all__ = [
     "LM",
@@ -264,26 +265,33 @@ class BaseLM:
             request["stop"] = [request["stop"]]
         use_cache = self.cache and bool(settings.get("cache", True))
         t0 = time.perf_counter()
-        key = cached = None
-        if use_cache:
-            key = _cache_key(self._cache_namespace(), prompt, messages, request)
-            cached = self._cache_get(key)
-        if cached is not None:
-            response = LMResponse(outputs=list(cached["outputs"]),
-                                  prompt_tokens=int(cached.get("prompt_tokens", 0)),
-                                  completion_tokens=int(cached.get("completion_tokens", 0)),
-                                  cache_hit=True, model=self.model)
-        else:
-            outputs, usage = self._generate(prompt, messages, dict(request))
-            response = LMResponse(outputs=outputs,
-                                  prompt_tokens=int(usage.get("prompt_tokens") or 0),
-                                  completion_tokens=int(usage.get("completion_tokens") or 0),
-                                  model=self.model, raw=usage)
-            if key is not None:
-                self._cache_set(key, {"outputs": outputs,
-                                      "prompt_tokens": response.prompt_tokens,
-                                      "completion_tokens": response.completion_tokens})
-        response.latency = time.perf_counter() - t0
+        # inside a scope.trace, every LM call is a span with its latency, tokens, cache hit
+        span_attrs: dict[str, Any] = {"model": self.model}
+        with SpanScope("lm.call", "lm", span_attrs):
+            key = cached = None
+            if use_cache:
+                key = _cache_key(self._cache_namespace(), prompt, messages, request)
+                cached = self._cache_get(key)
+            if cached is not None:
+                response = LMResponse(outputs=list(cached["outputs"]),
+                                      prompt_tokens=int(cached.get("prompt_tokens", 0)),
+                                      completion_tokens=int(cached.get("completion_tokens", 0)),
+                                      cache_hit=True, model=self.model)
+            else:
+                outputs, usage = self._generate(prompt, messages, dict(request))
+                response = LMResponse(outputs=outputs,
+                                      prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                                      completion_tokens=int(usage.get("completion_tokens") or 0),
+                                      model=self.model, raw=usage)
+                if key is not None:
+                    self._cache_set(key, {"outputs": outputs,
+                                          "prompt_tokens": response.prompt_tokens,
+                                          "completion_tokens": response.completion_tokens})
+            response.latency = time.perf_counter() - t0
+            span_attrs.update(latency_ms=round(response.latency * 1000, 3),
+                              prompt_tokens=response.prompt_tokens,
+                              completion_tokens=response.completion_tokens,
+                              cache_hit=response.cache_hit)
         self._record(prompt, messages, request, response)
         return response
 

@@ -88,6 +88,63 @@ class TraceData:
         """True when some node did not answer or was lost during the trace."""
         return bool(self.missing_nodes or self.lost_nodes)
 
+    def slow_examples(self, n: int = 10, name: str = "evaluate_example") -> pd.DataFrame:
+        """Which evaluated examples were slow, on which node, and why.
+
+        One row per ``name`` span (the spans DSPEx records around each example), the
+        slowest first: example index, score, error, node, duration, the time spent in
+        LM calls under it (calls, tokens, cache hits), the node's median, and ``why``:
+        the example failed, the LM call dominated (with its tokens and cache misses),
+        the node was slower than the others, or the program's own code took the time.
+        """
+        import pandas as pd
+
+        ev = self.events
+        ex = ev[ev["name"] == name]
+        cols = ["index", "score", "error", "node", "thread", "duration_ms", "lm_ms", "lm_calls",
+                "tokens", "cache_hits", "node_median_ms", "why", "span_id"]
+        if ex.empty:
+            return pd.DataFrame(columns=cols)
+        lm = ev[ev["kind"] == "lm"]
+        lm_stats: dict[str, dict[str, float]] = {}
+        for parent, dur, attrs in zip(lm["parent_id"], lm["duration_ms"], lm["attrs"],
+                                      strict=True):
+            a = attrs or {}
+            s = lm_stats.setdefault(parent, {"lm_ms": 0.0, "lm_calls": 0, "tokens": 0,
+                                             "cache_hits": 0})
+            s["lm_ms"] += dur
+            s["lm_calls"] += 1
+            s["tokens"] += int(a.get("prompt_tokens") or 0) + int(a.get("completion_tokens") or 0)
+            s["cache_hits"] += int(bool(a.get("cache_hit")))
+        node_median = ex.groupby("node")["duration_ms"].median().to_dict()
+        overall = float(ex["duration_ms"].median())
+        rows = []
+        for r in ex.itertuples(index=False):
+            a = r.attrs or {}
+            st = lm_stats.get(r.span_id, {"lm_ms": 0.0, "lm_calls": 0, "tokens": 0,
+                                          "cache_hits": 0})
+            others = [m for nd, m in node_median.items() if nd != r.node]
+            if a.get("error"):
+                why = f"failed: {a['error']}"
+            elif st["lm_calls"] and st["lm_ms"] >= 0.8 * r.duration_ms:
+                misses = st["lm_calls"] - st["cache_hits"]
+                why = (f"LM calls took {st['lm_ms']:.0f} of {r.duration_ms:.0f} ms "
+                       f"({st['tokens']} tokens, {misses} cache misses)")
+            elif others and node_median[r.node] > 1.5 * (sum(others) / len(others)):
+                why = (f"slow node: median {node_median[r.node]:.0f} ms on {r.node} vs "
+                       f"{sum(others) / len(others):.0f} ms elsewhere")
+            elif r.duration_ms > 3 * overall:
+                why = f"{r.duration_ms / overall:.1f}x the median example, outside LM calls"
+            else:
+                why = f"program code outside LM calls: {r.duration_ms - st['lm_ms']:.0f} ms"
+            rows.append({"index": a.get("index"), "score": a.get("score"),
+                         "error": a.get("error"), "node": r.node, "thread": r.thread,
+                         "duration_ms": r.duration_ms, **st,
+                         "node_median_ms": node_median[r.node], "why": why,
+                         "span_id": r.span_id})
+        frame = pd.DataFrame(rows, columns=cols)
+        return frame.sort_values("duration_ms", ascending=False).head(n).reset_index(drop=True)
+
     def to_json(self, path: str | None = None) -> dict[str, Any]:
         """The trace in the export format of ElixirScope (see :mod:`.export`)."""
         from foundation_dask.scope.export import to_json

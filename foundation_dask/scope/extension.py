@@ -32,6 +32,7 @@ class ScopeExtension(SchedulerExtension):
         super().__init__(scheduler, plugin)
         self.tasks: dict[str, deque] = {}
         self.removed_workers: dict[str, float] = {}
+        self._last_worker: dict[Any, str] = {}
         self.transition = self._transition
 
     def handlers(self):
@@ -49,7 +50,13 @@ class ScopeExtension(SchedulerExtension):
     def _transition(self, key, start, finish, *args, **kwargs) -> None:
         # Called for every transition of every task: keep the untraced path to a few
         # comparisons and the traced path to one tuple; the rest waits for collection.
-        if start != "processing" or (finish != "memory" and finish != "erred"):
+        if finish == "processing":
+            ts = self.scheduler.tasks.get(key)
+            if ts is not None and ts.annotations and ts.processing_on is not None \
+                    and context_from_annotations(ts.annotations) is not None:
+                self._last_worker[key] = ts.processing_on.address
+            return
+        if start != "processing":
             return
         ts = self.scheduler.tasks.get(key)
         if ts is None or not ts.annotations:
@@ -60,11 +67,24 @@ class ScopeExtension(SchedulerExtension):
         buf = self.tasks.get(ctx.trace_id)
         if buf is None:
             buf = self.tasks[ctx.trace_id] = deque(maxlen=MAX_TASKS_PER_TRACE)
-        buf.append((
-            ctx.span_id, key, kwargs.get("worker"), kwargs.get("thread"),
-            kwargs.get("startstops"), finish, kwargs.get("exception_text"),
-            kwargs.get("traceback_text"),
-        ))
+        if finish == "memory" or finish == "erred":
+            buf.append((
+                ctx.span_id, key, kwargs.get("worker"), kwargs.get("thread"),
+                kwargs.get("startstops"), finish, kwargs.get("exception_text"),
+                kwargs.get("traceback_text"),
+            ))
+        elif (kwargs.get("stimulus_id") or "").startswith("steal"):
+            return  # work stealing moved it before it ran: not an event of the trace
+        else:
+            # processing -> released/waiting/no-worker: the task left its worker
+            # unfinished (the worker died or retired); Dask runs it again elsewhere
+            stimulus = kwargs.get("stimulus_id") or ""
+            buf.append((
+                ctx.span_id, key, self._last_worker.get(key), None,
+                [{"action": "compute", "start": time.time(), "stop": time.time()}], "lost",
+                f"task left {self._last_worker.get(key)} unfinished ({stimulus})", "",
+            ))
+        self._last_worker.pop(key, None)
 
     def scheduler_spans(self, trace_id: str, clear: bool = False) -> dict[str, Any]:
         buf = self.tasks.pop(trace_id, None) if clear else self.tasks.get(trace_id)
@@ -85,9 +105,11 @@ def _task_record(trace_id, parent_id, key, worker, thread, startstops, finish, e
     if finish == "erred":
         error = {"type": _exception_type(exc_text or ""), "message": exc_text or "",
                  "traceback": tb_text or ""}
+    elif finish == "lost":
+        error = {"type": "TaskLost", "message": exc_text or "", "traceback": ""}
     return {
         "trace_id": trace_id,
-        "span_id": task_span_id(trace_id, key),
+        "span_id": task_span_id(trace_id, f"{key}@{t0}" if finish == "lost" else key),
         "parent_id": parent_id,
         "name": key_split(key),
         "key": str(key),
@@ -96,6 +118,7 @@ def _task_record(trace_id, parent_id, key, worker, thread, startstops, finish, e
         "start_ns": int(t0 * 1e9),
         "end_ns": int(t1 * 1e9),
         "status": "ok" if finish == "memory" else "error",
+        "lost": finish == "lost",
         "error": error,
         "transfers": [
             {"source": s.get("source"), "start_ns": int(s["start"] * 1e9),
