@@ -382,3 +382,85 @@ def test_traced_optimization_with_a_killed_worker(subprocess_cluster):
     for key in set(ev.loc[lost.index, "key"].dropna()):
         reruns = ev[(ev["key"] == key) & (ev["status"] == "ok")]
         assert len(reruns) == 1 and reruns["node"].iloc[0] not in data.lost_nodes
+
+
+# ----------------------------------------------------------------------------------------
+# resumable optimizations: the client process is killed for real
+
+LM_CALLS = 0
+
+
+def counted_needs_demos(prompt: str) -> str:
+    global LM_CALLS
+    LM_CALLS += 1
+    return needs_demos(prompt, delay=0.01)
+
+
+def lm_calls_on_workers(client) -> int:
+    import tests.test_dspex_optimize as mod
+
+    return sum(client.run(lambda: mod.LM_CALLS).values())
+
+
+RESUME_KWARGS = dict(num_candidate_programs=4, max_bootstrapped_demos=3, max_labeled_demos=3,
+                     seed=5, display_progress=False)
+
+CLIENT_SCRIPT = """
+import sys
+import foundation_dask as fd
+from foundation_dask import dspex
+import tests.test_dspex_optimize as t
+fd.connect(sys.argv[1])
+dspex.DistributedOptimizer.optimize_program_distributed(
+    t.program(t.counted_needs_demos), t.make_examples(20), t.metric,
+    valset=t.make_examples(20, 70), optimization_id="resumable", **t.RESUME_KWARGS)
+print("finished")
+"""
+
+
+@pytest.mark.timeout(300)
+def test_resume_after_the_client_process_is_killed(subprocess_cluster, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    subprocess_cluster.start(2)
+    client = fd.connect(subprocess_cluster.address)
+    client.wait_for_workers(2, timeout=60)
+    trainset, valset = make_examples(20), make_examples(20, 70)
+
+    before = lm_calls_on_workers(client)
+    quiet = dspex.DistributedOptimizer.optimize_program_distributed(
+        program(counted_needs_demos), trainset, metric, valset=valset, **RESUME_KWARGS)
+    calls_uninterrupted = lm_calls_on_workers(client) - before
+
+    script = tmp_path / "client.py"
+    script.write_text(CLIENT_SCRIPT)
+    proc = subprocess.Popen([sys.executable, str(script), subprocess_cluster.address],
+                            cwd=os.getcwd(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        coordinator = wait_for(
+            lambda: fd.ProcessManager.lookup(("optimization_coordinator", "resumable")),
+            timeout=120)
+        wait_for(lambda: coordinator.get_optimization_info().result()["evaluations_done"] >= 30,
+                 timeout=120)
+    finally:
+        proc.kill()  # SIGKILL: the kernel dies mid-optimization
+        proc.wait(timeout=30)
+    assert b"finished" not in proc.stdout.read()
+    done = coordinator.get_optimization_info().result()
+    assert done["status"] == "running" and done["evaluations_done"] >= 30
+
+    before = lm_calls_on_workers(client)
+    resumed = dspex.DistributedOptimizer.resume("resumable")
+    calls_resumed = lm_calls_on_workers(client) - before
+    assert resumed.status == "completed"
+    assert resumed.resumed_from >= 30
+    assert resumed.best_score == quiet.best_score
+    assert resumed.best_program.dump_state() == quiet.best_program.dump_state()
+    assert len(resumed.history) == len(quiet.history)
+    # finished evaluations were not run again (calls in flight at the kill may repeat)
+    assert calls_resumed < calls_uninterrupted
+    assert calls_resumed <= calls_uninterrupted - done["evaluations_done"] + 20
+    with pytest.raises(KeyError, match="No optimization 'never-started'"):
+        dspex.DistributedOptimizer.resume("never-started")

@@ -248,3 +248,37 @@ def test_replicated_reaches_workers_started_later(fd_client, subprocess_cluster)
     assert hs[addr].location().result()[1] == addr
     subprocess_cluster.kill(new)
     wait_for(lambda: addr not in fd.ProcessManager.lookup_replicated("per-worker"))
+
+
+@pytest.mark.timeout(240)
+def test_checkpoint_dir_survives_a_whole_cluster_restart(tmp_path):
+    from .conftest import SubprocessCluster
+
+    ckpt = tmp_path / "checkpoints"
+    first = SubprocessCluster(tmp_path / "one")
+    (tmp_path / "one").mkdir()
+    first.env["DASK_FOUNDATION__PROCESSES__CHECKPOINT_DIR"] = str(ckpt)
+    try:
+        first.start(1)
+        fd.connect(first.address).wait_for_workers(1, timeout=60)
+        h = fd.ProcessManager.start_singleton(Counter, name="durable")
+        for _ in range(7):
+            h.incr().result()
+        assert len(list(ckpt.iterdir())) == 1
+    finally:
+        fd.close()
+        first.close()
+
+    second = SubprocessCluster(tmp_path / "two")
+    (tmp_path / "two").mkdir()
+    second.env["DASK_FOUNDATION__PROCESSES__CHECKPOINT_DIR"] = str(ckpt)
+    try:
+        second.start(1)
+        fd.connect(second.address).wait_for_workers(1, timeout=60)
+        h = fd.ProcessManager.start_singleton(Counter, name="durable")
+        assert h.incr().result() == 8  # went on from its last checkpoint
+        assert fd.ProcessManager.stop("durable")
+        assert list(ckpt.iterdir()) == []  # stopping forgets it
+    finally:
+        fd.close()
+        second.close()

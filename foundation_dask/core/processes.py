@@ -422,10 +422,12 @@ class Supervisor(SchedulerExtension):
                     mode=mode, interval=interval, methods=methods, coroutines=coroutines,
                     incarnation=self.last_incarnation.get(name_key, -1) + 1,
                 )
+                rec.checkpoint = _persisted(name_key)  # from before a cluster restart
                 self.records[name_key] = rec
                 await self._place(rec, raise_errors=True)
                 info = rec.info()
                 info["existed"] = False
+                info["restored"] = rec.checkpoint is not None
         return info
 
     async def where(self, name_key: str, min_incarnation: int = 0, timeout: float = 60) -> dict:
@@ -461,6 +463,8 @@ class Supervisor(SchedulerExtension):
         rec.checkpoint_incarnation = incarnation
         rec.checkpoint_time = time.time()
         rec.n_checkpoints += 1
+        if rec.kind == "singleton":
+            _persist(name_key, state)
         return "OK"
 
     async def stop(self, name_key: str) -> bool:
@@ -475,6 +479,7 @@ class Supervisor(SchedulerExtension):
                 worker, actor_key = rec.worker, rec.actor_key
                 rec.incarnation += 1  # fence the old instance
                 self._drop(rec, "stopped")
+                _persist(rec.key, None)
                 if worker in self.scheduler.workers:
                     with contextlib.suppress(Exception):
                         await self.scheduler.rpc(worker).foundation_process_destroy(
@@ -531,6 +536,50 @@ class Supervisor(SchedulerExtension):
             for r in self.records.values()
             if r.group == name_key and r.state == "running"
         }
+
+
+def _checkpoint_path(name_key: str) -> str | None:
+    """File of a singleton's checkpoint under ``foundation.processes.checkpoint-dir``."""
+    import hashlib
+    import os
+
+    directory = config.get("processes.checkpoint-dir")
+    if not directory:
+        return None
+    directory = os.path.expanduser(str(directory))
+    os.makedirs(directory, exist_ok=True)
+    return os.path.join(directory, hashlib.sha1(name_key.encode()).hexdigest() + ".ckpt")
+
+
+def _persist(name_key: str, state: bytes | None) -> None:
+    """Write (or with ``None`` remove) a singleton's checkpoint file, atomically."""
+    import os
+
+    path = _checkpoint_path(name_key)
+    if path is None:
+        return
+    try:
+        if state is None:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+            return
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(state)
+        os.replace(tmp, path)
+    except OSError as exc:
+        logger.warning("Could not write the checkpoint of %s to %s: %s", name_key, path, exc)
+
+
+def _persisted(name_key: str) -> bytes | None:
+    path = _checkpoint_path(name_key)
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
 
 
 # --------------------------------------------------------------------------------------
@@ -784,10 +833,12 @@ class _Locations:
         self.client = client
         self.cache: dict[str, dict[str, Any]] = {}
         self.moved: dict[str, asyncio.Event] = {}
+        self.latest: dict[str, int] = {}  # newest incarnation announced per name
         client._stream_handlers[MOVED_OP] = self._on_moved
         client._send_to_scheduler({"op": "foundation_process_watch"})
 
     def _on_moved(self, name_key: str, incarnation: int) -> None:
+        self.latest[name_key] = max(self.latest.get(name_key, -1), incarnation)
         loc = self.cache.get(name_key)
         if loc is not None and loc["incarnation"] < incarnation:
             del self.cache[name_key]
@@ -945,20 +996,23 @@ class SingletonHandle:
                 call_args = [inc, args[0], list(args[1]), args[2], call_id, ctx]
             else:
                 call_args = [inc, *args]
-            moved = locs.event(self._key)
             send = asyncio.ensure_future(
                 client.rpc(loc["worker"]).foundation_process_call(
                     actor_key=loc["actor_key"], function=function,
                     args=[to_serialize(a) for a in call_args],
                 )
             )
-            await asyncio.wait([send, asyncio.ensure_future(moved.wait())],
-                               return_when=asyncio.FIRST_COMPLETED)
+            # Wait for the reply, unless the supervisor announces a newer incarnation
+            # meanwhile (the worker died while the call was connecting or running).
+            while not send.done() and locs.latest.get(self._key, -1) <= inc:
+                waiter = asyncio.ensure_future(locs.event(self._key).wait())
+                await asyncio.wait([send, waiter], return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
             if not send.done():
-                # the supervisor says the process moved while we were waiting: retry there
+                # the process moved while we were waiting: retry there (same call id)
                 send.cancel()
                 locs.cache.pop(self._key, None)
-                min_incarnation = inc + 1
+                min_incarnation = locs.latest[self._key]
                 continue
             try:
                 resp = send.result()

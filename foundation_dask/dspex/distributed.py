@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import foundation_dask as fd
 from foundation_dask.core._client import current_client
+from foundation_dask.dspex.evaluate import EvaluationRecord
 from foundation_dask.dspex.optimizers import (
     BootstrapFewShotWithRandomSearch,
     OptimizationStopped,
@@ -165,7 +166,38 @@ class OptimizationCoordinator:
             "stop_requested": False,
             "scale_requests": [],
             "result": None,
+            # what a resumed run needs: the finished work and how to start again
+            "teacher_runs": {},
+            "evaluations": {},
+            "spec": None,
+            "resumes": 0,
         }
+
+    def record_teacher_runs(self, runs: list[dict[str, Any]]) -> int:
+        for run in runs:
+            self.state["teacher_runs"][run["index"]] = run
+        return len(self.state["teacher_runs"])
+
+    def record_evaluations(self, candidate: int, records: list[dict[str, Any]]) -> int:
+        for r in records:
+            self.state["evaluations"][(candidate, r["index"])] = r
+        return len(self.state["evaluations"])
+
+    def get_records(self) -> dict[str, Any]:
+        return {"teacher_runs": dict(self.state["teacher_runs"]),
+                "evaluations": dict(self.state["evaluations"])}
+
+    def set_spec(self, spec: bytes) -> None:
+        self.state["spec"] = spec
+
+    def get_spec(self) -> bytes | None:
+        return self.state["spec"]
+
+    def resume(self) -> dict[str, Any]:
+        self.state["resumes"] += 1
+        self.state["status"] = "running"
+        self.state["stop_requested"] = False
+        return self.get_progress()
 
     def report_progress(self, progress: dict[str, Any]) -> dict[str, Any]:
         s = self.state
@@ -194,7 +226,11 @@ class OptimizationCoordinator:
                                   "total_evaluations", "rate", "estimated_completion_time")}
 
     def get_optimization_info(self) -> dict[str, Any]:
-        return {k: v for k, v in self.state.items() if k != "history"}
+        skip = ("history", "teacher_runs", "evaluations", "spec")
+        info = {k: v for k, v in self.state.items() if k not in skip}
+        info["teacher_runs_done"] = len(self.state["teacher_runs"])
+        info["evaluations_done"] = len(self.state["evaluations"])
+        return info
 
     def get_history(self) -> list[dict[str, Any]]:
         return list(self.state["history"])
@@ -256,6 +292,8 @@ class OptimizationResult:
     scaling_log: list[dict[str, Any]] = field(default_factory=list)
     progress: list[dict[str, Any]] = field(default_factory=list)
     trace_id: str | None = None
+    #: Evaluations (teacher runs included) found done when it started: > 0 when resumed.
+    resumed_from: int = 0
 
     def __repr__(self) -> str:
         return (f"OptimizationResult({self.optimization_id}, status={self.status}, "
@@ -373,6 +411,24 @@ class DistributedOptimizer:
              "valset": len(valset)},
             name=_coordinator_name(opt_id),
         )
+        records = coordinator.get_records().result()
+        resumed = bool(records["teacher_runs"] or records["evaluations"])
+        if resumed:
+            coordinator.resume().result()
+            logger.info("Resuming optimization %s: %d teacher runs and %d evaluations done",
+                        opt_id, len(records["teacher_runs"]), len(records["evaluations"]))
+        spec = None
+        if coordinator.get_spec().result() is None:
+            spec = _spec_bytes(
+                program=program, trainset=trainset, metric=metric, valset=valset, seed=seed,
+                num_candidate_programs=num_candidate_programs,
+                max_bootstrapped_demos=max_bootstrapped_demos,
+                max_labeled_demos=max_labeled_demos, max_workers=max_workers,
+                min_workers_per_node=min_workers_per_node, timeout=timeout, lm=lm,
+                optimizer=optimizer,
+            )
+        if spec is not None:
+            coordinator.set_spec(spec).result()
         services = _register_services(opt_id, coordinator, plan)
         fd.Channels.broadcast("control", ("optimization_started", opt_id, plan.to_dict()))
 
@@ -410,9 +466,17 @@ class DistributedOptimizer:
         def should_stop() -> bool:
             return stop.is_set() or (timeout is not None and time.monotonic() - t0 > timeout)
 
-        runtime = Runtime(client=client, workers=None if adaptive_workers else plan.workers,
-                          on_progress=on_progress, should_stop=should_stop,
-                          display_progress=display_progress, lm=lm)
+        runtime = Runtime(
+            client=client, workers=None if adaptive_workers else plan.workers,
+            on_progress=on_progress, should_stop=should_stop,
+            display_progress=display_progress, lm=lm,
+            done_teacher=dict(records["teacher_runs"]),
+            done_evals={k: EvaluationRecord(**{**r, "prediction": None})
+                        for k, r in records["evaluations"].items()},
+            on_teacher_runs=lambda runs: coordinator.record_teacher_runs(runs).result(),
+            on_evaluations=lambda p, recs: coordinator.record_evaluations(
+                p, [_record_dict(r) for r in recs]).result(),
+        )
         if optimizer is None:
             optimizer = BootstrapFewShotWithRandomSearch(
                 metric, num_candidate_programs=num_candidate_programs, seed=seed,
@@ -460,7 +524,62 @@ class DistributedOptimizer:
             best_score=best_score, plan=plan, wall_time=wall, history=history,
             candidates=candidates, scaling_log=scale_log, progress=progress_log,
             trace_id=ctx.trace_id if ctx else None,
+            resumed_from=len(records["teacher_runs"]) + len(records["evaluations"]),
         )
+
+    @staticmethod
+    def resume(optimization_id: str, **overrides: Any) -> OptimizationResult:
+        """Continue an interrupted optimization without redoing its finished evaluations.
+
+        Works after the client's kernel restarted (the coordinator kept its state in the
+        cluster) and, when ``foundation.processes.checkpoint-dir`` is configured on the
+        scheduler, after the whole cluster restarted (the coordinator comes back from its
+        checkpoint file). ``overrides`` replace arguments of the original call (e.g.
+        ``display_progress=False``).
+
+        Raises
+        ------
+        ProcessNotFoundError
+            When no coordinator (live or checkpointed) knows ``optimization_id``.
+        """
+        import cloudpickle
+
+        from foundation_dask.core.processes import ProcessNotFoundError
+
+        name = _coordinator_name(optimization_id)
+        coordinator = fd.ProcessManager.lookup(name)
+        if coordinator is None:
+            # a cluster restart: started again under its name, it restores its checkpoint
+            coordinator = fd.ProcessManager.start_singleton(
+                OptimizationCoordinator, optimization_id, {}, 0, name=name)
+        spec = coordinator.get_spec().result()
+        if spec is None:
+            fd.ProcessManager.stop(name)
+            raise ProcessNotFoundError(
+                f"No optimization {optimization_id!r} to resume: no coordinator holds it "
+                "(set foundation.processes.checkpoint-dir to survive cluster restarts)."
+            )
+        kwargs = {**cloudpickle.loads(spec), **overrides}
+        return DistributedOptimizer.optimize_program_distributed(
+            optimization_id=optimization_id, **kwargs)
+
+
+def _spec_bytes(**kwargs: Any) -> bytes | None:
+    """The call's arguments, for resume(); ``None`` (not resumable) if they don't pickle."""
+    import cloudpickle
+
+    try:
+        return cloudpickle.dumps(kwargs)
+    except Exception as exc:
+        logger.warning("This optimization cannot be resumed: its arguments do not pickle (%s)",
+                       exc)
+        return None
+
+
+def _record_dict(record: EvaluationRecord) -> dict[str, Any]:
+    out = asdict(record)
+    out["prediction"] = None
+    return out
 
 
 def _best_seed(candidates: pd.DataFrame, best_score: float | None) -> int | None:

@@ -267,7 +267,8 @@ def evaluate_many(client: distributed.Client, programs: Sequence[Any], devset: S
                   display_progress: bool = False, workers: Sequence[str] | None = None,
                   lm: Any = None, progress_channel: str | None = "telemetry",
                   label: str = "Evaluate", on_record: Callable | None = None,
-                  on_chunk: Callable | None = None,
+                  on_chunk: Callable | None = None, on_records: Callable | None = None,
+                  done: dict[tuple[int, int], EvaluationRecord] | None = None,
                   eval_id: str | None = None) -> list[EvaluationResult]:
     """Evaluate several programs on one devset with every (program, chunk) in flight at once.
 
@@ -281,11 +282,12 @@ def evaluate_many(client: distributed.Client, programs: Sequence[Any], devset: S
     size = (auto_chunk_size(len(devset) * len(programs), n_workers)
             if chunk_size == "auto" else int(chunk_size))
     size = min(size, len(devset))
-    indexed = list(enumerate(devset))
-    chunks = [indexed[i:i + size] for i in range(0, len(indexed), size)]
+    done = done or {}
     t0 = time.perf_counter()
     futures = {}
     for p, program in enumerate(programs):
+        todo = [(i, ex) for i, ex in enumerate(devset) if (p, i) not in done]
+        chunks = [todo[i:i + size] for i in range(0, len(todo), size)]
         for c, chunk in enumerate(chunks):
             fut = client.submit(
                 _evaluate_chunk, program, chunk, metric, failure_score, lm,
@@ -296,21 +298,27 @@ def evaluate_many(client: distributed.Client, programs: Sequence[Any], devset: S
     total = len(devset) * len(programs)
     progress = _Progress(total, display_progress, label)
     records: list[list[EvaluationRecord]] = [[] for _ in programs]
-    done, score_sum, errors = 0, 0.0, []
+    for (p, _), record in done.items():
+        records[p].append(record)
+    n_done = sum(len(r) for r in records)
+    score_sum = sum(r.score for rs in records for r in rs)
+    errors = [(p, r) for p, rs in enumerate(records) for r in rs if r.error]
     seq = as_completed(futures)
     try:
         for fut in seq:
             p = futures[fut]
             chunk_records = fut.result()
             records[p].extend(chunk_records)
+            if on_records is not None:
+                on_records(p, chunk_records)
             for r in chunk_records:
-                done += 1
+                n_done += 1
                 score_sum += r.score
                 if r.error:
                     errors.append((p, r))
                 if on_record is not None:
                     on_record(p, r)
-            state = progress.update(done, score_sum)
+            state = progress.update(n_done, score_sum)
             if on_chunk is not None:
                 on_chunk({"phase": label, "eval_id": eval_id, **state})
             if progress_channel:

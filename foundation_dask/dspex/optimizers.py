@@ -69,7 +69,13 @@ class Runtime:
     chunk_size: int | str = "auto"
     lm: Any = None
     evaluations: int = 0
-    records: list[dict[str, Any]] = field(default_factory=list)
+    #: Teacher runs finished earlier, by trainset index (a resumed optimization).
+    done_teacher: dict[int, dict[str, Any]] = field(default_factory=dict)
+    #: Candidate evaluations finished earlier, by (candidate, example index).
+    done_evals: dict[tuple[int, int], Any] = field(default_factory=dict)
+    #: Called with each chunk of new teacher runs / (candidate, evaluation records).
+    on_teacher_runs: Callable[[list[dict[str, Any]]], None] | None = None
+    on_evaluations: Callable[[int, list[Any]], None] | None = None
 
     def get_client(self) -> distributed.Client:
         return self.client or current_client()
@@ -140,19 +146,22 @@ def run_teacher(teacher: Any, trainset: Sequence[Any], metric: Callable, *,
     n_workers = len(runtime.workers or client.scheduler_info()["workers"]) or 1
     size = (auto_chunk_size(len(trainset), n_workers) if runtime.chunk_size == "auto"
             else int(runtime.chunk_size))
-    indexed = list(enumerate(trainset))
+    indexed = [(i, ex) for i, ex in enumerate(trainset) if i not in runtime.done_teacher]
     futures = [
         client.submit(_teacher_chunk, teacher, indexed[i:i + size], metric, metric_threshold,
                       runtime.lm, workers=runtime.workers,
                       allow_other_workers=runtime.workers is not None, pure=False)
         for i in range(0, len(indexed), size)
     ]
-    results: list[dict[str, Any]] = []
-    errors = 0
+    results: list[dict[str, Any]] = list(runtime.done_teacher.values())
+    errors = sum(1 for r in results if r["error"])
+    runtime.evaluations += len(results)
     try:
         for fut in as_completed(futures):
             chunk = fut.result()
             results.extend(chunk)
+            if runtime.on_teacher_runs is not None:
+                runtime.on_teacher_runs(chunk)
             errors += sum(1 for r in chunk if r["error"])
             runtime.evaluations += len(chunk)
             if runtime.on_progress:
@@ -427,11 +436,18 @@ class BootstrapFewShotWithRandomSearch(Teleprompter):
             if runtime.on_progress:
                 runtime.on_progress(results_so_far)
 
+        for (p, _), record in sorted(runtime.done_evals.items()):
+            history.append({"evaluation": len(history) + 1, "candidate": p,
+                            "seed": self.candidates[p].seed, "index": record.index,
+                            "score": record.score, "worker": record.worker,
+                            "duration": record.duration, "error": record.error})
+        runtime.evaluations += len(runtime.done_evals)
         results = evaluate_many(
             client, [c.program for c in self.candidates], valset, self.metric,
             max_errors=self.max_errors, chunk_size=runtime.chunk_size,
             display_progress=runtime.display_progress, workers=runtime.workers, lm=runtime.lm,
             label="random search", on_record=on_record, on_chunk=on_progress,
+            on_records=runtime.on_evaluations, done=runtime.done_evals,
         )
         for cand, res in zip(self.candidates, results, strict=True):
             cand.score, cand.evaluation = res.score, res
