@@ -62,6 +62,10 @@ _LAZY = {
     "BootstrapFewShotWithRandomSearch": "foundation_dask.dspex.optimizers",
     "DistributedOptimizer": "foundation_dask.dspex.distributed",
     "AdaptiveOptimizer": "foundation_dask.dspex.distributed",
+    "list_optimizations": "foundation_dask.dspex.distributed",
+    "optimization_history": "foundation_dask.dspex.distributed",
+    "EvaluationResult": "foundation_dask.dspex.evaluate",
+    "OptimizationResult": "foundation_dask.dspex.distributed",
 }
 
 _SUBMODULES = ("datasets", "evaluate", "optimizers", "distributed")

@@ -408,7 +408,8 @@ class DistributedOptimizer:
         coordinator = fd.ProcessManager.start_singleton(
             OptimizationCoordinator, opt_id, plan.to_dict(), total,
             {"seed": seed, "candidates": n_candidates, "trainset": len(trainset),
-             "valset": len(valset)},
+             "valset": len(valset),
+             "trace_id": scope.current().trace_id if scope.current() else None},
             name=_coordinator_name(opt_id),
         )
         records = coordinator.get_records().result()
@@ -755,3 +756,80 @@ class AdaptiveOptimizer:
         return DistributedOptimizer.optimize_program_distributed(
             program, trainset, metric, adaptive_workers=True, _monitor=monitor, **opts
         )
+
+
+# --------------------------------------------------------------------------------------
+# listing
+
+
+OPTIMIZATION_COLUMNS = [
+    "optimization_id", "status", "completion_percent", "current_best_score",
+    "evaluations_completed", "total_evaluations", "rate", "estimated_completion_time",
+    "workers", "started_at", "finished_at",
+]
+
+
+def _summary_row(state: dict[str, Any]) -> dict[str, Any]:
+    row = {k: state.get(k) for k in OPTIMIZATION_COLUMNS}
+    row["workers"] = (state.get("plan") or {}).get("total_workers")
+    return row
+
+
+def list_optimizations(include_finished: bool = True) -> pd.DataFrame:
+    """The cluster's optimizations (one row per coordinator), newest first."""
+    import pandas as pd
+
+    rows = []
+    frame = fd.ProcessManager.list_processes()
+    for name in frame["name"] if len(frame) else []:
+        if not name.startswith("('optimization_coordinator'"):
+            continue
+        handle = fd.ProcessManager.lookup(_eval_name(name))
+        if handle is None:
+            continue
+        try:
+            info = handle.get_optimization_info().result(timeout=10)
+        except Exception:  # being restarted or stopped meanwhile
+            continue
+        if include_finished or info["status"] in ("running", "stopping"):
+            rows.append(_summary_row(info))
+    out = pd.DataFrame(rows, columns=OPTIMIZATION_COLUMNS)
+    return out.sort_values("started_at", ascending=False).reset_index(drop=True)
+
+
+def optimization_history(optimization_id: str) -> pd.DataFrame:
+    """Progress snapshots of one optimization (evaluations, scores, rate over time)."""
+    import pandas as pd
+
+    handle = fd.ProcessManager.lookup(_coordinator_name(optimization_id))
+    if handle is None:
+        raise KeyError(f"No optimization {optimization_id!r}; see dspex.list_optimizations()")
+    return pd.DataFrame(handle.get_history().result(timeout=10))
+
+
+def scheduler_optimizations(scheduler: Any) -> list[dict[str, Any]]:
+    """Coordinator states read from their checkpoints on the scheduler (no client).
+
+    The dashboard pages use this: the scheduler holds every coordinator's last
+    checkpoint, which is plain data of this module's own class.
+    """
+    from distributed.protocol import pickle as dask_pickle
+
+    sup = scheduler.extensions["foundation"].extensions["processes"]
+    out = []
+    for rec in list(sup.records.values()):
+        if not rec.class_name.endswith(".OptimizationCoordinator") or rec.checkpoint is None:
+            continue
+        try:
+            state, _ = dask_pickle.loads(rec.checkpoint)
+        except Exception:
+            continue
+        out.append({**_summary_row(state), "history": state.get("history", []),
+                    "evaluations": state.get("evaluations", {})})
+    return out
+
+
+def _eval_name(display: str) -> tuple:
+    import ast
+
+    return ast.literal_eval(display)

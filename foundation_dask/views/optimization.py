@@ -1,0 +1,167 @@
+"""Views of DSPEx optimizations: the list, the progress of one, per-worker statistics.
+
+Client side they read the coordinators through :func:`dspex.list_optimizations` and
+:func:`dspex.optimization_history`; on the scheduler (dashboard pages) they read the
+coordinators' checkpoints with :func:`~foundation_dask.dspex.distributed.scheduler_optimizations`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from bokeh.layouts import column
+from bokeh.models import ColumnDataSource, Div, HoverTool
+from bokeh.plotting import figure
+
+from foundation_dask.views.base import (
+    View,
+    empty_columns,
+    float_column,
+    make_table,
+    records_to_columns,
+    set_data,
+    status_colours,
+    text_column,
+)
+
+LIST_COLUMNS = ["optimization_id", "status", "status_colour", "completion_percent",
+                "current_best_score", "evaluations_completed", "total_evaluations", "rate",
+                "eta_s", "workers"]
+
+HISTORY_COLUMNS = ["evaluations", "best_score", "running_score", "rate", "completion_percent"]
+
+WORKER_COLUMNS = ["worker", "evaluations", "mean_ms", "errors", "rate"]
+
+
+def _eta(row: dict[str, Any]) -> float:
+    eta = row.get("estimated_completion_time")
+    return max(0.0, float(eta) - time.time()) if eta else float("nan")
+
+
+class OptimizationsView(View):
+    """Table of the cluster's optimizations: status, progress, best score, rate, ETA."""
+
+    title = "Optimizations"
+
+    def __init__(self, *, height: int = 200, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.source = ColumnDataSource(empty_columns(LIST_COLUMNS))
+        self.root = make_table(self.source, [
+            ("optimization_id", "Optimization"), ("status", "Status", "status"),
+            ("completion_percent", "Done %", "percent"),
+            ("current_best_score", "Best score", "float"),
+            ("evaluations_completed", "Evaluations", "int"),
+            ("total_evaluations", "Of", "int"), ("rate", "Evals/s", "float"),
+            ("eta_s", "ETA (s)", "float"), ("workers", "Workers", "int"),
+        ], height=height, sizing_mode=self.sizing_mode)
+
+    def default_fetch(self) -> Any:
+        from foundation_dask.dspex.distributed import list_optimizations
+
+        return list_optimizations()
+
+    def apply(self, data: Any) -> None:
+        rows = data.to_dict("records") if hasattr(data, "to_dict") else list(data)
+        cols = records_to_columns(rows, [c for c in LIST_COLUMNS
+                                         if c not in ("status_colour", "eta_s")])
+        cols["status"] = text_column(cols["status"])
+        cols["status_colour"] = status_colours(cols["status"])
+        for c in ("completion_percent", "current_best_score", "rate", "evaluations_completed",
+                  "total_evaluations", "workers"):
+            cols[c] = float_column(cols[c])
+        cols["eta_s"] = float_column(_eta(r) for r in rows)
+        cols["optimization_id"] = text_column(cols["optimization_id"])
+        set_data(self.source, cols)
+
+    @property
+    def ids(self) -> list[str]:
+        return list(self.source.data["optimization_id"])
+
+
+class OptimizationProgressView(View):
+    """Score over evaluations (running and best so far), with rate and ETA."""
+
+    title = "Optimization progress"
+
+    def __init__(self, optimization_id: str | None = None, *, height: int = 260,
+                 **kwargs: Any):
+        super().__init__(**kwargs)
+        self.optimization_id = optimization_id
+        self.source = ColumnDataSource(empty_columns(HISTORY_COLUMNS))
+        fig = figure(height=height, sizing_mode=self.sizing_mode, x_axis_label="evaluations",
+                     y_axis_label="score (%)", tools="pan,wheel_zoom,box_zoom,reset,save",
+                     title="score over evaluations")
+        fig.line("evaluations", "best_score", source=self.source, line_width=2,
+                 color="#2e7d32", legend_label="best so far")
+        fig.scatter("evaluations", "running_score", source=self.source, size=4,
+                    color="#1565c0", legend_label="running score")
+        fig.add_tools(HoverTool(tooltips=[("evaluations", "@evaluations"),
+                                          ("best", "@best_score{0.0}"),
+                                          ("running", "@running_score{0.0}"),
+                                          ("rate", "@rate{0.0}/s"),
+                                          ("done", "@completion_percent{0.0}%")]))
+        fig.legend.location = "bottom_right"
+        self.figure = fig
+        self.status = Div(text="no optimization selected")
+        self.root = column(self.status, fig, sizing_mode=self.sizing_mode)
+
+    def select(self, optimization_id: str | None) -> None:
+        """Show another optimization (call :meth:`update` afterwards)."""
+        self.optimization_id = optimization_id
+
+    def default_fetch(self) -> Any:
+        from foundation_dask.dspex.distributed import optimization_history
+
+        if not self.optimization_id:
+            return []
+        return optimization_history(self.optimization_id)
+
+    def apply(self, data: Any) -> None:
+        rows = data.to_dict("records") if hasattr(data, "to_dict") else list(data)
+        cols = records_to_columns(rows, HISTORY_COLUMNS)
+        for c in HISTORY_COLUMNS:
+            cols[c] = float_column(cols[c])
+        set_data(self.source, cols)
+        if rows:
+            last = rows[-1]
+            self.status.text = (
+                f"<b>{self.optimization_id}</b>: {last.get('completion_percent') or 0:.1f}% "
+                f"done, best {last.get('best_score') or 0:.1f}, "
+                f"{last.get('rate') or 0:.1f} evaluations/s"
+            )
+        else:
+            self.status.text = f"<b>{self.optimization_id or 'no optimization selected'}</b>"
+
+
+class WorkerStatsView(View):
+    """Per-worker evaluation statistics of an optimization: count, mean time, errors."""
+
+    title = "Evaluation workers"
+
+    def __init__(self, *, height: int = 200, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.source = ColumnDataSource(empty_columns(WORKER_COLUMNS))
+        self.root = make_table(self.source, [
+            ("worker", "Worker"), ("evaluations", "Evaluations", "int"),
+            ("mean_ms", "Mean ms", "float"), ("errors", "Errors", "int"),
+            ("rate", "Evals per busy s", "float"),
+        ], height=height, sizing_mode=self.sizing_mode)
+
+    def apply(self, data: Any) -> None:
+        """``data``: evaluation records (dicts or a DataFrame with worker, duration, error)."""
+        rows = data.to_dict("records") if hasattr(data, "to_dict") else list(data)
+        stats: dict[str, list[float]] = {}
+        errors: dict[str, int] = {}
+        for r in rows:
+            w = str(r.get("worker"))
+            stats.setdefault(w, []).append(float(r.get("duration") or 0.0))
+            errors[w] = errors.get(w, 0) + int(bool(r.get("error")))
+        workers = sorted(stats)
+        set_data(self.source, {
+            "worker": workers,
+            "evaluations": float_column(len(stats[w]) for w in workers),
+            "mean_ms": float_column(1000 * sum(stats[w]) / len(stats[w]) for w in workers),
+            "errors": float_column(errors[w] for w in workers),
+            "rate": float_column(len(stats[w]) / max(sum(stats[w]), 1e-9) for w in workers),
+        })
