@@ -67,13 +67,21 @@ class _Printer:
         self.out(f"    {text}")
 
 
-def run_demo(*, n_workers: int = 2, out: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run the Foundation tour; return the figures it printed.
+def run_demo(*, n_workers: int = 2, quick: bool = False, llm: bool = True,
+             out_dir: str = "foundation-report",
+             out: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the tour; return the figures it printed.
 
     Parameters
     ----------
     n_workers
         Worker processes of the embedded cluster.
+    quick
+        Fewer examples (the CI run of the demo).
+    llm
+        Run the DSPEx part with the local language model.
+    out_dir
+        Where the HTML report and the trace files go.
     out
         Where the text goes (``print`` by default).
     """
@@ -85,71 +93,221 @@ def run_demo(*, n_workers: int = 2, out: Callable[[str], None] = print) -> dict[
         client.wait_for_workers(n_workers, timeout=120)
         p.line(f"scheduler {client.scheduler.address}, {n_workers} worker processes")
         p.line(f"Dask dashboard: {client.dashboard_link}")
-
-        p.header("Supervised singleton: one live KeyValueStore named 'kv'")
-        kv = fd.ProcessManager.start_singleton(KeyValueStore, name="kv")
-        for i in range(10):
-            kv.put(f"k{i}", i * i).result()
-        holder, pid = kv.where().result()
-        p.line(f"10 writes; it lives on {holder} (pid {pid})")
-        same = fd.ProcessManager.start_singleton(KeyValueStore, name="kv")
-        p.line(f"starting 'kv' again returns the same instance: get('k3') = "
-               f"{same.get('k3').result()}")
-
-        p.header("Failover: SIGKILL the worker process holding 'kv'")
-        t0 = time.perf_counter()
-        os.kill(pid, signal.SIGKILL)
-        value = kv.get("k9").result()
-        failover = time.perf_counter() - t0
-        now, _ = kv.where().result()
-        info = kv.info()
-        p.line(f"first answered call after the kill: {failover * 1000:.0f} ms, "
-               f"get('k9') = {value} (state restored from its last checkpoint)")
-        p.line(f"now on {now}, incarnation {info['incarnation']}")
-        summary["failover_s"] = failover
-        summary["state_kept"] = value == 81
-
-        p.header("Channels: control / events / telemetry / data")
-        with fd.Channels.subscribe("telemetry") as sub:
-            client.wait_for_workers(n_workers, timeout=120)
-            workers = client.gather(client.map(publish_from_worker, range(6), pure=False))
-            got = [sub.get(timeout=10) for _ in range(6)]
-        p.line(f"6 tasks on {len(set(workers))} workers broadcast on 'telemetry'; "
-               f"the notebook received {len(got)}, in order per publisher")
-        with fd.Channels.subscribe("control") as control:
-            fd.Channels.route_message(("start_trace", "t-1", "demo"), priority="high")
-            msg = control.get(timeout=10)
-        p.line(f"route_message(..., priority='high') arrived on '{msg.channel}': {msg.payload}")
-
-        p.header("Service mesh: register and discover by capability")
-        fd.ServiceMesh.register_service(
-            "kv-store", kv, capabilities=["storage", "kv"], metadata={"tier": "demo"}
-        )
-        found = fd.ServiceMesh.discover_services(capabilities=["kv"], metadata={"tier": "demo"})
-        p.line(f"discover_services(capabilities=['kv']) -> {[s.name for s in found]}")
-        p.line(f"through the discovered handle: get('k1') = {found[0].handle.get('k1').result()}")
-
-        p.header("Cluster health")
-        client.wait_for_workers(n_workers, timeout=120)
-        deadline = time.monotonic() + 15  # a restarted worker reports after its heartbeat
-        while True:
-            health = fd.HealthMonitor.get_cluster_health()
-            frame = health.to_frame()
-            if frame["load_avg"].notna().all() or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
-        cols = [c for c in ("node", "status", "cpu", "memory", "load_avg", "cores",
-                            "process_count") if c in frame.columns]
-        for text in frame[cols].to_string(index=False).splitlines():
-            p.line(text)
-        summary["nodes"] = health.cluster.connected_nodes
-
-        p.header("Supervised processes")
-        for text in fd.ProcessManager.list_processes()[
-            ["name", "kind", "worker", "state", "incarnation", "restarts"]
-        ].to_string(index=False).splitlines():
-            p.line(text)
+        _foundation_tour(client, p, summary, n_workers)
+        if llm:
+            _dspex_tour(client, p, summary, n_workers, quick, out_dir)
         p.header(f"Done in {time.perf_counter() - p.t0:.1f}s")
+        summary["wall_time_s"] = time.perf_counter() - p.t0
     finally:
         fd.close()
     return summary
+
+
+def _foundation_tour(client: Any, p: _Printer, summary: dict[str, Any], n_workers: int) -> None:
+    p.header("Supervised singleton: one live KeyValueStore named 'kv'")
+    kv = fd.ProcessManager.start_singleton(KeyValueStore, name="kv")
+    for i in range(10):
+        kv.put(f"k{i}", i * i).result()
+    holder, pid = kv.where().result()
+    p.line(f"10 writes; it lives on {holder} (pid {pid})")
+    same = fd.ProcessManager.start_singleton(KeyValueStore, name="kv")
+    p.line(f"starting 'kv' again returns the same instance: get('k3') = "
+           f"{same.get('k3').result()}")
+
+    p.header("Failover: SIGKILL the worker process holding 'kv'")
+    t0 = time.perf_counter()
+    os.kill(pid, signal.SIGKILL)
+    value = kv.get("k9").result()
+    failover = time.perf_counter() - t0
+    now, _ = kv.where().result()
+    info = kv.info()
+    p.line(f"first answered call after the kill: {failover * 1000:.0f} ms, "
+           f"get('k9') = {value} (state restored from its last checkpoint)")
+    p.line(f"now on {now}, incarnation {info['incarnation']}")
+    summary["failover_s"] = failover
+    summary["state_kept"] = value == 81
+
+    p.header("Channels: control / events / telemetry / data")
+    with fd.Channels.subscribe("telemetry") as sub:
+        client.wait_for_workers(n_workers, timeout=120)
+        workers = client.gather(client.map(publish_from_worker, range(6), pure=False))
+        got = [sub.get(timeout=10) for _ in range(6)]
+    p.line(f"6 tasks on {len(set(workers))} workers broadcast on 'telemetry'; "
+           f"the notebook received {len(got)}, in order per publisher")
+    with fd.Channels.subscribe("control") as control:
+        fd.Channels.route_message(("start_trace", "t-1", "demo"), priority="high")
+        msg = control.get(timeout=10)
+    p.line(f"route_message(..., priority='high') arrived on '{msg.channel}': {msg.payload}")
+
+    p.header("Service mesh: register and discover by capability")
+    fd.ServiceMesh.register_service(
+        "kv-store", kv, capabilities=["storage", "kv"], metadata={"tier": "demo"}
+    )
+    found = fd.ServiceMesh.discover_services(capabilities=["kv"], metadata={"tier": "demo"})
+    p.line(f"discover_services(capabilities=['kv']) -> {[s.name for s in found]}")
+    p.line(f"through the discovered handle: get('k1') = {found[0].handle.get('k1').result()}")
+
+    p.header("Cluster health")
+    _print_health(client, p, summary, n_workers)
+
+    p.header("Supervised processes")
+    for text in fd.ProcessManager.list_processes()[
+        ["name", "kind", "worker", "state", "incarnation", "restarts"]
+    ].to_string(index=False).splitlines():
+        p.line(text)
+
+
+def _print_health(client: Any, p: _Printer, summary: dict[str, Any], n_workers: int) -> Any:
+    client.wait_for_workers(n_workers, timeout=120)
+    deadline = time.monotonic() + 15  # a restarted worker reports after its heartbeat
+    while True:
+        health = fd.HealthMonitor.get_cluster_health()
+        frame = health.to_frame()
+        if frame["load_avg"].notna().all() or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    cols = [c for c in ("node", "status", "cpu", "memory", "load_avg", "cores",
+                        "process_count") if c in frame.columns]
+    for text in frame[cols].to_string(index=False).splitlines():
+        p.line(text)
+    summary["nodes"] = health.cluster.connected_nodes
+    return health
+
+
+def _dspex_tour(client: Any, p: _Printer, summary: dict[str, Any], n_workers: int,
+                quick: bool, out_dir: str) -> None:
+    import threading
+
+    from foundation_dask import dspex, scope
+    from foundation_dask.dspex.datasets import (
+        SENTIMENT_INSTRUCTIONS,
+        load_sentiment,
+        sentiment_metric,
+    )
+
+    sizes = (10, 10, 20) if quick else (30, 30, 60)
+    candidates = 2 if quick else 4
+    train, dev, test = load_sentiment(n_train=sizes[0], n_dev=sizes[1], n_test=sizes[2])
+    lm = dspex.LocalLM(cache=False)
+    program = dspex.Predict(dspex.Signature("review -> sentiment", SENTIMENT_INSTRUCTIONS))
+    program.lm = lm
+    p.header(f"DSPEx: sentiment task with the local model {lm.model} "
+             f"({len(train)} train / {len(dev)} validation / {len(test)} test)")
+    evaluate = dspex.Evaluate(devset=test, metric=sentiment_metric, display_progress=True)
+    before = evaluate(program)
+    p.line(f"zero-shot accuracy on the held-out test split: {before.score:.1f}%")
+    summary["accuracy_before"] = before.score
+
+    p.header(f"Traced distributed optimization ({candidates} random-search candidates), "
+             "one worker killed halfway")
+    scope.start_cluster_profiling(duration_ms=600_000)
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["result"] = dspex.DistributedOptimizer.optimize_program_distributed(
+                program, train, sentiment_metric, valset=dev,
+                num_candidate_programs=candidates, max_bootstrapped_demos=4,
+                max_labeled_demos=4, seed=0, optimization_id="demo", trace=True,
+                display_progress=True,
+            )
+        except BaseException as exc:  # reported below
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, name="demo-optimization")
+    thread.start()
+    coordinator = None
+    killed = None
+    while thread.is_alive():
+        thread.join(0.2)
+        coordinator = coordinator or fd.ProcessManager.lookup(
+            ("optimization_coordinator", "demo"))
+        if coordinator is None or killed is not None:
+            continue
+        progress = coordinator.get_progress().result()
+        busy = {w: len(keys) for w, keys in client.processing().items() if keys}
+        if progress["completion_percent"] >= 50 and busy:
+            # kill a worker in the middle of evaluating: its chunks must run again
+            victim = max(sorted(busy), key=busy.get)
+            pid = client.run(os.getpid, workers=[victim])[victim]
+            os.kill(pid, signal.SIGKILL)
+            killed = victim
+            p.out(f"\n    killed worker {victim} (pid {pid}) at "
+                  f"{progress['completion_percent']:.0f}% with {busy[victim]} evaluation "
+                  "tasks running: they run again elsewhere")
+    if "error" in box:
+        raise box["error"]
+    result = box["result"]
+    p.line(f"optimization {result.optimization_id}: {result.status} in "
+           f"{result.wall_time:.1f}s, best validation score {result.best_score:.1f}%")
+    after = evaluate(result.best_program)
+    p.line(f"accuracy on the held-out test split: {before.score:.1f}% -> {after.score:.1f}% "
+           f"({len(result.best_program.demos)} demos)")
+    summary.update(accuracy_after=after.score, optimization_wall_time_s=result.wall_time,
+                   killed_worker=killed, trace_id=result.trace_id)
+
+    p.header("Cluster health after the kill")
+    _print_health(client, p, summary, n_workers)
+
+    p.header("Trace of the optimization (ElixirScope)")
+    data = scope.collect_trace_data(result.trace_id, timeout=15)
+    s = data.summary
+    lost = data.events[data.events["error_type"] == "TaskLost"]
+    p.line(f"{s['spans']} events from {len(s['nodes'])} nodes in {s['duration_ms'] / 1000:.1f}s;"
+           f" by kind: {s['by_kind']}")
+    p.line(f"lost with the killed worker and re-run elsewhere: {len(lost)} evaluation tasks; "
+           f"lost nodes: {data.lost_nodes or 'none'}")
+    p.line("critical path: " + " -> ".join(x["name"] for x in s["critical_path"][:6]))
+    for r in data.slow_examples(3).itertuples():
+        p.line(f"slow example #{r.index} on {r.node}: {r.duration_ms:.0f} ms, {r.why}")
+    summary["lost_tasks"] = len(lost)
+    summary["trace_events"] = s["spans"]
+
+    p.header("Hottest code across the cluster (profiling during the optimization)")
+    report = scope.analyze_cluster_performance(wait=False)
+    for r in report.code_hotspots.head(5).itertuples():
+        p.line(f"{r.self_time_s:7.2f} s  {r.function}")
+    summary["top_hotspot"] = (report.code_hotspots["function"].iloc[0]
+                              if len(report.code_hotspots) else None)
+
+    p.header(f"Report in {out_dir}/")
+    paths = write_report(out_dir, data, report, result)
+    for name, path in paths.items():
+        p.line(f"{name:10s} {path}")
+    summary["report"] = paths
+
+
+def write_report(out_dir: str, data: Any, report: Any, result: Any) -> dict[str, str]:
+    """The static HTML report (Bokeh views, inline) and the trace in JSON and Perfetto."""
+    from pathlib import Path
+
+    from bokeh.embed import file_html
+    from bokeh.layouts import column
+    from bokeh.models import Div
+    from bokeh.resources import INLINE
+
+    from foundation_dask.views import ClusterHealthView, HotspotsView, TraceTimelineView
+    from foundation_dask.views.optimization import OptimizationProgressView
+
+    folder = Path(out_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    health = ClusterHealthView()
+    health.update()
+    timeline = TraceTimelineView()
+    timeline.update(data)
+    hotspots = HotspotsView()
+    hotspots.update(report.code_hotspots)
+    progress = OptimizationProgressView(result.optimization_id)
+    progress.update(result.progress)
+    layout = column(
+        Div(text=f"<h1>foundation_dask demo</h1><p>Optimization {result.optimization_id}: "
+                 f"best validation score {result.best_score}, trace {result.trace_id}</p>"),
+        health.root, progress.root, timeline.root, hotspots.root, sizing_mode="stretch_width",
+    )
+    html_path = folder / "report.html"
+    html_path.write_text(file_html(layout, resources=INLINE, title="foundation_dask demo"))
+    json_path = folder / "trace.json"
+    perfetto_path = folder / "trace.perfetto.json"
+    data.to_json(str(json_path))
+    data.to_chrome_trace(str(perfetto_path))
+    return {"report": str(html_path), "trace": str(json_path), "perfetto": str(perfetto_path)}
