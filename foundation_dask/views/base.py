@@ -1,0 +1,337 @@
+"""The common part of every view: :class:`View` and table/colour helpers.
+
+A view is a small object with three things:
+
+``source``
+    A :class:`~bokeh.models.ColumnDataSource` (or a ``dict`` of them) holding what is
+    drawn. Refreshing a view only assigns ``source.data`` (or streams into it), so the
+    models that show it stay the same and Bokeh sends only the new data.
+``root``
+    The Bokeh model (a layout, a figure, a table) to embed: in a notebook, in a Dask
+    dashboard page, in any Bokeh document.
+``update(data=None)``
+    Refresh from ``data``, or, without it, from :meth:`View.fetch`: the data goes to
+    :meth:`View.apply`, which each view implements.
+
+Where the data comes from is a *fetch* function: by default the library's client-side
+API (``fd.HealthMonitor.get_cluster_health()``...), or any callable given as
+``View(fetch=...)``, such as the scheduler-side functions the Dask dashboard pages use.
+A fetch function may return an awaitable; :meth:`View.update_async` awaits it.
+
+Adding a view::
+
+    class QueueView(View):
+        title = "Queues"
+
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.source = ColumnDataSource(empty_columns(["name", "size"]))
+            self.root = DataTable(source=self.source, columns=table_columns(
+                [("name", "Queue"), ("size", "Size")]))
+
+        def default_fetch(self):
+            return my_library.queue_sizes()         # a DataFrame or a list of dicts
+
+        def apply(self, data):
+            set_data(self.source, records_to_columns(data, ["name", "size"]))
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from bokeh.models import (
+    ColumnDataSource,
+    DataTable,
+    DateFormatter,
+    NumberFormatter,
+    StringFormatter,
+    TableColumn,
+)
+from bokeh.palettes import Category10, Category20
+
+#: Colour of each status value of nodes, processes and traces.
+STATUS_COLOURS: dict[str, str] = {
+    # nodes (HealthMonitor)
+    "healthy": "#2e7d32",
+    "degraded": "#ef6c00",
+    "unreachable": "#c62828",
+    # supervised processes
+    "running": "#2e7d32",
+    "starting": "#ef6c00",
+    "moving": "#ef6c00",
+    "restarting": "#ef6c00",
+    "pending": "#ef6c00",
+    "failed": "#c62828",
+    "lost": "#c62828",
+    "stopped": "#757575",
+    # traces and spans
+    "active": "#1565c0",
+    "completed": "#2e7d32",
+    "ok": "#2e7d32",
+    "error": "#c62828",
+    "unknown": "#757575",
+}
+
+#: Colour of values not in :data:`STATUS_COLOURS`.
+DEFAULT_STATUS_COLOUR = "#424242"
+
+#: Values that mark a missing cell in a text column.
+MISSING_TEXT = ""
+
+
+def status_colours(values: Iterable[Any]) -> list[str]:
+    """The :data:`STATUS_COLOURS` colour of each status value."""
+    get = STATUS_COLOURS.get
+    return [get(str(v), DEFAULT_STATUS_COLOUR) for v in values]
+
+
+def palette(n: int) -> list[str]:
+    """``n`` distinct colours (Category10/20, repeated beyond 20)."""
+    if n <= 10:
+        return list(Category10[10][: max(n, 0)])
+    base = list(Category20[20])
+    return [base[i % 20] for i in range(n)]
+
+
+def colour_for(i: int) -> str:
+    """The ``i``-th colour of a Category20 cycle (stable for a slot number)."""
+    return Category20[20][i % 20]
+
+
+def empty_columns(names: Iterable[str]) -> dict[str, list]:
+    """``{name: []}`` for each name: the data of an empty source."""
+    return {name: [] for name in names}
+
+
+def float_column(values: Iterable[Any]) -> np.ndarray:
+    """Floats with ``NaN`` for ``None``, ``pd.NA`` and values that are not numbers."""
+    out = []
+    append = out.append
+    for v in values:
+        try:
+            append(math.nan if v is None or v is pd.NA else float(v))
+        except (TypeError, ValueError):
+            append(math.nan)
+    return np.asarray(out, dtype=float)
+
+
+def text_column(values: Iterable[Any], missing: str = MISSING_TEXT) -> list[str]:
+    """Strings; ``None`` and ``NaN`` become ``missing``, lists are joined with ``", "``."""
+    out = []
+    append = out.append
+    for v in values:
+        if v is None or (isinstance(v, float) and v != v):
+            append(missing)
+        elif isinstance(v, str):
+            append(v)
+        elif isinstance(v, (list, tuple, set, frozenset)):
+            append(", ".join(str(x) for x in v))
+        elif v is pd.NA or v is pd.NaT:
+            append(missing)
+        else:
+            append(str(v))
+    return out
+
+
+def records_to_columns(
+    records: Any, columns: Sequence[str], defaults: Mapping[str, Any] | None = None
+) -> dict[str, list]:
+    """Column lists from a DataFrame, a list of ``dict`` s, or a ``dict`` of columns.
+
+    Missing columns are filled with ``defaults[column]`` (``None`` without one).
+    """
+    defaults = defaults or {}
+    if records is None:
+        return {c: [] for c in columns}
+    if hasattr(records, "to_dict") and hasattr(records, "columns"):  # a DataFrame
+        n = len(records)
+        present = set(records.columns)
+        return {
+            c: (records[c].tolist() if c in present else [defaults.get(c)] * n)
+            for c in columns
+        }
+    if isinstance(records, Mapping):  # columns already
+        lengths = {len(v) for v in records.values()} or {0}
+        n = max(lengths)
+        return {
+            c: (list(records[c]) if c in records else [defaults.get(c)] * n) for c in columns
+        }
+    rows = list(records)
+    return {c: [r.get(c, defaults.get(c)) for r in rows] for c in columns}
+
+
+def _same_column(a: Any, b: Any) -> bool:
+    if len(a) != len(b):
+        return False
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        a_arr, b_arr = np.asarray(a), np.asarray(b)
+        if a_arr.dtype.kind == "f" and b_arr.dtype.kind == "f":
+            return bool(np.array_equal(a_arr, b_arr, equal_nan=True))
+        return a_arr.dtype == b_arr.dtype and bool(np.array_equal(a_arr, b_arr))
+    return list(a) == list(b)
+
+
+def set_data(source: ColumnDataSource, data: dict[str, Any], compare_below: int = 2000) -> bool:
+    """Assign ``source.data = data`` unless it holds the same thing already.
+
+    Comparing costs about as much as building the columns, so it is only done for
+    sources of fewer than ``compare_below`` rows; skipping an unchanged assignment
+    saves the browser a redraw (and a table its scroll position).
+
+    Returns
+    -------
+    bool
+        Whether the data was assigned.
+    """
+    old = source.data
+    n = len(next(iter(data.values()))) if data else 0
+    if (
+        n < compare_below
+        and set(old) == set(data)
+        and all(_same_column(old[k], v) for k, v in data.items())
+    ):
+        return False
+    source.data = data
+    return True
+
+
+def table_columns(spec: Sequence[tuple], status_field: str | None = None) -> list[TableColumn]:
+    """:class:`TableColumn` s from ``(field, title[, kind[, width]])`` tuples.
+
+    ``kind`` is ``"text"`` (default), ``"status"`` (bold, coloured by the
+    ``<field>_colour`` column), ``"int"``, ``"float"``, ``"percent"``, ``"bytes"``,
+    ``"seconds"`` or ``"datetime"`` (milliseconds since the epoch).
+    """
+    formatters: dict[str, Callable[[str], Any]] = {
+        "text": lambda f: StringFormatter(),
+        "status": lambda f: StringFormatter(text_color=f"{f}_colour", font_style="bold"),
+        "int": lambda f: NumberFormatter(format="0,0", nan_format="-", null_format="-"),
+        "float": lambda f: NumberFormatter(format="0.00", nan_format="-", null_format="-"),
+        "percent": lambda f: NumberFormatter(format="0.0", nan_format="-", null_format="-"),
+        "bytes": lambda f: NumberFormatter(format="0.0 b", nan_format="-", null_format="-"),
+        "seconds": lambda f: NumberFormatter(format="0.000", nan_format="-", null_format="-"),
+        "datetime": lambda f: DateFormatter(format="%Y-%m-%d %H:%M:%S", nan_format="-",
+                                            null_format="-"),
+    }
+    out = []
+    for item in spec:
+        field, title = item[0], item[1]
+        kind = item[2] if len(item) > 2 else "text"
+        width = item[3] if len(item) > 3 else None
+        kwargs: dict[str, Any] = {"field": field, "title": title,
+                                  "formatter": formatters[kind](field)}
+        if width is not None:
+            kwargs["width"] = width
+        out.append(TableColumn(**kwargs))
+    return out
+
+
+def make_table(source: ColumnDataSource, spec: Sequence[tuple], *, name: str | None = None,
+               height: int = 300, sizing_mode: str | None = "stretch_width",
+               **kwargs: Any) -> DataTable:
+    """A :class:`DataTable` of ``source`` with the columns of :func:`table_columns`."""
+    return DataTable(
+        source=source, columns=table_columns(spec), name=name, height=height,
+        sizing_mode=sizing_mode, index_position=None, autosize_mode="fit_columns",
+        **kwargs,
+    )
+
+
+class View:
+    """Base class of the views.
+
+    Parameters
+    ----------
+    fetch
+        A callable returning what :meth:`update` takes (or an awaitable of it); default
+        :meth:`default_fetch`, the library's client-side API.
+    client
+        The Dask client :meth:`default_fetch` acts through; default the current one.
+    sizing_mode
+        Bokeh sizing mode of :attr:`root`.
+
+    Attributes
+    ----------
+    source
+        The :class:`~bokeh.models.ColumnDataSource` (or ``dict`` of them) holding the data.
+    root
+        The Bokeh model to embed.
+    """
+
+    #: Title shown above the view and used for documents.
+    title: str = ""
+
+    source: ColumnDataSource | dict[str, ColumnDataSource]
+    root: Any
+
+    def __init__(self, *, fetch: Callable[[], Any] | None = None, client: Any = None,
+                 sizing_mode: str | None = "stretch_width") -> None:
+        self._fetch = fetch
+        self.client = client
+        self.sizing_mode = sizing_mode
+
+    def default_fetch(self) -> Any:
+        """What :meth:`update` shows when no ``fetch`` was given (library API call)."""
+        raise NotImplementedError(f"{type(self).__name__} needs data or a fetch function")
+
+    def fetch(self) -> Any:
+        """Read the data to show: the ``fetch`` given, else :meth:`default_fetch`."""
+        if self._fetch is not None:
+            return self._fetch()
+        return self.default_fetch()
+
+    def update(self, data: Any = None) -> None:
+        """Refresh from ``data`` (see the view's docs for accepted types), else from
+        :meth:`fetch`.
+
+        Raises
+        ------
+        TypeError
+            If the fetch function returned an awaitable: use :meth:`update_async`.
+        """
+        if data is None:
+            data = self.fetch()
+            if inspect.isawaitable(data):
+                close = getattr(data, "close", None)
+                if close is not None:
+                    close()
+                raise TypeError(
+                    f"the fetch function of {type(self).__name__} returned an awaitable: "
+                    "call `await view.update_async()` instead of view.update()."
+                )
+        self.apply(data)
+
+    async def update_async(self, data: Any = None) -> None:
+        """:meth:`update`, awaiting the fetch function's result when it is awaitable."""
+        if data is None:
+            data = self.fetch()
+            if inspect.isawaitable(data):
+                data = await data
+        self.apply(data)
+
+    def apply(self, data: Any) -> None:
+        """Put ``data`` into :attr:`source` (assign ``source.data`` or stream)."""
+        raise NotImplementedError
+
+    @property
+    def sources(self) -> list[ColumnDataSource]:
+        """Every source of the view, as a list."""
+        if isinstance(self.source, dict):
+            return list(self.source.values())
+        return [self.source]
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.title!r}>"
+
+
+__all__ = [
+    "DEFAULT_STATUS_COLOUR", "STATUS_COLOURS", "View", "colour_for", "empty_columns",
+    "float_column", "make_table", "palette", "records_to_columns", "set_data",
+    "status_colours", "table_columns", "text_column",
+]

@@ -1,0 +1,321 @@
+"""Nodes and their health over time: :class:`ClusterHealthView`.
+
+Data: a :class:`~foundation_dask.core.health.ClusterHealth`, the ``foundation_health``
+reply it is built from (a ``dict``), or ``ClusterHealth.to_frame()``. Fetch functions:
+:func:`fetch_health` (client side) and :func:`scheduler_health` (inside the scheduler
+process, no RPC).
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from bokeh.layouts import column, row
+from bokeh.models import ColumnDataSource, Div, HoverTool
+from bokeh.plotting import figure
+from dask.utils import format_bytes
+
+from foundation_dask.views.base import (
+    View,
+    colour_for,
+    empty_columns,
+    float_column,
+    make_table,
+    records_to_columns,
+    set_data,
+    status_colours,
+    text_column,
+)
+
+if TYPE_CHECKING:
+    import distributed
+
+    from foundation_dask.core.health import ClusterHealth
+
+#: Columns of the node table source.
+NODE_COLUMNS = [
+    "node", "name", "status", "status_colour", "reasons", "host", "cpu", "memory",
+    "memory_bytes", "memory_limit", "load_avg", "load_per_core", "cores", "nthreads",
+    "process_count", "threads", "tasks", "executing", "event_loop_lag", "last_seen",
+    "worker_status",
+]
+_TEXT = {"node", "name", "status", "reasons", "host", "worker_status"}
+
+_TABLE = [
+    ("name", "Name", "text", 90),
+    ("node", "Address", "text", 170),
+    ("status", "Status", "status", 80),
+    ("cpu", "CPU %", "percent", 60),
+    ("memory", "Mem %", "percent", 60),
+    ("memory_bytes", "Memory", "bytes", 80),
+    ("load_avg", "Load", "float", 55),
+    ("load_per_core", "Load/core", "float", 65),
+    ("process_count", "Processes", "int", 70),
+    ("tasks", "Tasks", "int", 55),
+    ("executing", "Executing", "int", 65),
+    ("event_loop_lag", "Lag (s)", "seconds", 60),
+    ("last_seen", "Seen (s)", "float", 60),
+    ("reasons", "Reasons", "text", 220),
+]
+
+#: ``(metric, node field, y-axis label)`` of the time series.
+METRICS = [
+    ("cpu", "cpu", "CPU %"),
+    ("memory", "memory", "Memory % of limit"),
+    ("load", "load_avg", "Load average (1 min)"),
+]
+
+
+def fetch_health(client: distributed.Client | None = None) -> ClusterHealth:
+    """The cluster health through a client (``fd.HealthMonitor.get_cluster_health``)."""
+    import foundation_dask as fd
+
+    return fd.HealthMonitor.get_cluster_health(client=client)
+
+
+_detached: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def scheduler_health(scheduler: distributed.Scheduler) -> dict[str, Any]:
+    """The ``foundation_health`` report, built inside the scheduler process.
+
+    Uses the Foundation health extension of the scheduler; before the Foundation plugin
+    is installed (a scheduler started with the dashboard preload, no client yet), a
+    health extension that is not attached to the plugin reads the same Dask worker
+    state (no host load average or process counts until the worker plugin is there).
+    """
+    from foundation_dask.core.health import HealthExtension
+    from foundation_dask.core.plugin import PLUGIN_NAME
+
+    plugin = scheduler.extensions.get(PLUGIN_NAME)
+    ext = getattr(plugin, "extensions", {}).get("health")
+    if ext is None:
+        ext = _detached.get(scheduler)
+        if ext is None:
+            ext = _detached[scheduler] = HealthExtension(scheduler, None)
+    return ext.cluster_health()
+
+
+def _nodes_and_meta(data: Any) -> tuple[Any, float, dict[str, Any]]:
+    """(node records, timestamp in s, performance dict) of any accepted input."""
+    if isinstance(data, Mapping):
+        cluster = data.get("cluster") or {}
+        return (cluster.get("node_health") or [], float(data.get("timestamp") or time.time()),
+                dict(data.get("performance") or {}))
+    if hasattr(data, "cluster") and hasattr(data, "performance"):  # ClusterHealth
+        perf = vars(data.performance).copy()
+        mem = perf.get("memory_usage")
+        if mem is not None and not isinstance(mem, Mapping):
+            perf["memory_usage"] = vars(mem)
+        return [vars(n) for n in data.cluster.node_health], float(data.timestamp), perf
+    if hasattr(data, "columns"):  # to_frame()
+        return data, time.time(), {}
+    if isinstance(data, Sequence):
+        return list(data), time.time(), {}
+    raise TypeError(
+        f"ClusterHealthView.update() takes a ClusterHealth, its dict form or its to_frame(), "
+        f"not {type(data).__name__}"
+    )
+
+
+def health_columns(nodes: Any) -> dict[str, Any]:
+    """The node table's columns from node records (dicts or a DataFrame)."""
+    raw = records_to_columns(nodes, [c for c in NODE_COLUMNS if c != "status_colour"])
+    cols: dict[str, Any] = {}
+    for name, values in raw.items():
+        cols[name] = text_column(values) if name in _TEXT else float_column(values)
+    keys = list(zip(cols["name"], cols["node"], strict=True))
+    order = sorted(range(len(keys)), key=keys.__getitem__)
+    if order != list(range(len(keys))):
+        cols = {
+            k: ([v[i] for i in order] if isinstance(v, list) else v[order])
+            for k, v in cols.items()
+        }
+    cols["status_colour"] = status_colours(cols["status"])
+    return {c: cols[c] for c in NODE_COLUMNS}
+
+
+class ClusterHealthView(View):
+    """Nodes of the cluster: a table (status coloured) and CPU, memory and load over time.
+
+    Parameters
+    ----------
+    history
+        Points kept per node in the time series (a rolling window).
+    table_height, plot_height
+        Heights in pixels.
+    **kwargs
+        ``fetch``, ``client``, ``sizing_mode`` (see :class:`~.base.View`).
+
+    Attributes
+    ----------
+    source
+        ``{"nodes": one row per node, "history": the time series}``. The history source
+        has a ``time`` column (ms since the epoch) and one ``<metric>_<slot>`` column per
+        node and metric (``cpu``, ``memory``, ``load``); :attr:`slots` maps node
+        addresses to slots.
+    """
+
+    title = "Cluster health"
+
+    def __init__(self, *, history: int = 1000, table_height: int = 200, plot_height: int = 180,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.history = int(history)
+        self.source = {
+            "nodes": ColumnDataSource(empty_columns(NODE_COLUMNS), name="foundation-health-nodes"),
+            "history": ColumnDataSource({"time": []}, name="foundation-health-history"),
+        }
+        #: ``{node address: slot}`` of the nodes with a line in the time series.
+        self.slots: dict[str, int] = {}
+        self._names: dict[str, str] = {}
+        self._next_slot = 0
+        self._renderers: dict[str, list[Any]] = {}
+        self.summary = Div(text="", sizing_mode="stretch_width")
+        self.table = make_table(self.source["nodes"], _TABLE, height=table_height,
+                                name="foundation-health-table", sizing_mode="stretch_width")
+        self.figures: dict[str, Any] = {}
+        for metric, _, label in METRICS:
+            fig = figure(
+                x_axis_type="datetime", height=plot_height, sizing_mode="stretch_width",
+                tools="xpan,xwheel_zoom,box_zoom,reset,save", toolbar_location="above",
+                title=label, name=f"foundation-health-{metric}",
+            )
+            fig.add_tools(HoverTool(
+                tooltips=[("node", "$name"), ("time", "@time{%H:%M:%S}"),
+                          (label, "$y{0.0}")],
+                formatters={"@time": "datetime"},
+            ))
+            fig.yaxis.axis_label = label
+            fig.x_range.follow = "end"
+            if metric != "load":
+                fig.y_range.start = 0
+            self.figures[metric] = fig
+        self.root = column(
+            self.summary, self.table, row(*self.figures.values(), sizing_mode="stretch_width"),
+            sizing_mode=self.sizing_mode, name="foundation-health",
+        )
+
+    def default_fetch(self) -> ClusterHealth:
+        return fetch_health(self.client)
+
+    # -- update
+
+    def apply(self, data: Any) -> None:
+        nodes, timestamp, perf = _nodes_and_meta(data)
+        cols = health_columns(nodes)
+        set_data(self.source["nodes"], cols)
+        self.summary.text = _summary(cols, perf)
+        self._append_history(cols, timestamp)
+
+    def _append_history(self, cols: dict[str, Any], timestamp: float) -> None:
+        addresses = cols["node"]
+        names = dict(zip(addresses, cols["name"], strict=True))
+        if set(addresses) != set(self.slots) or names != self._names:
+            self._reconcile(addresses, names)
+        index = {a: i for i, a in enumerate(addresses)}
+        new: dict[str, np.ndarray] = {"time": np.array([timestamp * 1000.0])}
+        for metric, field, _ in METRICS:
+            values = cols[field]
+            for node, slot in self.slots.items():
+                new[f"{metric}_{slot}"] = np.array([values[index[node]]], dtype=float)
+        self.source["history"].stream(new, rollover=self.history)
+
+    def _reconcile(self, addresses: list[str], names: dict[str, str]) -> None:
+        """Give new nodes a slot (columns and lines), drop the lines of departed nodes."""
+        src = self.source["history"]
+        data = dict(src.data)
+        n = len(data.get("time", []))
+        for node in [a for a in self.slots if a not in names]:
+            slot = self.slots.pop(node)
+            for metric, _, _ in METRICS:
+                data.pop(f"{metric}_{slot}", None)
+            for renderer in self._renderers.pop(node, []):
+                for fig in self.figures.values():
+                    if renderer in fig.renderers:
+                        fig.renderers = [r for r in fig.renderers if r is not renderer]
+        for node in addresses:
+            if node not in self.slots:
+                slot = self.slots[node] = self._next_slot
+                self._next_slot += 1
+                for metric, _, _ in METRICS:
+                    data[f"{metric}_{slot}"] = np.full(n, np.nan)
+        data["time"] = np.asarray(data.get("time", []), dtype=float)
+        src.data = data
+        for node, slot in self.slots.items():
+            label = names.get(node) or node
+            if node in self._renderers:
+                for renderer in self._renderers[node]:
+                    renderer.name = label
+                continue
+            renderers = []
+            for metric, _, _ in METRICS:
+                r = self.figures[metric].line(
+                    x="time", y=f"{metric}_{slot}", source=src, color=colour_for(slot),
+                    line_width=1.5, name=label,
+                )
+                renderers.append(r)
+            self._renderers[node] = renderers
+        self._names = dict(names)
+
+    def set_history(self, frame: Any) -> None:
+        """Replace the time series with ``frame`` (long format: ``time`` in seconds since
+        the epoch or datetimes, ``node``, ``cpu``, ``memory``, ``load_avg``), e.g. to
+        show a recorded history. Nodes must be in the table already (:meth:`update`);
+        the last :attr:`history` times are kept."""
+        import pandas as pd
+
+        frame = pd.DataFrame(frame)
+        times = frame["time"]
+        if pd.api.types.is_datetime64_any_dtype(times):
+            ms = ((times - pd.Timestamp(0)) / pd.Timedelta(milliseconds=1)).to_numpy(float)
+        else:
+            ms = times.to_numpy(float) * 1000.0
+        t_codes, t_values = pd.factorize(ms, sort=True)
+        first = max(0, len(t_values) - self.history)
+        keep = t_codes >= first
+        rows = t_codes[keep] - first
+        n_rows = len(t_values) - first
+        slot_of = {node: i for i, node in enumerate(self.slots)}
+        cols = np.fromiter((slot_of.get(n, -1) for n in frame["node"].to_numpy(object)[keep]),
+                           dtype=np.int64, count=int(keep.sum()))
+        known = cols >= 0
+        rows, cols = rows[known], cols[known]
+        data: dict[str, Any] = {"time": np.asarray(t_values[first:], dtype=float)}
+        for metric, field, _ in METRICS:
+            grid = np.full((n_rows, len(slot_of)), np.nan)
+            if field in frame:
+                values = frame[field].to_numpy(float, na_value=np.nan)[keep][known]
+                grid[rows, cols] = values  # the last value wins for duplicate times
+            for node, i in slot_of.items():
+                data[f"{metric}_{self.slots[node]}"] = grid[:, i].copy()
+        self.source["history"].data = data
+
+
+def _summary(cols: dict[str, Any], perf: dict[str, Any]) -> str:
+    statuses = cols["status"]
+    counts = {s: statuses.count(s) for s in ("healthy", "degraded", "unreachable")}
+    parts = [
+        f"<b>{len(statuses)} nodes</b>",
+        " ".join(
+            f'<span style="color:{c}">{counts[s]} {s}</span>'
+            for s, c in zip(counts, status_colours(counts), strict=True)
+        ),
+    ]
+    if perf:
+        parts.append(f"{perf.get('tasks_per_sec', 0.0):.1f} tasks/s")
+        parts.append(f"{perf.get('message_throughput_per_sec', 0.0):.1f} msg/s")
+        mem = perf.get("memory_usage") or {}
+        if mem.get("bytes") is not None:
+            text = f"memory {format_bytes(mem.get('bytes') or 0)}"
+            if mem.get("percent") is not None:
+                text += f" ({mem['percent']:.1f}% of {format_bytes(mem.get('limit') or 0)})"
+            parts.append(text)
+    return " &middot; ".join(parts)
+
+
+__all__ = ["ClusterHealthView", "fetch_health", "health_columns", "scheduler_health"]
