@@ -154,6 +154,8 @@ def connect(
         kwargs = _embedded_cluster_kwargs(cluster_kwargs)
         if security is not None:
             kwargs["security"] = security
+        import foundation_dask.dashboard  # noqa: F401  (adds the /individual-foundation-* pages)
+
         _embedded_cluster = LocalCluster(**kwargs)
         # The client takes the cluster's own Security: with ``security=True`` the cluster
         # made temporary credentials that a second ``Security.temporary()`` would not match.

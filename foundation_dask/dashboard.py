@@ -56,7 +56,8 @@ logger = logging.getLogger(__name__)
 PREFIX = "/individual-foundation-"
 
 #: Milliseconds between refreshes of each page.
-REFRESH_MS = {"health": 1000, "processes": 1000, "traces": 1000, "hotspots": 5000}
+REFRESH_MS = {"health": 1000, "processes": 1000, "traces": 1000, "hotspots": 5000,
+              "overview": 2000}
 
 #: Seconds of the workers' profile shown on the hotspots page.
 PROFILE_SECONDS = 60.0
@@ -379,8 +380,43 @@ def hotspots_doc(scheduler: distributed.Scheduler, extra: dict[str, Any],
     _serve(doc, "hotspots", hot.title, root, refresh, REFRESH_MS["hotspots"])
 
 
+def overview_doc(scheduler: distributed.Scheduler, extra: dict[str, Any],
+                 doc: Document) -> None:
+    """``/individual-foundation-overview``: cluster health, traces and DSPEx
+    optimizations side by side (the unified dashboard), with the progress of the
+    newest optimization."""
+    from bokeh.layouts import column, row
+
+    from foundation_dask.dspex.distributed import scheduler_optimizations
+    from foundation_dask.views.cluster import ClusterHealthView, scheduler_health
+    from foundation_dask.views.optimization import OptimizationProgressView, OptimizationsView
+    from foundation_dask.views.traces import TracesView, scheduler_traces
+
+    health = ClusterHealthView(fetch=partial(scheduler_health, scheduler))
+    traces = TracesView(include_completed=True,
+                        fetch=partial(scheduler_traces, scheduler, True))
+    optimizations = OptimizationsView()
+    progress = OptimizationProgressView()
+
+    def refresh() -> None:
+        health.update()
+        traces.update()
+        states = sorted(scheduler_optimizations(scheduler),
+                        key=lambda s: s.get("started_at") or 0, reverse=True)
+        optimizations.update(states)
+        if states:
+            progress.select(states[0]["optimization_id"])
+            progress.update(list(states[0]["history"]))
+
+    root = column(row(health.root, traces.root, sizing_mode="stretch_width"),
+                  row(optimizations.root, progress.root, sizing_mode="stretch_width"),
+                  sizing_mode="stretch_width")
+    _serve(doc, "overview", "overview", root, refresh, REFRESH_MS["overview"])
+
+
 #: The pages: ``{path: function(scheduler, extra, doc)}``.
 PAGES: dict[str, Callable[..., None]] = {
+    f"{PREFIX}overview": overview_doc,
     f"{PREFIX}health": health_doc,
     f"{PREFIX}processes": processes_doc,
     f"{PREFIX}traces": traces_doc,

@@ -186,6 +186,31 @@ def test_hotspots_page_shows_the_busy_function(preloaded: tuple[Client, str]) ->
     assert "busy" in flame["name"]
 
 
+@pytest.mark.timeout(180)
+def test_overview_page_shows_health_traces_and_optimizations(
+        preloaded: tuple[Client, str]) -> None:
+    from foundation_dask import dspex
+
+    from .test_dspex_optimize import make_examples, metric, program
+
+    client, base = preloaded
+    url = base + "/individual-foundation-overview"
+    assert get(url)[0] == 200
+    result = dspex.DistributedOptimizer.optimize_program_distributed(
+        program(), make_examples(8), metric, num_candidate_programs=1,
+        display_progress=False, optimization_id="overview-opt")
+    data = page_until(url, "foundation-optimizations",
+                      lambda d: "overview-opt" in d["optimization_id"])
+    row = data["optimization_id"].index("overview-opt")
+    assert data["status"][row] == "completed"
+    assert data["current_best_score"][row] == result.best_score
+    progress = page_until(url, "foundation-optimization-progress",
+                          lambda d: len(d["evaluations"]) > 0)
+    assert max(progress["evaluations"]) >= 8
+    nodes = source_data(url, "foundation-health-nodes")["node"]
+    assert set(nodes) == set(client.scheduler_info()["workers"])
+
+
 @pytest.mark.timeout(60)
 def test_local_cluster_with_the_preload() -> None:
     """An in-process LocalCluster given the module as a scheduler preload (what

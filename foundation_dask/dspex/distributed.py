@@ -262,6 +262,8 @@ class OptimizationCoordinator:
         self.state["status"] = status
         self.state["finished_at"] = time.time()
         self.state["result"] = result
+        if result and result.get("best_score") is not None:
+            self.state["current_best_score"] = result["best_score"]
         if status == "completed":
             self.state["completion_percent"] = 100.0
         return self.get_optimization_info()
@@ -455,8 +457,9 @@ class DistributedOptimizer:
 
         def on_progress(state: dict[str, Any]) -> None:
             running = state.get("running_score")
-            if state.get("phase") == "random search" and running is not None:
-                best["score"] = running if best["score"] is None else max(best["score"], running)
+            if state.get("best_score") is not None:
+                # the best mean so far of any candidate (final once all are evaluated)
+                best["score"] = state["best_score"]
             snapshot = coordinator.report_progress({
                 "evaluations": runtime.evaluations, "best_score": best["score"],
                 "running_score": running, "phase": state.get("phase"),

@@ -423,7 +423,10 @@ class BootstrapFewShotWithRandomSearch(Teleprompter):
         history = self.history = []
         best = {"score": -1.0}
 
+        per_candidate: dict[int, list[float]] = {}
+
         def on_record(p: int, record) -> None:
+            per_candidate.setdefault(p, []).append(record.score)
             runtime.evaluations += 1
             history.append({"evaluation": runtime.evaluations, "candidate": p,
                             "seed": self.candidates[p].seed, "index": record.index,
@@ -434,7 +437,9 @@ class BootstrapFewShotWithRandomSearch(Teleprompter):
 
         def on_progress(results_so_far: dict[str, Any]) -> None:
             if runtime.on_progress:
-                runtime.on_progress(results_so_far)
+                means = [100.0 * sum(v) / len(v) for v in per_candidate.values() if v]
+                runtime.on_progress({**results_so_far,
+                                     "best_score": round(max(means), 2) if means else None})
 
         for (p, _), record in sorted(runtime.done_evals.items()):
             history.append({"evaluation": len(history) + 1, "candidate": p,

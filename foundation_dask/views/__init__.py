@@ -16,6 +16,11 @@ from __future__ import annotations
 
 from foundation_dask.views.base import STATUS_COLOURS, View
 from foundation_dask.views.cluster import ClusterHealthView
+from foundation_dask.views.optimization import (
+    OptimizationProgressView,
+    OptimizationsView,
+    WorkerStatsView,
+)
 from foundation_dask.views.processes import ProcessesView
 from foundation_dask.views.profiling import FlameGraphView, HotspotsView
 from foundation_dask.views.traces import TracesView, TraceTimelineView
@@ -25,8 +30,11 @@ __all__ = [
     "ClusterHealthView",
     "FlameGraphView",
     "HotspotsView",
+    "OptimizationProgressView",
+    "OptimizationsView",
     "ProcessesView",
     "TraceTimelineView",
     "TracesView",
     "View",
+    "WorkerStatsView",
 ]

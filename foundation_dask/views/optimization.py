@@ -46,7 +46,8 @@ class OptimizationsView(View):
 
     def __init__(self, *, height: int = 200, **kwargs: Any):
         super().__init__(**kwargs)
-        self.source = ColumnDataSource(empty_columns(LIST_COLUMNS))
+        self.source = ColumnDataSource(empty_columns(LIST_COLUMNS),
+                                       name="foundation-optimizations")
         self.root = make_table(self.source, [
             ("optimization_id", "Optimization"), ("status", "Status", "status"),
             ("completion_percent", "Done %", "percent"),
@@ -88,7 +89,8 @@ class OptimizationProgressView(View):
                  **kwargs: Any):
         super().__init__(**kwargs)
         self.optimization_id = optimization_id
-        self.source = ColumnDataSource(empty_columns(HISTORY_COLUMNS))
+        self.source = ColumnDataSource(empty_columns(HISTORY_COLUMNS),
+                                       name="foundation-optimization-progress")
         fig = figure(height=height, sizing_mode=self.sizing_mode, x_axis_label="evaluations",
                      y_axis_label="score (%)", tools="pan,wheel_zoom,box_zoom,reset,save",
                      title="score over evaluations")

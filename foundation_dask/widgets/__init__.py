@@ -15,17 +15,20 @@ from __future__ import annotations
 import html
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 import ipywidgets as W
+from bokeh.events import DocumentReady
+from jupyter_bokeh.widgets import BokehModel
 
 from foundation_dask.widgets._frontend import DownloadWidget, FlashMessages
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DownloadWidget", "FlashMessages", "LiveDashboard", "OptimizationDashboard",
-           "UnifiedDashboard", "bokeh_widget"]
+__all__ = ["BokehPane", "DownloadWidget", "FlashMessages", "LiveDashboard",
+           "OptimizationDashboard", "UnifiedDashboard", "bokeh_widget"]
 
 _inline_loaded = False
 
@@ -45,11 +48,101 @@ def load_bokehjs() -> None:
         logger.debug("BokehJS not loaded", exc_info=True)
 
 
-def bokeh_widget(model: Any) -> W.DOMWidget:
-    """A Bokeh model as an ipywidget (``jupyter_bokeh.BokehModel``)."""
-    from jupyter_bokeh.widgets import BokehModel
+class BokehPane(BokehModel):
+    """A ``jupyter_bokeh.BokehModel`` whose browser views do not miss changes made
+    before they were rendered.
 
-    return BokehModel(model)
+    A view is built from ``render_bundle`` (the document as it was when the bundle was
+    made) and then applies the changes the kernel sends; a change sent before the view
+    exists is lost for it: one made by the refresh at display time, or while Voila's page
+    is not connected yet. The view then shows a stale document for good (lines added
+    later are missing, a streamed history is shorter than the kernel's).
+
+    So, from :meth:`expect_view` (called when a panel is displayed) until a view reports
+    its document ready, changes are not sent; when the view is ready, the bundle is made
+    again if anything changed meanwhile (the view re-renders from it). If no view reports
+    ready within :attr:`ready_timeout` seconds, changes are sent again.
+
+    Parameters
+    ----------
+    model
+        The Bokeh layout to show.
+    lock
+        Held by whoever changes the document from another thread (a panel's refresh
+        lock), so that the bundle is made between two changes.
+    """
+
+    #: Seconds to wait for a view to report its document ready.
+    ready_timeout = 60.0
+
+    def __init__(self, model: Any, lock: Any = None, **kwargs: Any) -> None:
+        _avoid_content_autosize(model)
+        self.lock = lock if lock is not None else threading.RLock()
+        self._waiting_since: float | None = None
+        self._stale = False  # the document changed since render_bundle was made
+        super().__init__(model, **kwargs)
+        self._document.on_event(DocumentReady, self._view_ready)
+
+    def expect_view(self) -> None:
+        """A view is coming: hold changes back until it is ready (call with the lock)."""
+        if self._stale:
+            self._rebundle()
+        self._waiting_since = time.monotonic()
+
+    def _rebundle(self) -> None:
+        self._stale = False
+        self.render_bundle = self._model_to_traits(self._model)
+
+    def _document_patched(self, event: Any) -> None:
+        if event.setter is self:  # came from the browser
+            return
+        self._stale = True
+        if self._waiting_since is not None:
+            if time.monotonic() - self._waiting_since < self.ready_timeout:
+                return  # the bundle made when the view is ready includes it
+            self._waiting_since = None
+            self._rebundle()  # includes this change
+            return
+        super()._document_patched(event)
+
+    def _view_ready(self, _event: Any) -> None:
+        with self.lock:
+            if self._waiting_since is None:
+                return
+            self._waiting_since = None
+            if self._stale:
+                self._rebundle()
+
+
+def _avoid_content_autosize(model: Any) -> None:
+    """Size table columns from their widths, not their content.
+
+    BokehJS 3.9's tables throw ``ReferenceError: row is not defined`` when they size
+    columns from a text cell (``autosize_mode`` ``"fit_columns"`` or ``"fit_viewport"``,
+    rows present at render time or on a resize): the table and its whole document stop
+    rendering. ``"force_fit"`` (Bokeh's default) spreads the given widths instead.
+    """
+    from bokeh.models import DataTable
+
+    for table in model.select({"type": DataTable}):
+        if table.autosize_mode in ("fit_columns", "fit_viewport"):
+            table.autosize_mode = "force_fit"
+
+
+def _panes(widget: W.Widget) -> list[BokehPane]:
+    """The :class:`BokehPane` s in a widget tree."""
+    found, stack = [], [widget]
+    while stack:
+        w = stack.pop()
+        if isinstance(w, BokehPane):
+            found.append(w)
+        stack.extend(getattr(w, "children", None) or ())
+    return found
+
+
+def bokeh_widget(model: Any) -> W.DOMWidget:
+    """A Bokeh model as an ipywidget (a :class:`BokehPane`)."""
+    return BokehPane(model)
 
 
 class _Panel:
@@ -150,6 +243,10 @@ class _Panel:
         load_bokehjs()
         if self.refreshes == 0:
             self.refresh()
+        with self._lock:
+            for pane in _panes(self.widget):
+                pane.lock = self._lock
+                pane.expect_view()
         if self._autostart:
             self.start()
         bundle = self.widget._repr_mimebundle_(include=include, exclude=exclude) or {}
