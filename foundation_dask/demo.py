@@ -209,7 +209,7 @@ def _dspex_tour(client: Any, p: _Printer, summary: dict[str, Any], n_workers: in
                 program, train, sentiment_metric, valset=dev,
                 num_candidate_programs=candidates, max_bootstrapped_demos=4,
                 max_labeled_demos=4, seed=0, optimization_id="demo", trace=True,
-                display_progress=True,
+                display_progress=True, timeout=None,
             )
         except BaseException as exc:  # reported below
             box["error"] = exc
