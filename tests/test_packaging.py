@@ -59,10 +59,11 @@ def pyproject() -> dict[str, Any]:
 
 
 def pyproject_requirements(project: dict[str, Any]) -> dict[str, SpecifierSet]:
-    """``[project].dependencies`` and the ``test`` extra, by normalised name."""
+    """``[project].dependencies`` and the ``test`` and ``llm`` extras, by normalised name."""
     own = canonicalize_name(project["name"])
     reqs = {}
-    for line in [*project["dependencies"], *project["optional-dependencies"]["test"]]:
+    extras = project["optional-dependencies"]
+    for line in [*project["dependencies"], *extras["test"], *extras["llm"]]:
         req = Requirement(line)
         name = canonicalize_name(req.name)
         if name != own:
