@@ -296,7 +296,7 @@ def test_sigkill_a_third_of_workers_same_result(subprocess_cluster):
     assert victim not in set(client.scheduler_info()["workers"])
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(480)
 def test_adaptive_optimizer_scales_and_logs():
     client = fd.connect(n_workers=1, threads_per_worker=1)
     try:
@@ -311,7 +311,8 @@ def test_adaptive_optimizer_scales_and_logs():
         ups = [e for e in result.scaling_log if e["action"] == "scale_up"]
         assert ups, result.scaling_log
         assert {"rate", "target", "available_capacity", "workers"} <= set(ups[0])
-        wait_for(lambda: len(client.scheduler_info()["workers"]) == 2, timeout=60)
+        # a worker process starting on a loaded machine can take a while
+        wait_for(lambda: len(client.scheduler_info()["workers"]) == 2, timeout=180)
 
         down = dspex.AdaptiveOptimizer.adaptive_optimization(
             program(slow_needs_demos), trainset, metric, target_eval_rate=0.01,
@@ -321,7 +322,7 @@ def test_adaptive_optimizer_scales_and_logs():
         downs = [e for e in down.scaling_log if e["action"] == "scale_down"]
         assert downs and downs[0]["retired"], down.scaling_log
         assert down.status == "completed" and down.best_score == 100.0
-        wait_for(lambda: len(client.scheduler_info()["workers"]) == 1, timeout=60)
+        wait_for(lambda: len(client.scheduler_info()["workers"]) == 1, timeout=180)
         with pytest.raises(ValueError, match="target_eval_rate"):
             dspex.AdaptiveOptimizer.adaptive_optimization(program(), trainset, metric,
                                                           target_eval_rate=0)

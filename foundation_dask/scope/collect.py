@@ -444,12 +444,11 @@ def collect_trace_data(trace_id: str, timeout: float = 10.0) -> TraceData:
 
     payloads, sched, offsets, errors, missing = client.sync(gather)
     local = recorder.take(trace_id)
-    if local["node"] not in {p["node"] for p in payloads}:
-        local["node"] = f"client-{client.id}" if local["node"] == "client" else local["node"]
-        payloads.append(local)
+    if local["node"] not in workers:
+        # this process is the client (not a worker hosted in-process): its own node
+        local["node"] = f"client-{client.id}"
         offsets.setdefault(local["node"], 0.0)
         errors.setdefault(local["node"], 0.0)
-    else:
-        payloads.append({**local, "node": local["node"]})
+    payloads.append(local)
     # tasks are timed by worker clocks: map the scheduler's worker offsets
     return correlate(trace_id, info, payloads, sched, offsets, errors, missing)

@@ -149,6 +149,11 @@ class ScopeWorker(WorkerExtension):
         if recorder.node == "client":
             recorder.node = self.worker.address
 
+    async def teardown(self) -> None:
+        # a process that hosted an in-process worker goes back to being a client
+        if recorder.node == self.worker.address:
+            recorder.node = "client"
+
     def spans(self, trace_id: str, clear: bool = False) -> dict[str, Any]:
         out = recorder.take(trace_id, clear=clear)
         out["node"] = self.worker.address

@@ -238,7 +238,10 @@ def make_table(source: ColumnDataSource, spec: Sequence[tuple], *, name: str | N
     """A :class:`DataTable` of ``source`` with the columns of :func:`table_columns`."""
     return DataTable(
         source=source, columns=table_columns(spec), name=name, height=height,
-        sizing_mode=sizing_mode, index_position=None, autosize_mode="fit_columns",
+        sizing_mode=sizing_mode, index_position=None,
+        # "fit_columns" trips a SlickGrid bug in BokehJS 3.9 (ReferenceError: row is not
+        # defined) when a table has text rows at render time or is resized
+        autosize_mode="force_fit",
         **kwargs,
     )
 

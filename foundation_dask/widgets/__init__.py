@@ -76,7 +76,6 @@ class BokehPane(BokehModel):
     ready_timeout = 60.0
 
     def __init__(self, model: Any, lock: Any = None, **kwargs: Any) -> None:
-        _avoid_content_autosize(model)
         self.lock = lock if lock is not None else threading.RLock()
         self._waiting_since: float | None = None
         self._stale = False  # the document changed since render_bundle was made
@@ -112,21 +111,6 @@ class BokehPane(BokehModel):
             self._waiting_since = None
             if self._stale:
                 self._rebundle()
-
-
-def _avoid_content_autosize(model: Any) -> None:
-    """Size table columns from their widths, not their content.
-
-    BokehJS 3.9's tables throw ``ReferenceError: row is not defined`` when they size
-    columns from a text cell (``autosize_mode`` ``"fit_columns"`` or ``"fit_viewport"``,
-    rows present at render time or on a resize): the table and its whole document stop
-    rendering. ``"force_fit"`` (Bokeh's default) spreads the given widths instead.
-    """
-    from bokeh.models import DataTable
-
-    for table in model.select({"type": DataTable}):
-        if table.autosize_mode in ("fit_columns", "fit_viewport"):
-            table.autosize_mode = "force_fit"
 
 
 def _panes(widget: W.Widget) -> list[BokehPane]:

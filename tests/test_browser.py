@@ -1,0 +1,492 @@
+"""The notebook panels in a real browser.
+
+Voila serves ``tests/browser/dashboard.ipynb`` (a two-worker cluster and a
+``LiveDashboard(refresh=1.0)``) and headless Chromium, driven by Playwright, checks what a
+user sees and does: the Bokeh tables render from the inline BokehJS, the data refreshes,
+buttons act on the cluster, the export downloads a JSON file, and the data of the Bokeh
+sources in the page equals the kernel's. The notebook writes the kernel-side values to
+the JSON file named by ``FD_BROWSER_STATE`` and acts on request files next to it
+(``<state>.singleton``, ``<state>.stop``).
+
+Needs Chromium at ``/usr/bin/chromium`` (or ``FD_CHROMIUM``), the ``playwright`` Python
+package (the system Chromium is used, no browser download) and ``voila``; skipped
+without them. The kernel-side tests at the end need none of them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+HERE = Path(__file__).parent
+NOTEBOOK = HERE / "browser" / "dashboard.ipynb"
+CHROMIUM = os.environ.get("FD_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+#: Seconds: starting Voila, executing the notebook (the cluster starts there), one action.
+SERVER_TIMEOUT = 60
+PAGE_TIMEOUT = 120
+ACTION_TIMEOUT = 30
+
+# Bokeh models of the page, by name (the names the views give them). A view re-rendered
+# from a new bundle leaves its old document in ``Bokeh.documents``: the newest document
+# holding a model is the live one.
+_FIND_JS = """
+const find = (name) => {
+  if (typeof Bokeh === "undefined" || !Bokeh.documents) return null;
+  for (let i = Bokeh.documents.length - 1; i >= 0; i--) {
+    const model = Bokeh.documents[i].get_model_by_name(name);
+    if (model != null) return [Bokeh.documents[i], model];
+  }
+  return null;
+};
+const columns = (source) => source.data instanceof Map
+  ? [...source.data.entries()] : Object.entries(source.data);
+"""
+#: ``{column: [values]}`` of the source named ``name`` (``null`` if absent).
+SOURCE_DATA_JS = "(name) => {" + _FIND_JS + """
+  const found = find(name);
+  if (found == null) return null;
+  const out = {};
+  for (const [k, v] of columns(found[1])) {
+    out[k] = Array.from(v, (x) => (typeof x === "number" && !Number.isFinite(x)) ? null : x);
+  }
+  return out;
+}"""
+#: ``{column: length}`` of the source named ``name`` (``null`` if absent).
+SOURCE_LENGTHS_JS = "(name) => {" + _FIND_JS + """
+  const found = find(name);
+  if (found == null) return null;
+  return Object.fromEntries(columns(found[1]).map(([k, v]) => [k, v.length]));
+}"""
+#: Whether every named root is rendered (its newest document idle) and the nodes table
+#: has ``n`` rows.
+RENDERED_JS = "([roots, n]) => {" + _FIND_JS + """
+  if (!roots.every((name) => { const f = find(name); return f != null && f[0].is_idle; })) {
+    return false;
+  }
+  const nodes = find("foundation-health-nodes");
+  return nodes != null && columns(nodes[1]).find(([k]) => k === "node")[1].length === n;
+}"""
+#: Whether the source named ``name`` has a row whose ``column`` contains ``text``.
+HAS_ROW_JS = "([name, column, text]) => {" + _FIND_JS + """
+  const found = find(name);
+  if (found == null) return false;
+  const col = columns(found[1]).find(([k]) => k === column);
+  return col != null && Array.from(col[1]).some((v) => String(v).includes(text));
+}"""
+#: Whether column ``column`` of the source named ``name`` holds ``values``.
+COLUMN_IS_JS = "([name, column, values]) => {" + _FIND_JS + """
+  const found = find(name);
+  if (found == null) return false;
+  const col = columns(found[1]).find(([k]) => k === column);
+  return col != null && JSON.stringify(Array.from(col[1])) === JSON.stringify(values);
+}"""
+#: Whether the page's CPU/memory history (streamed into) has at least ``n`` rows.
+HISTORY_AT_LEAST_JS = (
+    "(n) => { const lengths = (" + SOURCE_LENGTHS_JS + ")('foundation-health-history');"
+    " return lengths != null && lengths.time >= n; }"
+)
+#: Roots of the panel's Bokeh views.
+ROOTS = ["foundation-health", "foundation-processes-view", "foundation-traces-view",
+         "foundation-timeline-view", "foundation-hotspots-view"]
+
+
+def _missing() -> str | None:
+    """Why the browser test cannot run here, or None."""
+    if not os.access(CHROMIUM, os.X_OK):
+        return f"no Chromium at {CHROMIUM} (apt-get install chromium, or set FD_CHROMIUM)"
+    for module, package in (("playwright", "playwright"), ("voila", "voila")):
+        if importlib.util.find_spec(module) is None:
+            return f"{module} is not installed (pip install {package})"
+    return None
+
+
+def _poll(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll ``predicate`` until it returns a truthy value; fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout:.0f} s")
+        time.sleep(0.05)
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of process group ``pgid``."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # state, ppid, pgrp, ...
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(entry.name))
+    return members
+
+
+class VoilaDashboard:
+    """Voila serving the dashboard notebook, with the kernel state it reports."""
+
+    def __init__(self, tmp_path: Path):
+        self.tmp_path = tmp_path
+        self.state_path = tmp_path / "state.json"
+        self.log_path = tmp_path / "voila.log"
+        self.proc: subprocess.Popen | None = None
+        self.url = ""
+        self.kernel: dict[str, int] = {}
+        self.started = time.monotonic()
+
+    def start(self) -> VoilaDashboard:
+        env = {**os.environ, "FD_BROWSER_STATE": str(self.state_path),
+               "JUPYTER_RUNTIME_DIR": str(self.tmp_path / "runtime"),
+               "PYTHONUNBUFFERED": "1"}
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "voila", str(NOTEBOOK), "--no-browser",
+                 f"--port={_free_port()}", "--Voila.ip=127.0.0.1", "--show_tracebacks=True"],
+                cwd=self.tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+        def url() -> str | None:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"Voila exited ({self.proc.returncode}):\n{self.log()}")
+            match = re.search(r"http://127\.0\.0\.1:\d+/", self.log())
+            return match.group(0) if match else None
+
+        self.url = _poll(url, SERVER_TIMEOUT, "Voila serving")
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def state(self) -> dict[str, Any]:
+        """The kernel-side state the notebook wrote last (``{}`` before the first)."""
+        try:
+            state = json.loads(self.state_path.read_text())
+        except (OSError, ValueError):
+            return {}
+        if "error" in state:
+            raise AssertionError(f"the notebook's state thread failed: {state['error']}")
+        if "pid" in state:
+            self.kernel = {"pid": state["pid"], "pgid": state["pgid"]}
+        return state
+
+    def wait_state(self, predicate: Callable[[dict[str, Any]], bool], what: str,
+                   timeout: float = ACTION_TIMEOUT) -> dict[str, Any]:
+        """The first kernel state satisfying ``predicate``."""
+
+        def check() -> dict[str, Any] | None:
+            state = self.state()
+            return state if state and predicate(state) else None
+
+        return _poll(check, timeout, f"kernel state: {what}")
+
+    def request(self, name: str) -> None:
+        """Ask the notebook for ``name`` (``singleton``: start one; ``stop``: stop
+        refreshing)."""
+        Path(f"{self.state_path}.{name}").touch()
+
+    def stop(self, timeout: float = 30) -> None:
+        """Terminate Voila (it shuts its kernels down); kill it after ``timeout`` s."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.proc = None
+
+    def kill_kernel(self) -> None:
+        """SIGKILL what is left of the kernel's process group (kernel and cluster)."""
+        pid, pgid = self.kernel.get("pid"), self.kernel.get("pgid")
+        if pid is None or pgid != pid:  # only a kernel leading its own group
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
+
+
+def _free_port() -> int:
+    """A free TCP port on 127.0.0.1 (Voila tries the next ones if it is taken)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cell(page: Any, text: str) -> Any:
+    """The first visible table cell showing ``text`` (tables also hold hidden cells
+    that measure column widths)."""
+    return page.locator(".slick-cell:visible", has_text=text).first
+
+
+@pytest.fixture
+def dashboard(tmp_path: Path) -> Iterator[VoilaDashboard]:
+    reason = _missing()
+    if reason:
+        pytest.skip(reason)
+    server = VoilaDashboard(tmp_path)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+        with contextlib.suppress(AssertionError):
+            server.state()  # the kernel's pid, if not known yet
+            _poll(lambda: not _group_members(server.kernel.get("pgid", -1)), 30,
+                  "kernel exit")
+        server.kill_kernel()
+        print("Voila log (end):\n" + server.log()[-4000:])  # shown if the test failed
+
+
+@pytest.mark.timeout(300)
+def test_live_dashboard_in_a_browser(dashboard: VoilaDashboard, tmp_path: Path):
+    import bokeh
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+    from playwright.sync_api import expect, sync_playwright
+
+    t0 = dashboard.started
+    timings = {"served": time.monotonic() - t0}
+    console: list[tuple[str, str]] = []
+    page_errors: list[str] = []
+    external: list[str] = []
+    failed: list[str] = []
+
+    def local_only(route: Any) -> None:
+        # No network but the local server: BokehJS must come inline, and a request for
+        # anything else (the template's icon font CSS) fails at once instead of hanging.
+        if urlsplit(route.request.url).hostname == "127.0.0.1":
+            route.continue_()
+        else:
+            external.append(route.request.url)
+            route.abort()
+
+    with sync_playwright() as pw, tempfile.TemporaryDirectory() as profile:
+        context = pw.chromium.launch_persistent_context(
+            profile, executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
+            viewport={"width": 1280, "height": 860}, accept_downloads=True,
+        )
+        try:
+            context.route("**/*", local_only)
+            page = context.new_page()
+            page.on("console", lambda m: console.append((m.type, m.text)))
+            page.on("pageerror", lambda e: page_errors.append(f"{e}\n{e.stack}"))
+            page.on("requestfailed", lambda r: failed.append(r.url))
+            page.on("response", lambda r: failed.append(f"{r.status} {r.url}")
+                    if r.status >= 400 else None)
+
+            # 1. The dashboard renders: BokehJS (inline, the kernel's version) renders
+            # every view; the cluster table lists the two workers.
+            response = page.goto(dashboard.url, wait_until="domcontentloaded",
+                                 timeout=PAGE_TIMEOUT * 1000)
+            assert response is not None and response.ok, response
+            try:
+                page.wait_for_function(RENDERED_JS, arg=[ROOTS, 2], timeout=PAGE_TIMEOUT * 1000)
+            except PlaywrightTimeout:
+                raise AssertionError("the dashboard did not render; the page shows:\n"
+                                     + page.inner_text("body")[-4000:]) from None
+            timings["rendered"] = time.monotonic() - t0
+            assert page.evaluate("() => Bokeh.version") == bokeh.__version__
+            state = dashboard.wait_state(lambda s: len(s.get("nodes", [])) == 2, "two nodes")
+            for address in state["nodes"]:
+                expect(cell(page, address)).to_be_visible()
+            page.screenshot(path=tmp_path / "dashboard.png")
+            history_at_start = page.evaluate(SOURCE_LENGTHS_JS, "foundation-health-history")
+            assert history_at_start is not None, "no CPU/memory history source in the page"
+
+            # 2. Data changes on refresh: a singleton started in the kernel (not by the
+            # panel) shows up in the Processes table with the next refresh.
+            dashboard.request("singleton")
+            page.wait_for_function(HAS_ROW_JS, arg=["foundation-processes", "name",
+                                                    "browser-probe"],
+                                   timeout=ACTION_TIMEOUT * 1000)
+            page.get_by_role("tab", name="Processes").click()
+            expect(cell(page, "browser-probe")).to_be_visible()
+            timings["singleton"] = time.monotonic() - t0
+
+            # 3. A button acts: "Start trace" starts a cluster trace with the scope typed
+            # in; a success toast names it, the table and the Trace dropdown list it.
+            page.get_by_role("tab", name="Traces").click()
+            page.get_by_label("Scope", exact=True).fill("browser-test")
+            page.get_by_role("button", name="Start trace").click()
+            toast = page.locator(".fd-flash-success", has_text=re.compile(r"Trace \S+ started"))
+            expect(toast.first).to_be_visible(timeout=ACTION_TIMEOUT * 1000)  # stays 60 s
+            trace_id = re.search(r"Trace (\S+) started", toast.first.inner_text()).group(1)
+            expect(cell(page, trace_id)).to_be_visible()
+            expect(page.get_by_label("Trace", exact=True)).to_have_value(trace_id)
+            page.wait_for_function(HAS_ROW_JS, arg=["foundation-traces", "trace_id", trace_id])
+            traces = page.evaluate(SOURCE_DATA_JS, "foundation-traces")
+            row = traces["trace_id"].index(trace_id)
+            assert traces["status"][row] == "active"
+            assert traces["scope"][row] == "browser-test"
+            dashboard.wait_state(lambda s: trace_id in s.get("traces", []), "the trace")
+            timings["trace"] = time.monotonic() - t0
+
+            # 4. The export downloads the selected trace as a JSON file.
+            with page.expect_download(timeout=ACTION_TIMEOUT * 1000) as download_info:
+                page.get_by_role("button", name="Export JSON").click()
+            download = download_info.value
+            assert download.suggested_filename == f"trace_{trace_id}.json"
+            path = tmp_path / download.suggested_filename
+            download.save_as(path)
+            exported = json.loads(path.read_text())
+            assert {"trace_id", "scope", "events", "exported_at"} <= exported.keys()
+            assert exported["trace_id"] == trace_id and exported["scope"] == "browser-test"
+            assert exported["status"] == "active"
+            assert isinstance(exported["events"], list)
+            assert exported["exported_at"] / 1000 == pytest.approx(time.time(), abs=600)
+            expect(page.locator(".fd-flash-success", has_text=f"Trace {trace_id} exported")
+                   .first).to_be_visible()
+            expect(page.locator(".fd-download-status")).to_contain_text(path.name)
+            timings["export"] = time.monotonic() - t0
+
+            # 5. The browser's Bokeh data equals the kernel's. The kernel stops refreshing
+            # and reports its sources; the page must reach the same rows, including the
+            # history streamed into (a double-applied stream makes it longer).
+            page.wait_for_function(  # two refreshes streamed into the page's history
+                HISTORY_AT_LEAST_JS, arg=history_at_start["time"] + 2,
+                timeout=ACTION_TIMEOUT * 1000)
+            dashboard.request("stop")
+            final = dashboard.wait_state(lambda s: s.get("refreshing") is False,
+                                         "refreshing stopped")
+            rows = final["history_rows"]
+            assert set(rows.values()) == {rows["time"]}, rows
+            assert rows["time"] <= final["refreshes"], (
+                f"{rows['time']} history rows after {final['refreshes']} refreshes: "
+                "streamed data applied twice in the kernel")
+            with contextlib.suppress(PlaywrightTimeout):  # else the comparison says how
+                page.wait_for_function(HISTORY_AT_LEAST_JS, arg=rows["time"],
+                                       timeout=ACTION_TIMEOUT * 1000)
+            assert page.evaluate(SOURCE_LENGTHS_JS, "foundation-health-history") == rows
+            for name, column, values in [("foundation-health-nodes", "node", final["nodes"]),
+                                         ("foundation-processes", "name", final["processes"]),
+                                         ("foundation-traces", "trace_id", final["traces"])]:
+                with contextlib.suppress(PlaywrightTimeout):  # the last patches may be on
+                    page.wait_for_function(COLUMN_IS_JS, arg=[name, column, values],
+                                           timeout=ACTION_TIMEOUT * 1000)  # their way
+                data = page.evaluate(SOURCE_DATA_JS, name)
+                assert data[column] == values, name
+                assert {len(v) for v in data.values()} == {len(values)}, name
+            assert len(final["nodes"]) == 2
+            assert not final["errors"], final["errors"]
+            timings["compared"] = time.monotonic() - t0
+
+            # Nothing went wrong in the page: no exception, no error but the refused
+            # external requests, nothing asked of a Bokeh CDN, every local request served.
+            assert not page_errors, page_errors
+            errors = [text for kind, text in console
+                      if kind == "error" and not text.startswith("Failed to load resource")]
+            assert not errors, errors
+            broken = [text for _, text in console if "wasn't built properly" in text]
+            assert not broken, broken  # a Bokeh view that failed to render
+            assert not [url for url in external if "bokeh" in url], external
+            assert not [url for url in failed if "127.0.0.1" in url], failed
+        finally:
+            context.close()
+
+    # Everything shuts down: Voila shuts its kernel down, whose exit closes the cluster.
+    dashboard.stop()
+    kernel = dashboard.kernel
+    _poll(lambda: not _group_members(kernel["pgid"]), 30,
+          f"kernel {kernel['pid']} and its cluster exiting after Voila stopped")
+    timings["shutdown"] = time.monotonic() - t0
+    print("browser test timings (s):", {k: round(v, 1) for k, v in timings.items()})
+
+
+# ---------------------------------------------------------------------------- kernel side
+
+
+def test_panels_load_bokehjs_inline(monkeypatch):
+    """Displaying a panel loads BokehJS from the installed package: no CDN URL in what
+    is published to the front end."""
+    import bokeh
+    import bokeh.io.notebook as bokeh_notebook
+    from bokeh.io.state import curstate
+
+    import foundation_dask.widgets as fw
+
+    published: list[dict[str, Any]] = []
+    monkeypatch.setattr(bokeh_notebook, "publish_display_data",
+                        lambda data, metadata=None, **kw: published.append(data))
+    monkeypatch.setattr(bokeh_notebook, "_NOTEBOOK_LOADED", bokeh_notebook._NOTEBOOK_LOADED)
+    state = curstate()
+    for attr in ("_notebook", "_notebook_type"):
+        monkeypatch.setattr(state, attr, getattr(state, attr))
+    monkeypatch.setattr(fw, "_inline_loaded", False)
+
+    dash = fw.LiveDashboard(refresh=None, autostart=False)
+    dash.refreshes = 1  # no cluster here: display without a first refresh
+    try:
+        bundle = dash._repr_mimebundle_()
+        bundles = [pane.render_bundle for pane in fw._panes(dash.widget)]
+    finally:
+        dash.close()
+
+    assert fw._inline_loaded and published, "displaying a panel did not load BokehJS"
+    sent = json.dumps(published) + json.dumps(bundle, default=str) + json.dumps(bundles)
+    assert "cdn.bokeh.org" not in sent
+    assert not re.search(r"https?://[^\"']*bokeh[^\"']*\.js", sent)
+    scripts = "".join(str(d.get("application/javascript", "")) for d in published)
+    assert bokeh.__version__ in scripts
+    assert len(scripts) > 1_000_000  # the library itself, not a loader of it
+    assert "application/vnd.jupyter.widget-view+json" in bundle
+
+
+def test_bokeh_pane_holds_changes_until_a_view_is_ready():
+    """Changes made after display but before a view is ready are not sent (the view
+    would miss them); the ready view gets them in a new bundle, later ones as patches."""
+    from bokeh.document import Document
+    from bokeh.events import DocumentReady
+    from bokeh.models import ColumnDataSource
+    from bokeh.plotting import figure
+
+    from foundation_dask.widgets import BokehPane
+
+    source = ColumnDataSource({"x": [0.0], "y": [0.0]}, name="points")
+    fig = figure(title="before")
+    fig.line("x", "y", source=source)
+    pane = BokehPane(fig)
+    sent: list[Any] = []
+    pane.send = lambda content, buffers=None: sent.append(content)  # type: ignore[method-assign]
+
+    def bundled() -> Document:
+        return Document.from_json(next(iter(pane.render_bundle["docs_json"].values())))
+
+    pane.expect_view()
+    source.stream({"x": [1.0], "y": [1.0]})
+    fig.title.text = "after"
+    assert not sent  # held back: a view being built would lose them
+    pane._document.callbacks.trigger_event(DocumentReady())
+    doc = bundled()
+    assert list(doc.get_model_by_name("points").data["x"]) == [0.0, 1.0]
+    assert "after" in json.dumps(pane.render_bundle)
+    source.stream({"x": [2.0], "y": [2.0]})  # the view is ready: sent as a patch
+    assert sent and all(m["msg"] == "patch" for m in sent)
+    sent.clear()
+    before = pane.render_bundle
+    pane._document.callbacks.trigger_event(DocumentReady())  # a re-render: nothing new
+    assert pane.render_bundle is before and not sent
