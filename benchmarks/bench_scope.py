@@ -79,7 +79,7 @@ def one_ms(i: int) -> int:
 def record_many(n: int) -> int:
     from foundation_dask.scope.context import SpanScope
 
-    for i in range(n):
+    for _ in range(n):
         with SpanScope("bulk", attrs=None):
             pass
     return n
