@@ -100,6 +100,13 @@ def _norm(name: Any) -> Any:
     )
 
 
+def _denorm(norm: Any) -> Any:
+    """Inverse of :func:`_norm`."""
+    if isinstance(norm, list) and norm and norm[0] == "__tuple__":
+        return tuple(_denorm(n) for n in norm[1:])
+    return norm
+
+
 def name_key(name: Hashable) -> str:
     """Canonical string key of a process name (tuples stay distinct from lists)."""
     return json.dumps(_norm(name), separators=(",", ":"))
@@ -1179,6 +1186,24 @@ class ProcessManager:
                 if info["name_key"] == key and info["kind"] == "singleton":
                     return _handle_from_info(info, name)
             return None
+
+        return client.sync(look)
+
+    @staticmethod
+    def find(prefix: str) -> list[tuple[tuple, SingletonHandle]]:
+        """``(name, handle)`` of every singleton whose name is a tuple starting with
+        ``prefix``, e.g. ``find("trace_coordinator")``."""
+        client = current_client()
+
+        async def look():
+            found = []
+            for info in await client.scheduler.foundation_process_list():
+                norm = json.loads(info["name_key"])
+                if (info["kind"] == "singleton" and isinstance(norm, list)
+                        and norm[:2] == ["__tuple__", prefix]):
+                    name = _denorm(norm)
+                    found.append((name, _handle_from_info(info, name)))
+            return found
 
         return client.sync(look)
 

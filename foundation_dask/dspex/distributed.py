@@ -783,13 +783,7 @@ def list_optimizations(include_finished: bool = True) -> pd.DataFrame:
     import pandas as pd
 
     rows = []
-    frame = fd.ProcessManager.list_processes()
-    for name in frame["name"] if len(frame) else []:
-        if not name.startswith("('optimization_coordinator'"):
-            continue
-        handle = fd.ProcessManager.lookup(_eval_name(name))
-        if handle is None:
-            continue
+    for _, handle in fd.ProcessManager.find("optimization_coordinator"):
         try:
             info = handle.get_optimization_info().result(timeout=10)
         except Exception:  # being restarted or stopped meanwhile
@@ -830,9 +824,3 @@ def scheduler_optimizations(scheduler: Any) -> list[dict[str, Any]]:
         out.append({**_summary_row(state), "history": state.get("history", []),
                     "evaluations": state.get("evaluations", {})})
     return out
-
-
-def _eval_name(display: str) -> tuple:
-    import ast
-
-    return ast.literal_eval(display)

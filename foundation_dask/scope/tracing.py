@@ -242,25 +242,13 @@ def _forget_local(trace_id: str) -> None:
 def _trace_infos() -> list[dict[str, Any]]:
     import foundation_dask as fd
 
-    frame = fd.ProcessManager.list_processes()
     infos = []
-    for name in frame["name"] if len(frame) else []:
-        if not name.startswith("('trace_coordinator'"):
+    for _, handle in fd.ProcessManager.find("trace_coordinator"):
+        try:
+            infos.append(handle.get_trace_info().result())
+        except Exception:  # a coordinator being restarted or stopped meanwhile
             continue
-        handle = fd.ProcessManager.lookup(eval_name(name))
-        if handle is not None:
-            try:
-                infos.append(handle.get_trace_info().result())
-            except Exception:  # a coordinator being restarted or stopped meanwhile
-                continue
     return infos
-
-
-def eval_name(display: str) -> tuple[str, str]:
-    """Parse ``"('trace_coordinator', 'id')"`` back into a tuple."""
-    import ast
-
-    return ast.literal_eval(display)
 
 
 def active_traces(include_completed: bool = False):
