@@ -254,6 +254,13 @@ def test_capacity_plan_rules():
     assert dist["a"]["capacity"] == 3.0 and dist["c"]["capacity"] == 0.0
     assert plan.total_capacity == 6.0 and plan.total_workers == round(6 * 0.8)
     assert dist["c"]["workers"] == 1  # min_workers_per_node, even without capacity
+    class Busy:
+        class cluster:  # noqa: N801
+            node_health = [Node("a", "h1", 2, 2.0, 1, "degraded"),
+                           Node("b", "h1", 2, 2.0, 1, "unreachable")]
+
+    busy = calculate_optimal_distribution(Busy, "auto", 1)
+    assert busy.workers == ["a"]  # no healthy node: degraded ones still work
     capped = calculate_optimal_distribution(Health, 3, 1)
     assert capped.total_workers == 3
     with pytest.raises(ValueError, match="max_workers"):

@@ -81,7 +81,8 @@ def calculate_optimal_distribution(health: Any, max_workers: int | str = "auto",
     max_workers
         ``"auto"`` uses 80% of the available capacity; an integer caps it.
     min_workers_per_node
-        Evaluation workers every healthy node gets regardless of its load.
+        Evaluation workers every healthy node gets regardless of its load. When no
+        node is healthy, degraded (but reachable) nodes are used instead.
     n_evaluations, eval_rate
         For the completion estimate: evaluations to run, per worker per second.
     """
@@ -90,6 +91,10 @@ def calculate_optimal_distribution(health: Any, max_workers: int | str = "auto",
     if min_workers_per_node < 0:
         raise ValueError(f"min_workers_per_node must be >= 0, not {min_workers_per_node}")
     nodes = [n for n in health.cluster.node_health if n.status == "healthy"]
+    if not nodes:
+        # a cluster busy with earlier work reads as degraded (CPU over the threshold):
+        # still usable, at the minimum per node
+        nodes = [n for n in health.cluster.node_health if n.status == "degraded"]
     by_host: dict[str, list[Any]] = {}
     for n in nodes:
         by_host.setdefault(getattr(n, "host", None) or n.node, []).append(n)
