@@ -271,7 +271,7 @@ class Supervisor(SchedulerExtension):
 
     async def _create_on(self, rec: _Record, worker: str) -> None:
         rec.actor_key = f"foundation-process-{uuid.uuid4().hex[:12]}-{rec.incarnation}"
-        await self.scheduler.rpc(worker).foundation_process_create(
+        status = await self.scheduler.rpc(worker).foundation_process_create(
             actor_key=rec.actor_key,
             name_key=rec.key,
             display=rec.display,
@@ -281,6 +281,8 @@ class Supervisor(SchedulerExtension):
             mode=rec.mode,
             interval=rec.interval,
         )
+        if status == "closing":
+            raise OSError(f"worker {worker} is closing")
         rec.worker = worker
         rec.state = "running"
         rec.error = None
@@ -789,9 +791,16 @@ class WorkerProcesses(WorkerExtension):
     async def create(self, actor_key, name_key, display, incarnation, spec, checkpoint, mode,
                      interval) -> str:
         w = self.worker
-        instance, applied = await w.loop.run_in_executor(
-            w.executors["actor"], _instantiate, spec, checkpoint
-        )
+        if w.status.name != "running":
+            return "closing"  # the supervisor places it on another worker
+        try:
+            instance, applied = await w.loop.run_in_executor(
+                w.executors["actor"], _instantiate, spec, checkpoint
+            )
+        except RuntimeError as exc:
+            if "after shutdown" in str(exc):  # the worker started closing meanwhile
+                return "closing"
+            raise
         host = _Host(w, instance, actor_key, name_key, display, incarnation, mode, interval,
                      applied)
         self.hosts[actor_key] = host
