@@ -305,6 +305,7 @@ def test_sigkill_a_third_of_workers_same_result(subprocess_cluster):
 
 @pytest.mark.timeout(480)
 def test_adaptive_optimizer_scales_and_logs():
+    fd.close()  # a fresh embedded cluster of one worker, whatever ran before
     client = fd.connect(n_workers=1, threads_per_worker=1)
     try:
         trainset = make_examples(30)
@@ -318,8 +319,9 @@ def test_adaptive_optimizer_scales_and_logs():
         ups = [e for e in result.scaling_log if e["action"] == "scale_up"]
         assert ups, result.scaling_log
         assert {"rate", "target", "available_capacity", "workers"} <= set(ups[0])
+        assert ups[0]["outcome"] == "requested 2 workers", result.scaling_log
         # a worker process starting on a loaded machine can take a while
-        wait_for(lambda: len(client.scheduler_info()["workers"]) == 2, timeout=180)
+        client.wait_for_workers(2, timeout=180)
 
         down = dspex.AdaptiveOptimizer.adaptive_optimization(
             program(slow_needs_demos), trainset, metric, target_eval_rate=0.01,
