@@ -40,7 +40,7 @@ import reprlib
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Hashable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -257,14 +257,17 @@ class RegistryEntry:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """The fields as a ``dict``."""
-        return {
-            "key": self.key,
-            "value": self.value,
-            "metadata": dict(self.metadata),
-            "owner": self.owner,
-            "registered_at": self.registered_at,
-        }
+        """The fields as a ``dict`` (lists and dicts copied, values as they are)."""
+        return _fields_dict(self)
+
+
+def _fields_dict(obj: Any) -> dict[str, Any]:
+    """A dataclass's fields, shallow: containers copied, the values inside are not."""
+    out = {}
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        out[f.name] = type(value)(value) if isinstance(value, (list, dict)) else value
+    return out
 
 
 @dataclass
@@ -303,15 +306,8 @@ class Service:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """The fields as a ``dict``."""
-        return {
-            "name": self.name,
-            "handle": self.handle,
-            "capabilities": list(self.capabilities),
-            "metadata": dict(self.metadata),
-            "owner": self.owner,
-            "registered_at": self.registered_at,
-        }
+        """The fields as a ``dict`` (lists and dicts copied, values as they are)."""
+        return _fields_dict(self)
 
 
 def services_to_frame(services: Iterable[Service]) -> pd.DataFrame:
