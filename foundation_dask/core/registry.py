@@ -257,16 +257,17 @@ class RegistryEntry:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """The fields as a ``dict`` (lists and dicts copied, values as they are)."""
+        """The fields as a ``dict``."""
         return _fields_dict(self)
 
 
 def _fields_dict(obj: Any) -> dict[str, Any]:
-    """A dataclass's fields, shallow: containers copied, the values inside are not."""
+    """A dataclass's fields; its own ``metadata`` / ``capabilities`` containers copied,
+    the registered value or handle as it is."""
     out = {}
     for f in fields(obj):
         value = getattr(obj, f.name)
-        out[f.name] = type(value)(value) if isinstance(value, (list, dict)) else value
+        out[f.name] = type(value)(value) if f.name in ("metadata", "capabilities") else value
     return out
 
 
@@ -306,7 +307,7 @@ class Service:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """The fields as a ``dict`` (lists and dicts copied, values as they are)."""
+        """The fields as a ``dict``."""
         return _fields_dict(self)
 
 
