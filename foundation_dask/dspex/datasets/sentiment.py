@@ -11,12 +11,25 @@ split      positive  negative  total
 ``test``   80        80        160
 =========  ========  ========  ========
 
-Most reviews are plain, but many use negation ("not bad at all"), contrast
-("great cast, dull script"), understatement or a turn of phrase that a very small
-language model reads the wrong way without examples. With SmolLM2-135M-Instruct the
-zero-shot accuracy stays well below what a few well-chosen demonstrations reach, which
-makes the task a small, quick benchmark for demo selection and prompt optimisation
-(see ``benchmarks/check_demo_task.py``).
+The reviews are one or two sentences long, from blunt ("Such a bad movie.") to
+indirect, with negation ("Not a single dull moment in the whole film."), contrast
+("Not cheap, but worth every penny."), understatement and a little sarcasm; each has
+one clear label. The task is made for few-shot demo selection with a very small local
+model. With SmolLM2-135M-Instruct and the completion prompt ::
+
+    Classify the sentiment of a review as positive or negative.
+
+    Review: <demo review>
+    Sentiment: <label>
+
+    Review: <the input>
+    Sentiment:
+
+the zero-shot accuracy on the test split is about 50 % (the model answers "Positive"
+to nearly everything, or a word that is not a label), random sets of 2 to 8 train demos
+give anything from about 50 % to 99 % (the model copies the labels of the demos, the
+last ones most), and the best of 20 random sets of 4 demos, chosen on the dev split,
+reaches 95-98 % on the test split. ``benchmarks/check_demo_task.py`` measures this.
 
 Records are stored as JSON lines in ``sentiment.jsonl`` next to this module::
 
@@ -26,9 +39,7 @@ Examples
 --------
 >>> from foundation_dask.dspex.datasets import load_sentiment, sentiment_metric
 >>> train, dev, test = load_sentiment(n_train=30, n_dev=30, n_test=60, seed=0)
->>> train[0].inputs().keys()  # doctest: +SKIP
-['review']
->>> sentiment_metric(test[0], {"sentiment": " Positive."})  # doctest: +SKIP
+>>> sentiment_metric(test[0], {"sentiment": test[0].sentiment.upper() + "."})
 1.0
 """
 
@@ -225,9 +236,10 @@ def load_sentiment(
     Examples
     --------
     >>> train, dev, test = load_sentiment(n_train=30, n_dev=30, n_test=60, seed=0)
-    ... # doctest: +SKIP
-    >>> len(train), len(dev), len(test)  # doctest: +SKIP
+    >>> len(train), len(dev), len(test)
     (30, 30, 60)
+    >>> sorted(train[0].inputs().keys()), train[0].sentiment in LABELS
+    (['review'], True)
     """
     sizes = {"train": n_train, "dev": n_dev, "test": n_test}
     if isinstance(seed, bool) or not isinstance(seed, int):
