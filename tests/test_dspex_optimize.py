@@ -474,3 +474,21 @@ def test_resume_after_the_client_process_is_killed(subprocess_cluster, tmp_path)
     assert calls_resumed <= calls_uninterrupted - done["evaluations_done"] + 20
     with pytest.raises(KeyError, match="No optimization 'never-started'"):
         dspex.DistributedOptimizer.resume("never-started")
+
+
+@pytest.mark.timeout(120)
+def test_teacher_settings_and_unsupported_options(cluster_client):
+    trainset = make_examples(12)
+    # the student alone answers "positive" zero-shot; a teacher LM that is always right
+    # (through teacher_settings) bootstraps every example it is given
+    oracle = dspex.DummyLM(lambda prompt: "negative" if any(
+        w in prompt.rsplit("Review:", 1)[-1] for w in NEGATIVE) else "positive")
+    boot = dspex.BootstrapFewShot(metric, max_bootstrapped_demos=12, max_labeled_demos=0,
+                                  teacher_settings={"lm": oracle})
+    student = dspex.Predict(Classify)
+    compiled = boot.compile(student, trainset=trainset)
+    assert len(compiled.demos) == 12 and all(d.get("augmented") for d in compiled.demos)
+    with pytest.raises(ValueError, match="stop_at_score"):
+        dspex.BootstrapFewShotWithRandomSearch(metric, stop_at_score=90)
+    with pytest.raises(ValueError, match="max_rounds"):
+        dspex.BootstrapFewShotWithRandomSearch(metric, max_rounds=2)

@@ -112,12 +112,15 @@ def _as_dict(prediction: Any) -> dict[str, Any]:
 
 
 def _teacher_chunk(teacher: Any, examples: list[tuple[int, Any]], metric: Callable,
-                   metric_threshold: float | None, lm: Any) -> list[dict[str, Any]]:
-    """Runs on a worker: the teacher on each example, its own demo excluded."""
+                   metric_threshold: float | None, lm: Any,
+                   settings: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Runs on a worker: the teacher on each example, its own demo excluded, under
+    ``dspex.context(**settings)`` (the optimizer's ``teacher_settings``)."""
     from foundation_dask.dspex.evaluate import _inputs, _lm_context
+    from foundation_dask.dspex.settings import context
 
     out = []
-    with _lm_context(lm):
+    with _lm_context(lm), context(**(settings or {})):
         for index, example in examples:
             program = teacher.deepcopy()
             for _, pred in program.named_predictors():
@@ -137,8 +140,12 @@ def _teacher_chunk(teacher: Any, examples: list[tuple[int, Any]], metric: Callab
 
 def run_teacher(teacher: Any, trainset: Sequence[Any], metric: Callable, *,
                 metric_threshold: float | None = None, runtime: Runtime | None = None,
-                max_errors: int | None = None, label: str = "bootstrap") -> list[dict[str, Any]]:
-    """Run the teacher on every trainset example on the cluster; results in trainset order."""
+                max_errors: int | None = None, label: str = "bootstrap",
+                settings: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Run the teacher on every trainset example on the cluster; results in trainset order.
+
+    ``settings`` are DSPEx settings (``lm=``, ``adapter=``...) the teacher runs under.
+    """
     from distributed import as_completed
 
     runtime = runtime or Runtime()
@@ -149,7 +156,7 @@ def run_teacher(teacher: Any, trainset: Sequence[Any], metric: Callable, *,
     indexed = [(i, ex) for i, ex in enumerate(trainset) if i not in runtime.done_teacher]
     futures = [
         client.submit(_teacher_chunk, teacher, indexed[i:i + size], metric, metric_threshold,
-                      runtime.lm, workers=runtime.workers,
+                      runtime.lm, settings, workers=runtime.workers,
                       allow_other_workers=runtime.workers is not None, pure=False)
         for i in range(0, len(indexed), size)
     ]
@@ -268,6 +275,8 @@ class BootstrapFewShot(Teleprompter):
         Demos per predictor from teacher traces, and from the labelled trainset.
     max_errors
         Stop when more teacher runs than this raise.
+    teacher_settings
+        DSPEx settings (``lm=``...) the teacher runs under, e.g. a stronger LM.
     runtime
         Cluster placement and progress (:class:`Runtime`).
     """
@@ -309,7 +318,7 @@ class BootstrapFewShot(Teleprompter):
             teacher_runs = run_teacher(
                 self._teacher(student, teacher, trainset), trainset, self.metric,
                 metric_threshold=self.metric_threshold, runtime=self.runtime,
-                max_errors=self.max_errors,
+                max_errors=self.max_errors, settings=self.teacher_settings,
             )
         order = list(order) if order is not None else list(range(len(trainset)))
         program = _assign_demos(student, trainset, teacher_runs, order,
@@ -346,6 +355,13 @@ class BootstrapFewShotWithRandomSearch(Teleprompter):
         Shuffled candidates beyond the three fixed ones.
     seed
         Base seed; the same seed gives the same best program.
+    teacher_settings
+        DSPEx settings (``lm=``...) the teacher runs under while bootstrapping.
+    stop_at_score
+        Not supported: every candidate is evaluated at once, so there is no "next
+        candidate" to skip; passing a value raises ``ValueError``.
+    num_threads
+        Accepted for DSPy compatibility; the cluster decides parallelism.
     """
 
     def __init__(self, metric: Callable, *, teacher_settings: dict | None = None,
@@ -356,14 +372,22 @@ class BootstrapFewShotWithRandomSearch(Teleprompter):
                  min_num_samples: int = 1, seed: int = 0, runtime: Runtime | None = None):
         if num_candidate_programs < 0:
             raise ValueError(f"num_candidate_programs must be >= 0, not {num_candidate_programs}")
+        if stop_at_score is not None:
+            raise ValueError(
+                "stop_at_score is not supported: all candidates are evaluated at the same time "
+                "(leave it out; the best candidate is chosen once all are scored)."
+            )
+        if max_rounds != 1:
+            raise ValueError(
+                "max_rounds > 1 is not supported: teacher runs are deterministic here "
+                "(temperature 0, cached), so further rounds would repeat the first."
+            )
         self.metric = metric
         self.teacher_settings = teacher_settings or {}
         self.max_bootstrapped_demos = max_bootstrapped_demos
         self.max_labeled_demos = max_labeled_demos
-        self.max_rounds = max_rounds
         self.num_candidate_programs = num_candidate_programs
         self.max_errors = max_errors
-        self.stop_at_score = stop_at_score
         self.metric_threshold = metric_threshold
         self.min_num_samples = min_num_samples
         self.seed = seed
@@ -380,13 +404,13 @@ class BootstrapFewShotWithRandomSearch(Teleprompter):
             self.metric, metric_threshold=self.metric_threshold,
             max_bootstrapped_demos=self.max_bootstrapped_demos,
             max_labeled_demos=self.max_labeled_demos, max_errors=self.max_errors,
-            seed=self.seed, runtime=self.runtime,
+            seed=self.seed, runtime=self.runtime, teacher_settings=self.teacher_settings,
         )
         if teacher_runs is None:
             teacher_runs = run_teacher(
                 boot._teacher(student, teacher, trainset), trainset, self.metric,
                 metric_threshold=self.metric_threshold, runtime=self.runtime,
-                max_errors=self.max_errors,
+                max_errors=self.max_errors, settings=boot.teacher_settings,
             )
         self.teacher_runs = teacher_runs
         candidates = [

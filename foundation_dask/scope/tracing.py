@@ -10,8 +10,6 @@ from collections.abc import Callable
 from inspect import iscoroutinefunction
 from typing import Any, TypeVar
 
-import distributed
-
 from foundation_dask.scope.context import (
     SpanScope,
     TraceContext,
@@ -227,10 +225,10 @@ def stop_trace(trace_id: str, results: Any = None, status: str = "completed") ->
 def forget_trace(trace_id: str) -> None:
     """Stop the trace's coordinator and drop its spans from the cluster's buffers."""
     import foundation_dask as fd
+    from foundation_dask.core._client import current_client
 
     _coordinator(trace_id)
-    client = distributed.get_client()
-    client.run(_forget_local, trace_id)
+    current_client().run(_forget_local, trace_id)
     recorder.forget(trace_id)
     fd.ProcessManager.stop(_coordinator_name(trace_id))
 
