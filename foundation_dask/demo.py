@@ -185,8 +185,8 @@ def _dspex_tour(client: Any, p: _Printer, summary: dict[str, Any], n_workers: in
         sentiment_metric,
     )
 
-    sizes = (10, 10, 20) if quick else (30, 30, 60)
-    candidates = 2 if quick else 4
+    sizes = (30, 30, 60) if quick else (60, 60, 120)
+    candidates = 4 if quick else 8
     train, dev, test = load_sentiment(n_train=sizes[0], n_dev=sizes[1], n_test=sizes[2])
     lm = dspex.LocalLM(cache=False)
     program = dspex.Predict(dspex.Signature("review -> sentiment", SENTIMENT_INSTRUCTIONS))

@@ -744,7 +744,10 @@ class LocalLM(BaseLM):
     n_ctx
         Context window in tokens.
     n_threads
-        llama.cpp threads.
+        llama.cpp threads, for prompt processing as well as for generation (llama.cpp's
+        own default for prompt processing is every core of the machine: with one model per
+        Dask worker process, its spinning threads made two workers on two cores 12 times
+        slower than one, see ``benchmarks/bench_local_lm.py``).
     seed
         Sampling seed (output is deterministic at temperature 0 regardless).
     cache
@@ -799,7 +802,8 @@ class LocalLM(BaseLM):
                         _MODELS.popitem(last=False)
                     t0 = time.perf_counter()
                     model = llama_cpp.Llama(model_path=path, n_ctx=self.n_ctx,
-                                            n_threads=self.n_threads, seed=self.seed,
+                                            n_threads=self.n_threads,
+                                            n_threads_batch=self.n_threads, seed=self.seed,
                                             verbose=False)
                     _LOAD_STATS["loads"] += 1
                     _LOAD_STATS["load_seconds"] += time.perf_counter() - t0

@@ -102,6 +102,7 @@ import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import dask.config
@@ -218,7 +219,12 @@ def add_sample(tree: dict[str, Any], frame: Any, seconds: float) -> bool:
             return False
         stack.append(f)
         prev = f.f_back
-        if prev is None or prev.f_code.co_filename.endswith(_WORKER_FILE):
+        if not isinstance(prev, FrameType):
+            # None at the bottom of the stack; on CPython 3.11 the f_back of another
+            # thread's frame is seldom something else while that thread unwinds: the
+            # sample is kept up to here
+            break
+        if prev.f_code.co_filename.endswith(_WORKER_FILE):
             break
         f = prev
     if not stack:
