@@ -210,7 +210,14 @@ def test_worker_death_mid_trace(fd_client, subprocess_cluster):
         c.gather(c.map(slow, range(6, 12), pure=False))
     data = scope.collect_trace_data(t.trace_id, timeout=5)
     assert victim in data.lost_nodes and data.partial
-    assert len(rows(data, kind="task", name="slow")) == 12  # the scheduler saw them all
+    tasks = rows(data, kind="task", name="slow")
+    done = tasks[tasks["status"] == "ok"]
+    assert sorted(done["key"]) == sorted(set(done["key"])) and len(done) == 12  # all seen once
+    # tasks the scheduler sent to the dying worker before it noticed the death are listed
+    # as lost there, and ran again elsewhere
+    lost = tasks[tasks["error_type"] == "TaskLost"]
+    assert set(lost["node"]) <= {victim} and set(lost["key"]) <= set(done["key"]), (
+        victim, lost[["node", "key", "error_message"]].to_dict("records"), worker_names(c))
     assert victim not in data.missing_nodes
 
 

@@ -23,6 +23,10 @@ from foundation_dask.scope.context import context_from_annotations, recorder, ta
 MAX_TASKS_PER_TRACE = 200_000
 
 
+#: Stimuli that take a task off its worker without it being lost.
+_NOT_LOST = ("steal", "client-releases")
+
+
 class ScopeExtension(SchedulerExtension):
     """Scheduler side of ElixirScope: the task stream of traced tasks."""
 
@@ -73,8 +77,11 @@ class ScopeExtension(SchedulerExtension):
                 kwargs.get("startstops"), finish, kwargs.get("exception_text"),
                 kwargs.get("traceback_text"),
             ))
-        elif (kwargs.get("stimulus_id") or "").startswith("steal"):
-            return  # work stealing moved it before it ran: not an event of the trace
+        elif (kwargs.get("stimulus_id") or "").startswith(_NOT_LOST):
+            # work stealing moved it before it ran, or no client wants it any more (e.g.
+            # a finished task being computed again after its worker died, released
+            # meanwhile): not an event of the trace
+            return
         else:
             # processing -> released/waiting/no-worker: the task left its worker
             # unfinished (the worker died or retired); Dask runs it again elsewhere
