@@ -18,6 +18,7 @@ import foundation_dask as fd
 import foundation_dask.dashboard as dashboard
 from foundation_dask import scope
 
+from ._helpers import Counter, busy
 from .conftest import SubprocessCluster, wait_for
 
 PAGES = sorted(dashboard.PAGES)
@@ -57,28 +58,9 @@ def page_until(url: str, name: str, predicate: Callable[[dict[str, list]], Any],
     return found["data"]
 
 
-class Counter:
-    def __init__(self) -> None:
-        self.n = 0
-
-    def incr(self) -> int:
-        self.n += 1
-        return self.n
-
-
 def double(i: int) -> int:
     with scope.span("dashboard.inner", i=i):
         return 2 * i
-
-
-def busy(seconds: float) -> int:
-    """CPU work in this function's own frame (no Python callees)."""
-    end = time.time() + seconds
-    x = 0
-    while time.time() < end:
-        for i in range(1000):
-            x += i * i
-    return x
 
 
 @pytest.fixture(scope="module")

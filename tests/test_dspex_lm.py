@@ -365,6 +365,10 @@ def test_local_model_sentiment_loaded_once_and_pickled_copy_reuses_it():
     assert [k for k in dspex.LocalLM.loaded_models() if k == lm.model_key] == [lm.model_key]
     assert dspex.LocalLM.process_stats()["loads"] == loads
     assert lm.calls == 4 and lm.completion_tokens > 0 and lm.prompt_tokens > 100
+    # prompt processing uses the same threads as generation, not llama.cpp's all-cores
+    # default (which made two worker processes on two cores many times slower)
+    model = lm.load()
+    assert model.n_threads == model.n_threads_batch == lm.n_threads == 1
 
     for dumps in (pickle.dumps, cloudpickle.dumps):
         clone = pickle.loads(dumps(lm))

@@ -29,6 +29,7 @@ from foundation_dask.views import (
 )
 from foundation_dask.views.traces import ERROR_FILL
 
+from ._helpers import Counter, busy
 from .conftest import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,15 +55,6 @@ def workers_of(client: Client) -> set[str]:
     return set(client.scheduler_info(n_workers=-1)["workers"])
 
 
-class Counter:
-    def __init__(self) -> None:
-        self.n = 0
-
-    def incr(self) -> int:
-        self.n += 1
-        return self.n
-
-
 def traced_leaf(i: int) -> int:
     with scope.span("leaf.inner", i=i):
         return i * 2
@@ -70,16 +62,6 @@ def traced_leaf(i: int) -> int:
 
 def explode(i: int) -> None:
     raise ZeroDivisionError(f"bad input {i}")
-
-
-def busy(seconds: float) -> int:
-    """CPU work in this function's own frame (no Python callees)."""
-    end = time.time() + seconds
-    x = 0
-    while time.time() < end:
-        for i in range(1000):
-            x += i * i
-    return x
 
 
 # --------------------------------------------------------------------------- health
@@ -348,7 +330,7 @@ def test_scheduler_side_fetch(cluster_client: Client) -> None:
 
 @pytest.mark.timeout(120)
 def test_hotspots_and_flame_graph_from_real_profiles(cluster_client: Client) -> None:
-    cluster_client.run(busy, 0.0)  # the workers import this module before the window
+    cluster_client.run(busy, 0.0)  # the workers import busy's module before the window
     session = scope.start_cluster_profiling(1500)
     start = time.time()
     cluster_client.gather(cluster_client.map(busy, [1.0, 1.0], pure=False))

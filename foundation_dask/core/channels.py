@@ -333,6 +333,37 @@ class Subscription:
         self._pending_missed = 0
         return rec, missed, received
 
+    def _take(self) -> tuple[tuple, int, float] | None:
+        """The next buffered item, or ``None`` (called with the lock held).
+
+        Raises
+        ------
+        SubscriptionClosedError
+            When the subscription is closed.
+        """
+        if self._closed:
+            raise SubscriptionClosedError(f"Subscription to channel {self.channel!r} is closed")
+        return self._pop()
+
+    def _timed_out(self, timeout: float | None) -> TimeoutError:
+        return TimeoutError(f"No message on channel {self.channel!r} within {timeout}s")
+
+    def _remaining(self, deadline: float | None, now: float,
+                   timeout: float | None) -> float | None:
+        """Seconds from ``now`` to ``deadline`` (``None``: no deadline, wait without end).
+
+        Raises
+        ------
+        TimeoutError
+            When the deadline has passed (``timeout`` is the one the caller gave).
+        """
+        if deadline is None:
+            return None
+        remaining = deadline - now
+        if remaining <= 0:
+            raise self._timed_out(timeout)
+        return remaining
+
     def _message(self, item: tuple[tuple, int, float]) -> Message:
         rec, missed, received = item
         ch, publisher, seq, ts, blob, trace = rec[:6]
@@ -373,23 +404,8 @@ class Subscription:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while True:
-                if self._closed:
-                    raise SubscriptionClosedError(
-                        f"Subscription to channel {self.channel!r} is closed"
-                    )
-                item = self._pop()
-                if item is not None:
-                    break
-                if deadline is None:
-                    self._cond.wait()
-                else:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        raise TimeoutError(
-                            f"No message on channel {self.channel!r} within {timeout}s"
-                        )
-                    self._cond.wait(remaining)
+            while (item := self._take()) is None:
+                self._cond.wait(self._remaining(deadline, time.monotonic(), timeout))
         return self._message(item)
 
     async def aget(self, timeout: float | None = None) -> Message:
@@ -403,11 +419,12 @@ class Subscription:
         Returns
         -------
         Message
+            The next message, as :meth:`get` returns it.
 
         Raises
         ------
         TimeoutError
-            When nothing arrives within ``timeout`` seconds.
+            When nothing arrives within ``timeout`` seconds (by the loop's clock).
         SubscriptionClosedError
             When the subscription is (or gets) closed.
         """
@@ -415,32 +432,20 @@ class Subscription:
         deadline = None if timeout is None else loop.time() + timeout
         while True:
             with self._cond:
-                if self._closed:
-                    raise SubscriptionClosedError(
-                        f"Subscription to channel {self.channel!r} is closed"
-                    )
-                item = self._pop()
+                item = self._take()
                 if item is None:
                     fut = loop.create_future()
                     self._async_waiters.append(fut)
             if item is not None:
                 return self._message(item)
-            if deadline is None:
-                await fut
-                continue
-            remaining = deadline - loop.time()
             try:
-                if remaining <= 0:
-                    raise asyncio.TimeoutError
-                await asyncio.wait_for(fut, remaining)
-            except asyncio.TimeoutError:
+                await asyncio.wait_for(fut, self._remaining(deadline, loop.time(), timeout))
+            except (TimeoutError, asyncio.TimeoutError):
                 with self._cond:
                     item = self._pop()
                 if item is not None:
                     return self._message(item)
-                raise TimeoutError(
-                    f"No message on channel {self.channel!r} within {timeout}s"
-                ) from None
+                raise self._timed_out(timeout) from None
 
     def __iter__(self) -> Iterator[Message]:
         return self

@@ -41,7 +41,7 @@ import re
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -410,7 +410,13 @@ def _no_gc():
             gc.enable()
 
 
-def _finish(document: dict[str, Any], path: str | os.PathLike[str] | None) -> dict[str, Any]:
+def _export(data: TraceData, path: str | os.PathLike[str] | None,
+            build: Callable[[TraceData], dict[str, Any]]) -> dict[str, Any]:
+    """What each exporter does: check its arguments, build the document with ``build``
+    and write it to ``path`` when one is given."""
+    _check(data, path)
+    with _no_gc():
+        document = build(data)
     if path is not None:
         _write(document, path)
     return document
@@ -456,10 +462,7 @@ def to_json(data: TraceData, path: str | os.PathLike[str] | None = None) -> dict
     ExportError
         If ``path`` cannot be written (nothing is left at ``path``).
     """
-    _check(data, path)
-    with _no_gc():
-        document = _json_document(data)
-    return _finish(document, path)
+    return _export(data, path, _json_document)
 
 
 def _json_document(data: TraceData) -> dict[str, Any]:
@@ -554,10 +557,9 @@ def to_chrome_trace(data: TraceData,
 
     Parameters
     ----------
-    data
-        A collected trace.
-    path
-        When given, the document is also written there (UTF-8 JSON, atomically).
+    data, path
+        The trace, and a file to also write the document to, as for :func:`to_json`;
+        Perfetto and ``chrome://tracing`` open that file.
 
     Returns
     -------
@@ -589,10 +591,7 @@ def to_chrome_trace(data: TraceData,
     ExportError
         If ``path`` cannot be written (nothing is left at ``path``).
     """
-    _check(data, path)
-    with _no_gc():
-        document = _chrome_document(data)
-    return _finish(document, path)
+    return _export(data, path, _chrome_document)
 
 
 def _thread_meta(pid: int, tid: int, name: str) -> list[dict[str, Any]]:
@@ -842,10 +841,9 @@ def to_otlp_json(data: TraceData,
 
     Parameters
     ----------
-    data
-        A collected trace.
-    path
-        When given, the document is also written there (UTF-8 JSON, atomically).
+    data, path
+        As for :func:`to_json`: the trace, and a file to also write the document to
+        (an OTLP/JSON file, e.g. the body of an OTLP/HTTP ``POST /v1/traces``).
 
     Returns
     -------
@@ -875,10 +873,7 @@ def to_otlp_json(data: TraceData,
     ExportError
         If ``path`` cannot be written (nothing is left at ``path``).
     """
-    _check(data, path)
-    with _no_gc():
-        document = _otlp_document(data)
-    return _finish(document, path)
+    return _export(data, path, _otlp_document)
 
 
 def _otlp_span(r: dict[str, Any], node: str) -> dict[str, Any]:

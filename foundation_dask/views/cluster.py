@@ -19,6 +19,7 @@ from bokeh.models import ColumnDataSource, Div, HoverTool
 from bokeh.plotting import figure
 from dask.utils import format_bytes
 
+from foundation_dask.views._common import scheduler_extension, sort_rows
 from foundation_dask.views.base import (
     View,
     colour_for,
@@ -89,10 +90,8 @@ def scheduler_health(scheduler: distributed.Scheduler) -> dict[str, Any]:
     state (no host load average or process counts until the worker plugin is there).
     """
     from foundation_dask.core.health import HealthExtension
-    from foundation_dask.core.plugin import PLUGIN_NAME
 
-    plugin = scheduler.extensions.get(PLUGIN_NAME)
-    ext = getattr(plugin, "extensions", {}).get("health")
+    ext = scheduler_extension(scheduler, "health")
     if ext is None:
         ext = _detached.get(scheduler)
         if ext is None:
@@ -128,13 +127,7 @@ def health_columns(nodes: Any) -> dict[str, Any]:
     cols: dict[str, Any] = {}
     for name, values in raw.items():
         cols[name] = text_column(values) if name in _TEXT else float_column(values)
-    keys = list(zip(cols["name"], cols["node"], strict=True))
-    order = sorted(range(len(keys)), key=keys.__getitem__)
-    if order != list(range(len(keys))):
-        cols = {
-            k: ([v[i] for i in order] if isinstance(v, list) else v[order])
-            for k, v in cols.items()
-        }
+    cols = sort_rows(cols, list(zip(cols["name"], cols["node"], strict=True)))
     cols["status_colour"] = status_colours(cols["status"])
     return {c: cols[c] for c in NODE_COLUMNS}
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from bokeh.layouts import column
 from bokeh.models import ColumnDataSource, Div
 
+from foundation_dask.views._common import scheduler_extension, sort_rows
 from foundation_dask.views.base import (
     View,
     empty_columns,
@@ -61,10 +62,7 @@ def fetch_processes(client: distributed.Client | None = None) -> pd.DataFrame:
 def scheduler_processes(scheduler: distributed.Scheduler) -> list[dict[str, Any]]:
     """The supervisor's table, read inside the scheduler process (empty without the
     Foundation plugin)."""
-    from foundation_dask.core.plugin import PLUGIN_NAME
-
-    plugin = scheduler.extensions.get(PLUGIN_NAME)
-    supervisor = getattr(plugin, "extensions", {}).get("processes")
+    supervisor = scheduler_extension(scheduler, "processes")
     return [] if supervisor is None else supervisor.list()
 
 
@@ -74,10 +72,7 @@ def process_columns(data: Any) -> dict[str, Any]:
     cols: dict[str, Any] = {
         k: (float_column(v) if k in _NUMBERS else text_column(v)) for k, v in raw.items()
     }
-    order = sorted(range(len(cols["name"])), key=cols["name"].__getitem__)
-    if order != list(range(len(order))):
-        cols = {k: ([v[i] for i in order] if isinstance(v, list) else v[order])
-                for k, v in cols.items()}
+    cols = sort_rows(cols, cols["name"])
     cols["state_colour"] = status_colours(cols["state"])
     return {c: cols[c] for c in PROCESS_COLUMNS}
 

@@ -34,6 +34,7 @@ from bokeh.models import (
 )
 from bokeh.plotting import figure
 
+from foundation_dask.views._common import scheduler_extension, sort_rows
 from foundation_dask.views.base import (
     View,
     empty_columns,
@@ -125,10 +126,7 @@ def scheduler_traces(scheduler: distributed.Scheduler,
     and its checkpointed state (taken after every call, e.g. when the trace is stopped),
     which is all this reads.
     """
-    from foundation_dask.core.plugin import PLUGIN_NAME
-
-    plugin = scheduler.extensions.get(PLUGIN_NAME)
-    supervisor = getattr(plugin, "extensions", {}).get("processes")
+    supervisor = scheduler_extension(scheduler, "processes")
     if supervisor is None:
         return []
     out = []
@@ -197,12 +195,8 @@ def trace_columns(data: Any) -> dict[str, Any]:
         "duration_s": (end - started) / 1000.0,
         "options": [_options_text(v) for v in raw["options"]],
     }
-    keys = np.nan_to_num(started, nan=-np.inf).tolist()
-    ids = cols["trace_id"]
-    order = sorted(range(len(ids)), key=lambda i: (-keys[i], ids[i]))
-    if order != list(range(len(order))):
-        cols = {k: ([v[i] for i in order] if isinstance(v, list) else v[order])
-                for k, v in cols.items()}
+    newest_first = [-t for t in np.nan_to_num(started, nan=-np.inf).tolist()]
+    cols = sort_rows(cols, list(zip(newest_first, cols["trace_id"], strict=True)))
     cols["status_colour"] = status_colours(cols["status"])
     return {c: cols[c] for c in TRACE_COLUMNS}
 
@@ -498,11 +492,9 @@ async def scheduler_trace_data(scheduler: distributed.Scheduler, trace_id: str,
     extension, then correlates them like ``scope.collect_trace_data`` on the
     scheduler's clock. Spans recorded in client processes are not included.
     """
-    from foundation_dask.core.plugin import PLUGIN_NAME
     from foundation_dask.scope.collect import correlate
 
-    plugin = scheduler.extensions.get(PLUGIN_NAME)
-    scope_ext = getattr(plugin, "extensions", {}).get("scope")
+    scope_ext = scheduler_extension(scheduler, "scope")
     if info is None:
         info = next((t for t in scheduler_traces(scheduler) if t["trace_id"] == trace_id),
                     {"trace_id": trace_id, "status": "unknown"})
