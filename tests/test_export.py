@@ -771,3 +771,30 @@ def _current_umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+@pytest.mark.timeout(60)
+def test_critical_path_walks_back_from_the_end():
+    from foundation_dask.scope.collect import _critical_path
+
+    ms = 1_000_000
+    spans = [  # span_id, parent_id, name, start ms, end ms
+        (1, 0, "root", 0, 100),
+        (2, 1, "a", 0, 50),        # overlaps b, finishes before b: off the path
+        (3, 1, "b", 10, 60),
+        (4, 1, "c", 60, 100),
+        (5, 4, "c1", 60, 70),
+        (6, 4, "c2", 75, 99),
+        (7, 3, "b1", 10, 20),
+    ]
+    frame = pd.DataFrame({
+        "span_id": [s[0] for s in spans], "parent_id": [s[1] for s in spans],
+        "name": [s[2] for s in spans], "node": "n",
+        "start_ns": [s[3] * ms for s in spans], "end_ns": [s[4] * ms for s in spans],
+        "duration_ms": [float(s[4] - s[3]) for s in spans],
+    })
+    path = _critical_path(frame)
+    assert [(p["name"], p["depth"]) for p in path] == [
+        ("root", 0), ("b", 1), ("b1", 2), ("c", 1), ("c1", 2), ("c2", 2)]
+    assert [p["name"] for p in _critical_path(frame, limit=3)] == ["root", "b", "b1"]
+    assert _critical_path(frame.iloc[:0]) == []

