@@ -258,8 +258,10 @@ def error_info(exc: BaseException) -> dict[str, str]:
 class SpanScope:
     """Context manager recording one span; see :func:`foundation_dask.scope.span`."""
 
-    __slots__ = ("name", "kind", "attrs", "ctx", "trace_id", "parent_id", "span_id", "start",
-                 "token", "propagate", "ann_token")
+    # ``cur`` is the value of the context variable inside the span, (trace id, span id,
+    # owner): kept whole, it serves both the variable and the recorded row
+    __slots__ = ("name", "kind", "attrs", "ctx", "cur", "parent_id", "start", "token",
+                 "propagate", "ann_token")
 
     def __init__(self, name: str, kind: str = "span", attrs: dict | None = None,
                  ctx: TraceContext | None = None, propagate: bool = False):
@@ -268,7 +270,6 @@ class SpanScope:
         self.attrs = attrs
         self.ctx = ctx
         self.propagate = propagate
-        self.ann_token = None
 
     def __enter__(self) -> SpanScope:
         key = thread_state.__dict__.get("key")
@@ -276,52 +277,46 @@ class SpanScope:
         if ctx is None:
             value = _current.get()
             if value is not None and value[2] == key:
-                trace_id, parent_id = value[0], value[1]
+                trace_id, self.parent_id = value[0], value[1]
             else:
                 ctx = current()
                 if ctx is None:
                     self.token = None
                     return self
-                trace_id, parent_id = ctx
+                trace_id, self.parent_id = ctx
         else:
-            trace_id, parent_id = ctx
-        self.trace_id = trace_id
-        self.parent_id = parent_id
-        self.span_id = span_id = _getrandbits(63) or 1
-        self.token = _current.set((trace_id, span_id, key))
+            trace_id, self.parent_id = ctx
+        self.cur = cur = (trace_id, _getrandbits(63) or 1, key)
+        self.token = _current.set(cur)
         if self.propagate:
-            inner = TraceContext(trace_id, span_id)
-            # What distributed.span() does, minus its overhead: work submitted inside
-            # this block (also from inside a task) carries the context.
-            ann = _annotations.get() or {}
-            prev = ann.get("span")
-            self.ann_token = _annotations.set({
-                **ann,
-                ANNOTATION: f"{trace_id}:{span_id:x}",
-                "span": {
-                    "name": (prev["name"] if prev else ()) + (encode_tag(inner, self.name),),
-                    "ids": (prev["ids"] if prev else ()) + (f"{trace_id}-{span_id:x}",),
-                },
-            })
+            self.ann_token = _propagate(trace_id, cur[1], self.name)
         self.start = _time_ns()
         return self
+
+    @property
+    def trace_id(self) -> str:
+        return self.cur[0]
+
+    @property
+    def span_id(self) -> int:
+        return self.cur[1]
 
     @property
     def context(self) -> TraceContext | None:
         """The context inside this span (``None`` outside any trace)."""
         if self.token is None:
             return None
-        return TraceContext(self.trace_id, self.span_id)
+        return TraceContext(self.cur[0], self.cur[1])
 
     def __exit__(self, typ, exc, tb) -> None:
         if self.token is None:
             return
         end = _time_ns()
         _current.reset(self.token)
-        if self.ann_token is not None:
+        if self.propagate:
             _annotations.reset(self.ann_token)
-        trace_id = self.trace_id
-        row = (trace_id, self.span_id, self.parent_id, self.name, self.kind, self.start, end,
+        trace_id, span_id, _ = self.cur
+        row = (trace_id, span_id, self.parent_id, self.name, self.kind, self.start, end,
                _get_ident(), None, "ok" if exc is None else "error",
                None if exc is None else error_info(exc), self.attrs)
         # Recorder.record, inlined: this is the hot path
@@ -330,6 +325,25 @@ class SpanScope:
             recorder.record(row)
         else:
             buf.append(row)
+
+
+def _propagate(trace_id: str, span_id: int, name: str):
+    """Make work submitted from here on carry the span ``span_id`` (what
+    :func:`distributed.span` does, minus its overhead; also from inside a task).
+
+    Returns the token to reset Dask's annotations with.
+    """
+    ann = _annotations.get() or {}
+    prev = ann.get("span")
+    return _annotations.set({
+        **ann,
+        ANNOTATION: f"{trace_id}:{span_id:x}",
+        "span": {
+            "name": (prev["name"] if prev else ())
+            + (encode_tag(TraceContext(trace_id, span_id), name),),
+            "ids": (prev["ids"] if prev else ()) + (f"{trace_id}-{span_id:x}",),
+        },
+    })
 
 
 def record_event(name: str, kind: str = "event", attrs: dict | None = None,
