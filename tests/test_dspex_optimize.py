@@ -188,6 +188,10 @@ def test_distributed_optimizer_plan_services_progress(cluster_client):
                 seen_services.extend(
                     fd.ServiceMesh.discover_services(capabilities=["dspy_evaluation"]))
 
+    # the plan gives evaluation workers to healthy nodes only: a worker still busy with
+    # the previous test's work reads as degraded (CPU over the threshold) for a moment
+    wait_for(lambda: [n.status for n in fd.HealthMonitor.get_cluster_health()
+                      .cluster.node_health] == ["healthy", "healthy"], timeout=60)
     with fd.Channels.subscribe("telemetry", handler=watch):
         result = dspex.DistributedOptimizer.optimize_program_distributed(
             program(), trainset, metric, num_candidate_programs=2, max_bootstrapped_demos=2,
