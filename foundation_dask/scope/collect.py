@@ -68,8 +68,9 @@ class TraceData:
     errors
         Rows of ``events`` whose status is ``error``, with type, message and traceback.
     summary
-        Duration, nodes, counts by kind and node, errors, the critical path, cross-node
-        parent/child links, missing and lost nodes.
+        Duration, nodes, counts by kind and node, errors, the critical path (the spans
+        that made the trace as long as it was, in time order, each with its ``depth``),
+        cross-node parent/child links, missing and lost nodes.
     """
 
     trace_id: str

@@ -13,7 +13,7 @@ process that opened it. It crosses process boundaries three ways:
 * **channels**: a broadcast carries the publisher's context in the message.
 
 Spans are recorded where they happen as plain tuples in a bounded per-trace buffer
-of the process (:class:`Recorder`), at a cost of about a microsecond each; they are
+of the process (:class:`Recorder`), at a cost of 1.5-2 microseconds each; they are
 only gathered when a trace is collected.
 """
 
