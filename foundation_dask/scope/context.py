@@ -295,10 +295,12 @@ class SpanScope:
 
     @property
     def trace_id(self) -> str:
+        """The trace of this span (after it was entered inside a trace)."""
         return self.cur[0]
 
     @property
     def span_id(self) -> int:
+        """This span's id (after it was entered inside a trace)."""
         return self.cur[1]
 
     @property
