@@ -382,6 +382,39 @@ async def test_control_first_from_a_queued_outbox(c, s, a, b):
     assert tel.missed == 0
 
 
+@pytest.mark.timeout(60)
+@gen_cluster(client=True)
+async def test_publisher_outbox_is_bounded_and_its_drops_are_counted(c, s, a, b):
+    """A publisher whose outbox fills faster than it can send drops the oldest messages
+    of the channel (never control ones); every subscriber gets them counted as missed."""
+    await fd.install_plugins(c)
+    with dask.config.set({"foundation.channels.publisher-buffer": 100}):
+        tel = await fd.Channels.subscribe("telemetry", buffer=10_000)  # the link starts here
+        ctl = await fd.Channels.subscribe("control")
+    try:
+        # the flusher cannot run before the loop is yielded: all of it queues
+        for i in range(1000):
+            await fd.Channels.broadcast("telemetry", i)
+        for i in range(150):
+            await fd.Channels.broadcast("control", i)
+        control = [await ctl.aget(timeout=10) for _ in range(150)]
+        telemetry = [await tel.aget(timeout=10) for _ in range(100)]
+        with pytest.raises(TimeoutError):
+            await tel.aget(timeout=0.2)
+    finally:
+        tel.close()
+        ctl.close()
+    assert [m.payload for m in control] == list(range(150))
+    assert ctl.missed == 0
+    assert [m.payload for m in telemetry] == list(range(900, 1000))
+    assert telemetry[0].missed == 900 and telemetry[0].seq == 900
+    assert all(m.missed == 0 for m in telemetry[1:])
+    assert tel.missed == 900
+    info = await fd.Channels.info()
+    assert info["channels"]["telemetry"]["dropped"] == 900
+    assert info["channels"]["control"]["dropped"] == 0
+
+
 # -- across processes ---------------------------------------------------------------------------
 
 

@@ -18,14 +18,18 @@ from it for as long as it stays open. Both directions carry the same frame::
 last frame, ``control`` holds subscription changes ``("sub", request id, channel,
 number of subscriptions of the process)`` (process -> scheduler) or the request ids
 acknowledged (scheduler -> process), ``records`` the messages: ``(channel, seq,
-timestamp, pickled payload, trace)`` from a publisher, ``(channel, publisher, seq,
+timestamp, pickled payload, trace, dropped)`` from a publisher (``dropped``: messages of
+that channel its outbox dropped since its previous record), ``(channel, publisher, seq,
 timestamp, pickled payload, trace, missed)`` to a subscriber. Payloads stay pickled
 bytes until a subscriber's :meth:`Subscription.get` unpickles them.
 
 * Publishers serialise with pickle (cloudpickle when needed) in the calling thread,
   assign a per-publisher, per-channel sequence number and append to a per-process
   *outbox* with one queue per channel. A flusher coroutine on the event loop writes
-  batches taken in priority order (control, events, data, telemetry).
+  batches taken in priority order (control, events, data, telemetry). The outbox
+  queues are bounded (``foundation.channels.publisher-buffer``, ``control`` excepted):
+  when the scheduler cannot keep up or is unreachable, the oldest messages are dropped
+  and every subscriber of the channel gets them counted as missed.
 * The hub fans each batch out into one bounded queue per channel and per
   subscribing process, and a writer per process again takes batches in priority
   order.
@@ -96,6 +100,8 @@ __all__ = [
 #: The channels, in the order used on the wire.
 CHANNELS: tuple[str, ...] = ("control", "events", "telemetry", "data")
 _INDEX = {name: i for i, name in enumerate(CHANNELS)}
+#: Index of ``control``, the channel whose messages a publisher never drops.
+CONTROL = _INDEX["control"]
 #: Channel indices in the order batches are filled: control, events, data, telemetry.
 PRIORITY_ORDER: tuple[int, ...] = tuple(
     _INDEX[c] for c in ("control", "events", "data", "telemetry")
@@ -603,6 +609,9 @@ class _Link:
         self._lock = threading.Lock()
         self._outbox: list[deque[tuple]] = [deque() for _ in CHANNELS]
         self._queued = 0
+        self._limit = int(_setting("publisher-buffer"))
+        self._dropped = [0] * len(CHANNELS)  # not yet reported to the hub
+        self.dropped = 0
         self._ctrl: list[tuple] = []
         self._seq = [0] * len(CHANNELS)
         self._subs: list[list[Subscription]] = [[] for _ in CHANNELS]
@@ -645,7 +654,13 @@ class _Link:
                 raise RuntimeError(f"Channels link of {self.endpoint} is closed")
             seq = self._seq[ch]
             self._seq[ch] = seq + 1
-            self._outbox[ch].append((ch, seq, ts, blob, trace))
+            q = self._outbox[ch]
+            if len(q) >= self._limit and ch != CONTROL:
+                q.popleft()
+                self._queued -= 1
+                self._dropped[ch] += 1
+                self.dropped += 1
+            q.append((ch, seq, ts, blob, trace))
             self._queued += 1
             wake = self._sleeping
             self._sleeping = False
@@ -734,7 +749,10 @@ class _Link:
             while q and len(out) < MAX_BATCH and nbytes < MAX_BATCH_BYTES:
                 rec = q.popleft()
                 nbytes += len(rec[3])
-                out.append(rec)
+                dropped = self._dropped[ch]
+                if dropped:
+                    self._dropped[ch] = 0
+                out.append((*rec, dropped))
             if len(out) >= MAX_BATCH or nbytes >= MAX_BATCH_BYTES:
                 break
         self._queued -= len(out)
@@ -1233,7 +1251,8 @@ class ChannelHub(SchedulerExtension):
     messages_by_channel
         The same, per channel name.
     dropped_by_channel
-        Messages dropped from the hub's per-subscriber queues, per channel name.
+        Messages dropped, per channel name: from the hub's per-subscriber queues, and
+        from publishers' outboxes (as the publishers report them).
     """
 
     name = "channels"
@@ -1330,6 +1349,11 @@ class ChannelHub(SchedulerExtension):
             if not peers:
                 continue
             out = (ch, publisher, rec[1], rec[2], rec[3], rec[4])
+            dropped = rec[5]
+            if dropped:  # dropped by the publisher's outbox: missed by every subscriber
+                self.dropped_by_channel[CHANNELS[ch]] += dropped
+                for peer in peers:
+                    peer.missed[ch] += dropped
             for peer in peers:
                 q = peer.queues[ch]
                 if len(q) >= limit:
