@@ -369,6 +369,12 @@ def test_local_model_sentiment_loaded_once_and_pickled_copy_reuses_it():
     # default (which made two worker processes on two cores many times slower)
     model = lm.load()
     assert model.n_threads == model.n_threads_batch == lm.n_threads == 1
+    # two prompts with the same demos: the second reuses the shared prefix that llama.cpp
+    # keeps in its KV cache, and says how much
+    again = lm.generate(prompt=lm.history[-2]["prompt"], stop=["\n"])
+    assert again.raw["prompt_tokens_reused"] > again.prompt_tokens // 2
+    fresh = lm.generate(prompt="Unrelated: " + lm.history[-1]["prompt"], stop=["\n"])
+    assert fresh.raw["prompt_tokens_reused"] < 5
 
     for dumps in (pickle.dumps, cloudpickle.dumps):
         clone = pickle.loads(dumps(lm))

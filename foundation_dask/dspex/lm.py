@@ -293,6 +293,8 @@ class BaseLM:
                               prompt_tokens=response.prompt_tokens,
                               completion_tokens=response.completion_tokens,
                               cache_hit=response.cache_hit)
+            if response.raw and "prompt_tokens_reused" in response.raw:
+                span_attrs["prompt_tokens_reused"] = response.raw["prompt_tokens_reused"]
         self._record(prompt, messages, request, response)
         return response
 
@@ -856,9 +858,11 @@ class LocalLM(BaseLM):
         n = int(kwargs.pop("n", 1) or 1)
         kwargs.setdefault("seed", self.seed)
         llm = self.load()
-        outputs, usage = [], {"prompt_tokens": 0, "completion_tokens": 0}
+        outputs = []
+        usage = {"prompt_tokens": 0, "completion_tokens": 0, "prompt_tokens_reused": 0}
         with _CALL_LOCK:
             for _ in range(n):
+                before = _evaluated_tokens(llm)
                 try:
                     if prompt is not None:
                         result = llm.create_completion(prompt=prompt, **kwargs)
@@ -868,14 +872,37 @@ class LocalLM(BaseLM):
                         outputs.append(result["choices"][0]["message"]["content"] or "")
                 except ValueError as exc:  # e.g. the prompt exceeds the context window
                     raise LMError(f"{self.model}: {exc}") from None
-                for k in usage:
-                    usage[k] += int((result.get("usage") or {}).get(k) or 0)
+                counts = result.get("usage") or {}
+                for k in ("prompt_tokens", "completion_tokens"):
+                    usage[k] += int(counts.get(k) or 0)
+                # llama.cpp keeps the longest prefix of the previous call's tokens in its KV
+                # cache and evaluates only the rest of the prompt
+                usage["prompt_tokens_reused"] += min(
+                    _common_prefix(before, _evaluated_tokens(llm)),
+                    int(counts.get("prompt_tokens") or 0))
         return outputs, usage
 
     def __repr__(self) -> str:
         kw = "".join(f", {k}={v!r}" for k, v in self.kwargs.items())
         path = f"model_path={self.model_path!r}, " if self.model_path else ""
         return f"LocalLM({path}model={self.model!r}{kw})"
+
+
+def _evaluated_tokens(llm: Any) -> Any:
+    """A copy of the tokens in a ``llama_cpp.Llama``'s KV cache (``None`` if unknown)."""
+    ids, n = getattr(llm, "_input_ids", None), getattr(llm, "n_tokens", None)
+    if ids is None or n is None:
+        return None
+    return ids[:n].copy()
+
+
+def _common_prefix(a: Any, b: Any) -> int:
+    """Length of the common prefix of two token arrays (0 if either is unknown)."""
+    if a is None or b is None:
+        return 0
+    n = min(len(a), len(b))
+    differ = (a[:n] != b[:n]).nonzero()[0]
+    return int(differ[0]) if len(differ) else n
 
 
 def lm_from_state(state: dict[str, Any] | None) -> BaseLM | None:

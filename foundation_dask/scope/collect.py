@@ -95,42 +95,48 @@ class TraceData:
         One row per ``name`` span (the spans DSPEx records around each example), the
         slowest first: example index, score, error, node, duration, the time spent in
         LM calls under it (calls, tokens, cache hits), the node's median, and ``why``:
-        the example failed, the LM call dominated (with its tokens and cache misses),
-        the node was slower than the others, or the program's own code took the time.
+        the example failed, the LM call dominated (with its tokens, cache misses and the
+        prompt tokens a local model reused from its previous call: a call that reuses few
+        has the whole prompt to process, typically the first example of a chunk), the
+        node was slower than the others, or the program's own code took the time.
         """
         import pandas as pd
 
         ev = self.events
         ex = ev[ev["name"] == name]
         cols = ["index", "score", "error", "node", "thread", "duration_ms", "lm_ms", "lm_calls",
-                "tokens", "cache_hits", "node_median_ms", "why", "span_id"]
+                "tokens", "reused_tokens", "cache_hits", "node_median_ms", "why", "span_id"]
         if ex.empty:
             return pd.DataFrame(columns=cols)
         lm = ev[ev["kind"] == "lm"]
+        no_lm = {"lm_ms": 0.0, "lm_calls": 0, "tokens": 0, "prompt_tokens": 0,
+                 "reused_tokens": 0, "cache_hits": 0}
         lm_stats: dict[str, dict[str, float]] = {}
         for parent, dur, attrs in zip(lm["parent_id"], lm["duration_ms"], lm["attrs"],
                                       strict=True):
             a = attrs or {}
-            s = lm_stats.setdefault(parent, {"lm_ms": 0.0, "lm_calls": 0, "tokens": 0,
-                                             "cache_hits": 0})
+            s = lm_stats.setdefault(parent, dict(no_lm))
             s["lm_ms"] += dur
             s["lm_calls"] += 1
             s["tokens"] += int(a.get("prompt_tokens") or 0) + int(a.get("completion_tokens") or 0)
+            s["prompt_tokens"] += int(a.get("prompt_tokens") or 0)
+            s["reused_tokens"] += int(a.get("prompt_tokens_reused") or 0)
             s["cache_hits"] += int(bool(a.get("cache_hit")))
         node_median = ex.groupby("node")["duration_ms"].median().to_dict()
         overall = float(ex["duration_ms"].median())
         rows = []
         for r in ex.itertuples(index=False):
             a = r.attrs or {}
-            st = lm_stats.get(r.span_id, {"lm_ms": 0.0, "lm_calls": 0, "tokens": 0,
-                                          "cache_hits": 0})
+            st = lm_stats.get(r.span_id, no_lm)
             others = [m for nd, m in node_median.items() if nd != r.node]
             if a.get("error"):
                 why = f"failed: {a['error']}"
             elif st["lm_calls"] and st["lm_ms"] >= 0.8 * r.duration_ms:
                 misses = st["lm_calls"] - st["cache_hits"]
                 why = (f"LM calls took {st['lm_ms']:.0f} of {r.duration_ms:.0f} ms "
-                       f"({st['tokens']} tokens, {misses} cache misses)")
+                       f"({st['tokens']} tokens, {misses} cache misses; "
+                       f"{st['reused_tokens']} of {st['prompt_tokens']} prompt tokens were "
+                       "still in the model's KV cache from its previous call)")
             elif others and node_median[r.node] > 1.5 * (sum(others) / len(others)):
                 why = (f"slow node: median {node_median[r.node]:.0f} ms on {r.node} vs "
                        f"{sum(others) / len(others):.0f} ms elsewhere")
