@@ -184,6 +184,7 @@ def _dspex_tour(client: Any, p: _Printer, summary: dict[str, Any], n_workers: in
         load_sentiment,
         sentiment_metric,
     )
+    from foundation_dask.scope.collect import critical_path_text
 
     sizes = (30, 30, 60) if quick else (40, 40, 120)
     candidates = 4 if quick else 12
@@ -257,7 +258,7 @@ def _dspex_tour(client: Any, p: _Printer, summary: dict[str, Any], n_workers: in
            f" by kind: {s['by_kind']}")
     p.line(f"lost with the killed worker and re-run elsewhere: {len(lost)} evaluation tasks; "
            f"lost nodes: {data.lost_nodes or 'none'}")
-    p.line("critical path: " + _path_steps(s["critical_path"]))
+    p.line("critical path: " + critical_path_text(s["critical_path"]))
     for r in data.slow_examples(3).itertuples():
         p.line(f"slow example #{r.index} on {r.node}: {r.duration_ms:.0f} ms, {r.why}")
     summary["lost_tasks"] = len(lost)
@@ -275,23 +276,6 @@ def _dspex_tour(client: Any, p: _Printer, summary: dict[str, Any], n_workers: in
     for name, path in paths.items():
         p.line(f"{name:10s} {path}")
     summary["report"] = paths
-
-
-def _path_steps(path: list[dict[str, Any]]) -> str:
-    """The top-level steps of a critical path: runs of the same name, with their time."""
-    if not path:
-        return "none"
-    steps: list[list[Any]] = []
-    for x in path:
-        if x.get("depth") != 1:
-            continue
-        if steps and steps[-1][0] == x["name"]:
-            steps[-1][1] += 1
-            steps[-1][2] += x["duration_ms"]
-        else:
-            steps.append([x["name"], 1, x["duration_ms"]])
-    parts = [f"{name}{f' x{n}' if n > 1 else ''} {ms / 1000:.1f}s" for name, n, ms in steps]
-    return f"{path[0]['name']} {path[0]['duration_ms'] / 1000:.1f}s = " + " -> ".join(parts)
 
 
 def write_report(out_dir: str, data: Any, report: Any, result: Any) -> dict[str, str]:

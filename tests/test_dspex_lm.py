@@ -91,7 +91,8 @@ class _Handler(BaseHTTPRequestHandler):
         if action[0] == "slow":
             srv.release.wait(action[1])
         text = srv.reply(body, n) if srv.reply else f"reply-{n}"
-        usage = {"prompt_tokens": 11, "completion_tokens": 3, "total_tokens": 14}
+        usage = {"prompt_tokens": 11, "completion_tokens": 3, "total_tokens": 14,
+                 "prompt_tokens_details": {"cached_tokens": 8}}
         if self.path.endswith("/chat/completions"):
             choice = {"index": 0, "message": {"role": "assistant", "content": text},
                       "finish_reason": "stop"}
@@ -160,6 +161,8 @@ def test_completion_and_chat_requests(server):
     entry = lm.history[-1]
     assert entry["cache_hit"] is False and entry["output"] == "reply-2"
     assert entry["latency"] > 0 and entry["prompt_tokens"] == 11
+    # OpenAI's and vLLM's count of prompt tokens served from their prompt cache
+    assert lm.generate(prompt="again").cached_prompt_tokens == 8
     assert "sk-test-secret" not in repr(lm) and "sk-test-secret" not in json.dumps(
         lm.dump_state())
     with pytest.raises(TypeError, match="exactly one of"):
@@ -372,9 +375,9 @@ def test_local_model_sentiment_loaded_once_and_pickled_copy_reuses_it():
     # two prompts with the same demos: the second reuses the shared prefix that llama.cpp
     # keeps in its KV cache, and says how much
     again = lm.generate(prompt=lm.history[-2]["prompt"], stop=["\n"])
-    assert again.raw["prompt_tokens_reused"] > again.prompt_tokens // 2
+    assert again.cached_prompt_tokens > again.prompt_tokens // 2
     fresh = lm.generate(prompt="Unrelated: " + lm.history[-1]["prompt"], stop=["\n"])
-    assert fresh.raw["prompt_tokens_reused"] < 5
+    assert fresh.cached_prompt_tokens < 5
 
     for dumps in (pickle.dumps, cloudpickle.dumps):
         clone = pickle.loads(dumps(lm))

@@ -775,7 +775,7 @@ def _current_umask() -> int:
 
 @pytest.mark.timeout(60)
 def test_critical_path_walks_back_from_the_end():
-    from foundation_dask.scope.collect import _critical_path
+    from foundation_dask.scope.collect import _critical_path, critical_path_text
 
     ms = 1_000_000
     spans = [  # span_id, parent_id, name, start ms, end ms
@@ -798,3 +798,6 @@ def test_critical_path_walks_back_from_the_end():
         ("root", 0), ("b", 1), ("b1", 2), ("c", 1), ("c1", 2), ("c2", 2)]
     assert [p["name"] for p in _critical_path(frame, limit=3)] == ["root", "b", "b1"]
     assert _critical_path(frame.iloc[:0]) == []
+    # one line: the root, then its children on the path (not the grandchildren)
+    assert re.fullmatch(r"root 0\.1s = b 0\.\ds -> c 0\.0s", critical_path_text(path))
+    assert critical_path_text([]) == "none"

@@ -95,11 +95,18 @@ class LMTimeoutError(LMError, TimeoutError):
 
 @dataclass
 class LMResponse:
-    """The result of :meth:`BaseLM.generate`."""
+    """The result of :meth:`BaseLM.generate`.
+
+    ``cached_prompt_tokens`` counts the prompt tokens the model did not have to process
+    again (OpenAI's ``usage.prompt_tokens_details.cached_tokens``, reported by OpenAI and
+    vLLM; for :class:`LocalLM`, the prefix llama.cpp kept in its KV cache from the
+    previous call); ``None`` when the model does not say.
+    """
 
     outputs: list[str]
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_prompt_tokens: int | None = None
     cache_hit: bool = False
     latency: float = 0.0
     model: str = ""
@@ -280,9 +287,11 @@ class BaseLM:
                                       cache_hit=True, model=self.model)
             else:
                 outputs, usage = self._generate(prompt, messages, dict(request))
+                reused = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
                 response = LMResponse(outputs=outputs,
                                       prompt_tokens=int(usage.get("prompt_tokens") or 0),
                                       completion_tokens=int(usage.get("completion_tokens") or 0),
+                                      cached_prompt_tokens=None if reused is None else int(reused),
                                       model=self.model, raw=usage)
                 if key is not None:
                     self._cache_set(key, {"outputs": outputs,
@@ -292,9 +301,8 @@ class BaseLM:
             span_attrs.update(latency_ms=round(response.latency * 1000, 3),
                               prompt_tokens=response.prompt_tokens,
                               completion_tokens=response.completion_tokens,
+                              cached_prompt_tokens=response.cached_prompt_tokens,
                               cache_hit=response.cache_hit)
-            if response.raw and "prompt_tokens_reused" in response.raw:
-                span_attrs["prompt_tokens_reused"] = response.raw["prompt_tokens_reused"]
         self._record(prompt, messages, request, response)
         return response
 
@@ -859,7 +867,8 @@ class LocalLM(BaseLM):
         kwargs.setdefault("seed", self.seed)
         llm = self.load()
         outputs = []
-        usage = {"prompt_tokens": 0, "completion_tokens": 0, "prompt_tokens_reused": 0}
+        usage = {"prompt_tokens": 0, "completion_tokens": 0}
+        reused = 0
         with _CALL_LOCK:
             for _ in range(n):
                 before = _evaluated_tokens(llm)
@@ -877,9 +886,10 @@ class LocalLM(BaseLM):
                     usage[k] += int(counts.get(k) or 0)
                 # llama.cpp keeps the longest prefix of the previous call's tokens in its KV
                 # cache and evaluates only the rest of the prompt
-                usage["prompt_tokens_reused"] += min(
-                    _common_prefix(before, _evaluated_tokens(llm)),
-                    int(counts.get("prompt_tokens") or 0))
+                reused += min(_common_prefix(before, _evaluated_tokens(llm)),
+                              int(counts.get("prompt_tokens") or 0))
+        # in OpenAI's usage format, as the HTTP clients receive it
+        usage["prompt_tokens_details"] = {"cached_tokens": reused}
         return outputs, usage
 
     def __repr__(self) -> str:

@@ -96,21 +96,22 @@ class TraceData:
         slowest first: example index, score, error, node, duration, the time spent in
         LM calls under it (calls, tokens, cache hits), the node's median, and ``why``:
         the example failed, the LM call dominated (with its tokens, cache misses and the
-        prompt tokens a local model reused from its previous call: a call that reuses few
-        has the whole prompt to process, typically the first example of a chunk), the
-        node was slower than the others, or the program's own code took the time.
+        prompt tokens the model had cached from earlier calls, see
+        :class:`~foundation_dask.dspex.lm.LMResponse`: a call with few has the whole prompt
+        to process, typically the first example of a chunk), the node was slower than the
+        others, or the program's own code took the time.
         """
         import pandas as pd
 
         ev = self.events
         ex = ev[ev["name"] == name]
         cols = ["index", "score", "error", "node", "thread", "duration_ms", "lm_ms", "lm_calls",
-                "tokens", "reused_tokens", "cache_hits", "node_median_ms", "why", "span_id"]
+                "tokens", "cached_prompt_tokens", "cache_hits", "node_median_ms", "why", "span_id"]
         if ex.empty:
             return pd.DataFrame(columns=cols)
         lm = ev[ev["kind"] == "lm"]
         no_lm = {"lm_ms": 0.0, "lm_calls": 0, "tokens": 0, "prompt_tokens": 0,
-                 "reused_tokens": 0, "cache_hits": 0}
+                 "cached_prompt_tokens": 0, "cache_hits": 0}
         lm_stats: dict[str, dict[str, float]] = {}
         for parent, dur, attrs in zip(lm["parent_id"], lm["duration_ms"], lm["attrs"],
                                       strict=True):
@@ -120,7 +121,7 @@ class TraceData:
             s["lm_calls"] += 1
             s["tokens"] += int(a.get("prompt_tokens") or 0) + int(a.get("completion_tokens") or 0)
             s["prompt_tokens"] += int(a.get("prompt_tokens") or 0)
-            s["reused_tokens"] += int(a.get("prompt_tokens_reused") or 0)
+            s["cached_prompt_tokens"] += int(a.get("cached_prompt_tokens") or 0)
             s["cache_hits"] += int(bool(a.get("cache_hit")))
         node_median = ex.groupby("node")["duration_ms"].median().to_dict()
         overall = float(ex["duration_ms"].median())
@@ -135,8 +136,8 @@ class TraceData:
                 misses = st["lm_calls"] - st["cache_hits"]
                 why = (f"LM calls took {st['lm_ms']:.0f} of {r.duration_ms:.0f} ms "
                        f"({st['tokens']} tokens, {misses} cache misses; "
-                       f"{st['reused_tokens']} of {st['prompt_tokens']} prompt tokens were "
-                       "still in the model's KV cache from its previous call)")
+                       f"{st['cached_prompt_tokens']} of {st['prompt_tokens']} prompt tokens "
+                       "cached by the model from earlier calls)")
             elif others and node_median[r.node] > 1.5 * (sum(others) / len(others)):
                 why = (f"slow node: median {node_median[r.node]:.0f} ms on {r.node} vs "
                        f"{sum(others) / len(others):.0f} ms elsewhere")
@@ -190,7 +191,7 @@ class TraceData:
                 ("status", self.info.get("status")), ("duration", f"{s['duration_ms']:.1f} ms"),
                 ("spans", s["spans"]), ("nodes", ", ".join(s["nodes"])),
                 ("errors", s["errors"]),
-                ("critical path", _path_text(s["critical_path"])),
+                ("critical path", critical_path_text(s["critical_path"])),
                 ("missing nodes", ", ".join(self.missing_nodes) or "none"),
                 ("lost nodes", ", ".join(self.lost_nodes) or "none"),
             ]
@@ -265,10 +266,29 @@ def _frame_from_tasks(tasks: list[dict], offsets: dict[str, float],
     return df.reindex(columns=_ROW_COLUMNS)
 
 
-def _path_text(path: list[dict[str, Any]], shown: int = 8) -> str:
-    """The first spans of a critical path as text, with how many more there are."""
-    text = " → ".join(p["name"] for p in path[:shown])
-    return text + (f" → … ({len(path) - shown} more)" if len(path) > shown else "")
+def critical_path_text(path: list[dict[str, Any]]) -> str:
+    """A critical path as one line: the root, then its direct children on the path,
+    consecutive ones of the same name counted together, each with its time.
+
+    >>> critical_path_text(data.summary["critical_path"])  # doctest: +SKIP
+    'optimize 22.7s = teacher_chunk x4 3.6s -> evaluate x9 17.9s -> finish 0.0s'
+    """
+    if not path:
+        return "none"
+    steps: list[list[Any]] = []  # [name, count, milliseconds]
+    for x in path:
+        if x.get("depth") != 1:
+            continue
+        if steps and steps[-1][0] == x["name"]:
+            steps[-1][1] += 1
+            steps[-1][2] += x["duration_ms"]
+        else:
+            steps.append([x["name"], 1, x["duration_ms"]])
+    root = f"{path[0]['name']} {path[0]['duration_ms'] / 1000:.1f}s"
+    if not steps:
+        return root
+    return root + " = " + " -> ".join(
+        f"{name}{f' x{n}' if n > 1 else ''} {ms / 1000:.1f}s" for name, n, ms in steps)
 
 
 def _critical_path(frame: pd.DataFrame, limit: int = 2000) -> list[dict[str, Any]]:
