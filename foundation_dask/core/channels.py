@@ -611,7 +611,6 @@ class _Link:
         self._queued = 0
         self._limit = int(_setting("publisher-buffer"))
         self._dropped = [0] * len(CHANNELS)  # not yet reported to the hub
-        self.dropped = 0
         self._ctrl: list[tuple] = []
         self._seq = [0] * len(CHANNELS)
         self._subs: list[list[Subscription]] = [[] for _ in CHANNELS]
@@ -659,7 +658,6 @@ class _Link:
                 q.popleft()
                 self._queued -= 1
                 self._dropped[ch] += 1
-                self.dropped += 1
             q.append((ch, seq, ts, blob, trace))
             self._queued += 1
             wake = self._sleeping
@@ -1346,14 +1344,14 @@ class ChannelHub(SchedulerExtension):
             ch = rec[0]
             counts[ch] += 1
             peers = subscribers[ch]
-            if not peers:
-                continue
-            out = (ch, publisher, rec[1], rec[2], rec[3], rec[4])
-            dropped = rec[5]
-            if dropped:  # dropped by the publisher's outbox: missed by every subscriber
+            dropped = rec[5]  # by the publisher's outbox: missed by every subscriber
+            if dropped:
                 self.dropped_by_channel[CHANNELS[ch]] += dropped
                 for peer in peers:
                     peer.missed[ch] += dropped
+            if not peers:
+                continue
+            out = (ch, publisher, rec[1], rec[2], rec[3], rec[4])
             for peer in peers:
                 q = peer.queues[ch]
                 if len(q) >= limit:
