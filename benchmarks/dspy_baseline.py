@@ -42,6 +42,8 @@ from typing import Any
 
 import dspy
 
+from foundation_dask import dspex
+
 __all__ = ["CompletionAdapter", "LlamaCppCompletionLM", "run_dspy_baseline", "to_dspy_examples"]
 
 # DSPy 3.4 deprecates custom LMs written as ``BaseLM.forward`` (still supported through
@@ -120,12 +122,14 @@ class CompletionAdapter(dspy.Adapter):
         Review: <the input>
         Sentiment:
 
-    Demos come in the order of the predictor's demos, each with the fields it has
-    (a demo without the output is left out). Generation stops at the end of the line;
-    the value is the completion stripped, without the output prefix if the model
+    The prompt is written by ``foundation_dask.dspex.CompletionAdapter`` itself, so that
+    both optimizers send the model the same text. Generation stops at the end of the
+    line; the value is the completion stripped, without the output prefix if the model
     repeated it. An empty completion gives an empty value (which the metric scores 0)
     rather than an error.
     """
+
+    _ours = dspex.CompletionAdapter()
 
     @staticmethod
     def _output(signature: type[dspy.Signature]) -> tuple[str, Any]:
@@ -142,18 +146,10 @@ class CompletionAdapter(dspy.Adapter):
     def format(self, signature: type[dspy.Signature], demos: list[Any],
                inputs: dict[str, Any]) -> str:
         """The prompt, ending with the output field's prefix."""
-        name, output = self._output(signature)
-        blocks = [signature.instructions.strip()]
-        for demo in demos:
-            if demo.get(name) is None:
-                continue
-            blocks.append("\n".join(f"{self._prefix(f)} {demo[n]}"
-                                    for n, f in signature.fields.items()
-                                    if demo.get(n) is not None))
-        current = [f"{self._prefix(f)} {inputs[n]}" for n, f in signature.input_fields.items()
-                   if n in inputs]
-        blocks.append("\n".join([*current, self._prefix(output)]))
-        return "\n\n".join(b for b in blocks if b)
+        self._output(signature)
+        ours = dspex.Signature(f"{', '.join(signature.input_fields)} -> "
+                               f"{', '.join(signature.output_fields)}", signature.instructions)
+        return self._ours.format(ours, demos, inputs)
 
     def parse(self, signature: type[dspy.Signature], completion: str) -> dict[str, Any]:
         """The output field from the first line of the completion."""
