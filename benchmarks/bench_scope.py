@@ -82,10 +82,6 @@ def one_ms(i: int) -> int:
     return i
 
 
-def _cpu_seconds() -> float:
-    return time.process_time()  # all threads of the process, nanosecond clock
-
-
 def record_many(n: int) -> int:
     from foundation_dask.scope.context import SpanScope
 
@@ -122,11 +118,12 @@ def main() -> None:
         roles = ("scheduler + client",) if shared else ("scheduler", "client")
 
         def cpu_seconds() -> dict[str, float]:
-            """CPU time used so far by the scheduler, the workers and this process."""
-            out = {"workers": sum(client.run(_cpu_seconds).values()),
-                   roles[0]: client.run_on_scheduler(_cpu_seconds)}
+            """CPU time used so far by the scheduler, the workers and this process (all
+            threads of each process, on a nanosecond clock)."""
+            out = {"workers": sum(client.run(time.process_time).values()),
+                   roles[0]: client.run_on_scheduler(time.process_time)}
             if not shared:
-                out["client"] = _cpu_seconds()
+                out["client"] = time.process_time()
             return out
 
         def run(traced: bool) -> tuple[float, dict[str, float]]:
