@@ -17,6 +17,7 @@ from distributed import Client, LocalCluster
 
 import foundation_dask as fd
 from foundation_dask import scope
+from foundation_dask.core._client import worker_infos
 from foundation_dask.views import (
     STATUS_COLOURS,
     ClusterHealthView,
@@ -52,7 +53,7 @@ def cluster_client():
 
 
 def workers_of(client: Client) -> set[str]:
-    return set(client.scheduler_info(n_workers=-1)["workers"])
+    return set(worker_infos(client))
 
 
 def traced_leaf(i: int) -> int:

@@ -31,6 +31,17 @@ def current_client() -> distributed.Client:
         return connect()
 
 
+def worker_infos(client: distributed.Client) -> dict[str, dict[str, Any]]:
+    """The scheduler's records of its workers (address -> info), fetched now.
+
+    ``Client.scheduler_info()`` returns the client's cached identity of the scheduler,
+    which its periodic refresh may replace, between the fetch and the return, by one
+    without per-worker entries: a cluster would then seem to have no workers. For a
+    synchronous client (the facades use this from notebooks and threads).
+    """
+    return client.sync(client.scheduler.identity, n_workers=-1)["workers"]
+
+
 async def _call(client: distributed.Client, op: str, kwargs: dict[str, Any]) -> Any:
     return await getattr(client.scheduler, op)(**kwargs)
 

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import foundation_dask as fd
-from foundation_dask.core._client import current_client
+from foundation_dask.core._client import current_client, worker_infos
 from foundation_dask.dspex.evaluate import EvaluationRecord
 from foundation_dask.dspex.optimizers import (
     BootstrapFewShotWithRandomSearch,
@@ -644,7 +644,7 @@ def scale_cluster(client: Any, direction: str, n: int, *, reason: str,
                   retire: Sequence[str] | None = None, numbers: dict | None = None
                   ) -> dict[str, Any]:
     """Scale the cluster up or down by ``n`` workers; returns the logged decision."""
-    before = len(client.scheduler_info(n_workers=-1)["workers"])
+    before = len(worker_infos(client))
     entry = {"time": time.time(), "action": f"scale_{direction}", "n": n, "reason": reason,
              "workers_before": before, **(numbers or {})}
     cluster = _cluster_of(client)
@@ -662,7 +662,7 @@ def scale_cluster(client: Any, direction: str, n: int, *, reason: str,
             client.retire_workers(workers=workers, close_workers=True)
             if cluster is not None and hasattr(cluster, "worker_spec"):
                 names = {w["name"]: a for a, w in
-                         client.scheduler_info(n_workers=-1)["workers"].items()}
+                         worker_infos(client).items()}
                 keep = set(names)
                 for name in list(cluster.worker_spec):
                     if str(name) not in {str(k) for k in keep}:

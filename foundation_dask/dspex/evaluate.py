@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from foundation_dask.core._client import current_client
+from foundation_dask.core._client import current_client, worker_infos
 
 if TYPE_CHECKING:
     import distributed
@@ -278,7 +278,7 @@ def evaluate_many(client: distributed.Client, programs: Sequence[Any], devset: S
     from distributed import as_completed
 
     eval_id = eval_id or uuid.uuid4().hex[:12]
-    n_workers = len(workers) if workers else max(1, len(client.scheduler_info()["workers"]))
+    n_workers = len(workers) if workers else max(1, len(worker_infos(client)))
     size = (auto_chunk_size(len(devset) * len(programs), n_workers)
             if chunk_size == "auto" else int(chunk_size))
     size = min(size, len(devset))

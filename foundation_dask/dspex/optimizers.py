@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from foundation_dask.core._client import current_client
+from foundation_dask.core._client import current_client, worker_infos
 from foundation_dask.dspex.evaluate import (
     EvaluationError,
     EvaluationResult,
@@ -150,7 +150,7 @@ def run_teacher(teacher: Any, trainset: Sequence[Any], metric: Callable, *,
 
     runtime = runtime or Runtime()
     client = runtime.get_client()
-    n_workers = len(runtime.workers or client.scheduler_info()["workers"]) or 1
+    n_workers = len(runtime.workers or worker_infos(client)) or 1
     size = (auto_chunk_size(len(trainset), n_workers) if runtime.chunk_size == "auto"
             else int(runtime.chunk_size))
     indexed = [(i, ex) for i, ex in enumerate(trainset) if i not in runtime.done_teacher]

@@ -23,7 +23,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from foundation_dask.core._client import current_client
+from foundation_dask.core._client import current_client, worker_infos
 from foundation_dask.scope.context import SPAN_FIELDS, recorder
 
 if TYPE_CHECKING:
@@ -460,7 +460,7 @@ def collect_trace_data(trace_id: str, timeout: float = 10.0) -> TraceData:
                 "started_at": None, "completed_at": None, "results": None, "options": {}}
     client = current_client()
 
-    workers = list(client.scheduler_info(n_workers=-1)["workers"])
+    workers = list(worker_infos(client))
 
     async def gather():
         offsets: dict[str, float] = {}

@@ -109,7 +109,7 @@ import dask.config
 from dask.utils import format_bytes, key_split, parse_timedelta
 
 from foundation_dask import config
-from foundation_dask.core._client import current_client
+from foundation_dask.core._client import current_client, worker_infos
 
 if TYPE_CHECKING:
     import distributed
@@ -1415,9 +1415,8 @@ def _health_by_node(client: distributed.Client) -> tuple[dict[str, dict], int | 
         nodes = {n.node: dict(vars(n)) for n in report.nodes}
         return nodes, report.performance.messages_total, None
     except Exception as exc:
-        info = client.scheduler_info(n_workers=-1)
         nodes = {}
-        for addr, w in info["workers"].items():
+        for addr, w in worker_infos(client).items():
             metrics = w.get("metrics") or {}
             nodes[addr] = {
                 "node": addr, "name": str(w.get("name")), "status": None,
@@ -1495,7 +1494,7 @@ def analyze_cluster_performance(session: ProfilingSession | None = None, *,
             "analyze_cluster_performance() needs a synchronous client; call it from a "
             "notebook or a thread, not from the event loop."
         )
-    workers = set(client.scheduler_info(n_workers=-1)["workers"])
+    workers = set(worker_infos(client))
     if session is None:
         # the latest session of this process, unless it belongs to another cluster
         last = _last_session
