@@ -29,7 +29,7 @@ from foundation_dask import scope
 
 def span_costs(n: int) -> dict[str, float]:
     """Runs on a worker: nanoseconds per span for each recorder."""
-    from foundation_dask.scope.context import SpanScope, TraceContext, attach, detach, recorder
+    from foundation_dask.tracecontext import SpanScope, TraceContext, attach, detach, recorder
 
     out: dict[str, float] = {}
     t0 = time.perf_counter_ns()
@@ -83,7 +83,7 @@ def one_ms(i: int) -> int:
 
 
 def record_many(n: int) -> int:
-    from foundation_dask.scope.context import SpanScope
+    from foundation_dask.tracecontext import SpanScope
 
     for _ in range(n):
         with SpanScope("bulk", attrs=None):

@@ -10,16 +10,25 @@ distributed LM-program optimization (:mod:`foundation_dask.dspex`).
 from __future__ import annotations
 
 from importlib import import_module
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from foundation_dask import config as _config  # noqa: F401  (loads the dask-config defaults)
+from foundation_dask import errors as _errors
+from foundation_dask.errors import *  # noqa: F403  (the error family, light)
+
+if TYPE_CHECKING:  # what the lazy names below resolve to, for editors and type checkers
+    from foundation_dask.core.channels import Channels  # noqa: F401
+    from foundation_dask.core.cluster import close, connect, install_plugins  # noqa: F401
+    from foundation_dask.core.health import HealthMonitor  # noqa: F401
+    from foundation_dask.core.processes import ProcessManager, SingletonHandle  # noqa: F401
+    from foundation_dask.core.registry import ProcessRegistry, ServiceMesh  # noqa: F401
 
 __version__ = "0.1.0"
 
 _LAZY = {
-    "connect": "foundation_dask.cluster",
-    "close": "foundation_dask.cluster",
-    "install_plugins": "foundation_dask.cluster",
+    "connect": "foundation_dask.core.cluster",
+    "close": "foundation_dask.core.cluster",
+    "install_plugins": "foundation_dask.core.cluster",
     "ProcessManager": "foundation_dask.core.processes",
     "SingletonHandle": "foundation_dask.core.processes",
     "Channels": "foundation_dask.core.channels",
@@ -28,7 +37,7 @@ _LAZY = {
     "HealthMonitor": "foundation_dask.core.health",
 }
 
-__all__ = sorted(_LAZY) + ["__version__"]
+__all__ = sorted([*_LAZY, *_errors.__all__]) + ["__version__"]
 
 
 def __getattr__(name: str) -> Any:

@@ -1,4 +1,4 @@
-"""The ``foundation-dask`` command line."""
+"""Client: the ``foundation-dask`` command line (``demo``, ``health``)."""
 
 from __future__ import annotations
 
@@ -16,13 +16,14 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _health(args: argparse.Namespace) -> int:
-    import foundation_dask as fd
+    from foundation_dask.core.cluster import close, connect
+    from foundation_dask.core.health import HealthMonitor
 
-    fd.connect(args.address)
+    connect(args.address)
     try:
-        print(fd.HealthMonitor.get_cluster_health())
+        print(HealthMonitor.get_cluster_health())
     finally:
-        fd.close()
+        close()
     return 0
 
 

@@ -1,4 +1,5 @@
-"""Dask-config defaults of foundation_dask (the ``foundation`` key)."""
+"""Any process: the dask-config defaults of foundation_dask (the ``foundation`` key) and
+the one helper that reads them."""
 
 from __future__ import annotations
 

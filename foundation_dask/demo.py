@@ -1,4 +1,5 @@
-"""``foundation-dask demo``: a guided tour of the toolkit on the embedded cluster.
+"""Client and worker: ``foundation-dask demo``, a guided tour of the toolkit on the
+embedded cluster.
 
 Each step prints what it does and what it measured. The classes and functions here
 run on the workers, so they live in an importable module.
@@ -13,7 +14,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import foundation_dask as fd
+from foundation_dask.core.channels import Channels
+from foundation_dask.core.cluster import close, connect
+from foundation_dask.core.health import HealthMonitor
+from foundation_dask.core.processes import ProcessManager
+from foundation_dask.core.registry import ServiceMesh
 
 
 class KeyValueStore:
@@ -49,7 +54,7 @@ def publish_from_worker(i: int) -> str:
     from distributed import get_worker
 
     addr = get_worker().address
-    fd.Channels.broadcast("telemetry", {"task": i, "worker": addr, "progress": 1.0})
+    Channels.broadcast("telemetry", {"task": i, "worker": addr, "progress": 1.0})
     return addr
 
 
@@ -88,7 +93,7 @@ def run_demo(*, n_workers: int = 2, quick: bool = False, llm: bool = True,
     p = _Printer(out)
     summary: dict[str, Any] = {}
     p.header("Zero-config cluster: foundation_dask.connect()")
-    client = fd.connect(n_workers=n_workers, silence_logs=logging.ERROR)
+    client = connect(n_workers=n_workers, silence_logs=logging.ERROR)
     try:
         client.wait_for_workers(n_workers, timeout=120)
         p.line(f"scheduler {client.scheduler.address}, {n_workers} worker processes")
@@ -99,18 +104,18 @@ def run_demo(*, n_workers: int = 2, quick: bool = False, llm: bool = True,
         p.header(f"Done in {time.perf_counter() - p.t0:.1f}s")
         summary["wall_time_s"] = time.perf_counter() - p.t0
     finally:
-        fd.close()
+        close()
     return summary
 
 
 def _foundation_tour(client: Any, p: _Printer, summary: dict[str, Any], n_workers: int) -> None:
     p.header("Supervised singleton: one live KeyValueStore named 'kv'")
-    kv = fd.ProcessManager.start_singleton(KeyValueStore, name="kv")
+    kv = ProcessManager.start_singleton(KeyValueStore, name="kv")
     for i in range(10):
         kv.put(f"k{i}", i * i).result()
     holder, pid = kv.where().result()
     p.line(f"10 writes; it lives on {holder} (pid {pid})")
-    same = fd.ProcessManager.start_singleton(KeyValueStore, name="kv")
+    same = ProcessManager.start_singleton(KeyValueStore, name="kv")
     p.line(f"starting 'kv' again returns the same instance: get('k3') = "
            f"{same.get('k3').result()}")
 
@@ -128,22 +133,22 @@ def _foundation_tour(client: Any, p: _Printer, summary: dict[str, Any], n_worker
     summary["state_kept"] = value == 81
 
     p.header("Channels: control / events / telemetry / data")
-    with fd.Channels.subscribe("telemetry") as sub:
+    with Channels.subscribe("telemetry") as sub:
         client.wait_for_workers(n_workers, timeout=120)
         workers = client.gather(client.map(publish_from_worker, range(6), pure=False))
         got = [sub.get(timeout=10) for _ in range(6)]
     p.line(f"6 tasks on {len(set(workers))} workers broadcast on 'telemetry'; "
            f"the notebook received {len(got)}, in order per publisher")
-    with fd.Channels.subscribe("control") as control:
-        fd.Channels.route_message(("start_trace", "t-1", "demo"), priority="high")
+    with Channels.subscribe("control") as control:
+        Channels.route_message(("start_trace", "t-1", "demo"), priority="high")
         msg = control.get(timeout=10)
     p.line(f"route_message(..., priority='high') arrived on '{msg.channel}': {msg.payload}")
 
     p.header("Service mesh: register and discover by capability")
-    fd.ServiceMesh.register_service(
+    ServiceMesh.register_service(
         "kv-store", kv, capabilities=["storage", "kv"], metadata={"tier": "demo"}
     )
-    found = fd.ServiceMesh.discover_services(capabilities=["kv"], metadata={"tier": "demo"})
+    found = ServiceMesh.discover_services(capabilities=["kv"], metadata={"tier": "demo"})
     p.line(f"discover_services(capabilities=['kv']) -> {[s.name for s in found]}")
     p.line(f"through the discovered handle: get('k1') = {found[0].handle.get('k1').result()}")
 
@@ -151,7 +156,7 @@ def _foundation_tour(client: Any, p: _Printer, summary: dict[str, Any], n_worker
     _print_health(client, p, summary, n_workers)
 
     p.header("Supervised processes")
-    for text in fd.ProcessManager.list_processes()[
+    for text in ProcessManager.list_processes()[
         ["name", "kind", "worker", "state", "incarnation", "restarts"]
     ].to_string(index=False).splitlines():
         p.line(text)
@@ -161,7 +166,7 @@ def _print_health(client: Any, p: _Printer, summary: dict[str, Any], n_workers: 
     client.wait_for_workers(n_workers, timeout=120)
     deadline = time.monotonic() + 15  # a restarted worker reports after its heartbeat
     while True:
-        health = fd.HealthMonitor.get_cluster_health()
+        health = HealthMonitor.get_cluster_health()
         frame = health.to_frame()
         if frame["load_avg"].notna().all() or time.monotonic() > deadline:
             break
@@ -184,6 +189,7 @@ def _dspex_tour(client: Any, p: _Printer, summary: dict[str, Any], n_workers: in
         load_sentiment,
         sentiment_metric,
     )
+    from foundation_dask.dspex.orchestration import coordinator_name
     from foundation_dask.scope.collect import critical_path_text
 
     sizes = (30, 30, 60) if quick else (40, 40, 120)
@@ -221,8 +227,7 @@ def _dspex_tour(client: Any, p: _Printer, summary: dict[str, Any], n_workers: in
     killed = None
     while thread.is_alive():
         thread.join(0.2)
-        coordinator = coordinator or fd.ProcessManager.lookup(
-            ("optimization_coordinator", "demo"))
+        coordinator = coordinator or ProcessManager.lookup(coordinator_name("demo"))
         if coordinator is None or killed is not None:
             continue
         progress = coordinator.get_progress().result()
@@ -284,7 +289,7 @@ def write_report(out_dir: str, data: Any, report: Any, result: Any) -> dict[str,
 
     from bokeh.embed import file_html
     from bokeh.layouts import column
-    from bokeh.models import Div
+    from bokeh.models.widgets import Div
     from bokeh.resources import INLINE
 
     from foundation_dask.views import ClusterHealthView, HotspotsView, TraceTimelineView

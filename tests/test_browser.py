@@ -428,6 +428,7 @@ def test_panels_load_bokehjs_inline(monkeypatch):
     from bokeh.io.state import curstate
 
     import foundation_dask.widgets as fw
+    from foundation_dask.widgets import _base as fw_base
 
     published: list[dict[str, Any]] = []
     monkeypatch.setattr(bokeh_notebook, "publish_display_data",
@@ -436,17 +437,17 @@ def test_panels_load_bokehjs_inline(monkeypatch):
     state = curstate()
     for attr in ("_notebook", "_notebook_type"):
         monkeypatch.setattr(state, attr, getattr(state, attr))
-    monkeypatch.setattr(fw, "_inline_loaded", False)
+    monkeypatch.setattr(fw_base, "_inline_loaded", False)
 
     dash = fw.LiveDashboard(refresh=None, autostart=False)
     dash.refreshes = 1  # no cluster here: display without a first refresh
     try:
         bundle = dash._repr_mimebundle_()
-        bundles = [pane.render_bundle for pane in fw._panes(dash.widget)]
+        bundles = [pane.render_bundle for pane in fw_base._panes(dash.widget)]
     finally:
         dash.close()
 
-    assert fw._inline_loaded and published, "displaying a panel did not load BokehJS"
+    assert fw_base._inline_loaded and published, "displaying a panel did not load BokehJS"
     sent = json.dumps(published) + json.dumps(bundle, default=str) + json.dumps(bundles)
     assert "cdn.bokeh.org" not in sent
     assert not re.search(r"https?://[^\"']*bokeh[^\"']*\.js", sent)

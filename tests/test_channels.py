@@ -30,7 +30,7 @@ from foundation_dask.core.channels import (
     Subscription,
     SubscriptionClosedError,
 )
-from foundation_dask.core.plugin import scheduler_extension
+from foundation_dask.core.plugin import extension as scheduler_extension
 
 from .conftest import wait_for, worker_names
 
@@ -172,7 +172,7 @@ async def test_roundtrip_exact_payload_and_metadata(c, s, a, b):
 @pytest.mark.timeout(60)
 @gen_cluster(client=True)
 async def test_message_carries_the_publishers_trace_context(c, s, a, b):
-    context = pytest.importorskip("foundation_dask.scope.context")
+    context = pytest.importorskip("foundation_dask.tracecontext")
     await fd.install_plugins(c)
     async with await fd.Channels.subscribe("events") as sub:
         await fd.Channels.broadcast("events", "untraced")

@@ -22,14 +22,14 @@ from distributed.comm.addressing import parse_host_port
 from distributed.security import Security
 
 import foundation_dask as fd
-from foundation_dask.cluster import get_cluster
-from foundation_dask.core.plugin import SCHEDULER_EXTENSIONS, _load
+from foundation_dask.core.cluster import get_cluster
+from foundation_dask.core.plugin import _load, extension_paths
 
 from .conftest import SubprocessCluster, wait_for
 
 CORE_EXTENSIONS = {"channels", "health", "processes", "registry"}
 #: Every scheduler-side part the plugin is configured to start.
-EXTENSIONS = sorted(_load(path).name for path in SCHEDULER_EXTENSIONS)
+EXTENSIONS = sorted(_load(path).name for path in extension_paths("scheduler"))
 
 
 def ping(client: distributed.Client) -> dict:

@@ -17,6 +17,7 @@ from distributed import Client, LocalCluster
 import foundation_dask as fd
 import foundation_dask.dashboard as dashboard
 from foundation_dask import scope
+from foundation_dask._compat import dashboard_applications
 
 from ._helpers import Counter, busy
 from .conftest import SubprocessCluster, wait_for
@@ -232,4 +233,4 @@ def test_add_pages_to_a_running_dashboard() -> None:
             assert data["trace_id"] == []
     finally:
         dashboard.register()
-    assert set(dashboard.PAGES) <= set(dashboard._applications())
+    assert set(dashboard.PAGES) <= set(dashboard_applications())

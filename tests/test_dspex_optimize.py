@@ -238,9 +238,67 @@ def test_stop_request_on_control_channel(cluster_client):
     assert coordinator.get_optimization_info().result()["status"] == "stopped"
 
 
+@pytest.mark.timeout(240)
+def test_entry_points_run_on_the_client_given(cluster_client):
+    import distributed
+
+    other = distributed.Client(cluster_client.scheduler.address, set_as_default=False)
+    calls = []
+    for method in ("submit", "sync"):
+        def spy(*args, _real=getattr(other, method), _method=method, **kwargs):
+            calls.append(_method)
+            return _real(*args, **kwargs)
+
+        setattr(other, method, spy)
+    try:
+        trainset = make_examples(8)
+        evaluate = dspex.Evaluate(devset=trainset, metric=metric)
+        assert evaluate(program(), client=other).score == 50.0
+        assert dspex.Evaluate(devset=trainset, metric=metric, client=other)(
+            program()).score == 50.0
+        assert calls.count("submit") >= 2
+        assert "<b>Evaluation</b>" in evaluate(program(), client=other)._repr_html_()
+
+        del calls[:]
+        labeled = dspex.LabeledFewShot(k=2).compile(program(), trainset=trainset, client=other)
+        assert len(labeled.demos) == 2
+        boot = dspex.BootstrapFewShot(metric, max_bootstrapped_demos=2, max_labeled_demos=2)
+        assert boot.compile(program(), trainset=trainset, client=other).demos
+        search = dspex.BootstrapFewShotWithRandomSearch(
+            metric, num_candidate_programs=1, max_bootstrapped_demos=2, max_labeled_demos=2)
+        assert search.compile(program(), trainset=trainset, client=other).score == 100.0
+        assert calls.count("submit") >= 2
+
+        del calls[:]
+        result = dspex.DistributedOptimizer.optimize_program_distributed(
+            program(), trainset, metric, num_candidate_programs=1, max_bootstrapped_demos=2,
+            max_labeled_demos=2, display_progress=False, optimization_id="given-client",
+            client=other,
+        )
+        assert result.status == "completed" and result.best_score == 100.0
+        assert calls.count("submit") > 0 and calls.count("sync") > 0
+        assert "<table>" in result._repr_html_()
+        adaptive = dspex.AdaptiveOptimizer.adaptive_optimization(
+            program(), trainset, metric, scaling_check_interval=60.0, num_candidate_programs=1,
+            max_bootstrapped_demos=2, max_labeled_demos=2, display_progress=False,
+            optimization_id="given-client-adaptive", client=other,
+        )
+        assert adaptive.status == "completed" and adaptive.best_score == 100.0
+
+        del calls[:]
+        listed = dspex.list_optimizations(client=other)
+        assert {"given-client", "given-client-adaptive"} <= set(listed["optimization_id"])
+        assert len(dspex.optimization_history("given-client", client=other)) > 0
+        assert calls.count("sync") > 0
+        with pytest.raises(KeyError, match="No optimization"):
+            dspex.optimization_history("never-started", client=other)
+    finally:
+        other.close()
+
+
 def test_capacity_plan_rules():
     from foundation_dask.core.health import ClusterHealth  # noqa: F401  (type exists)
-    from foundation_dask.dspex.distributed import calculate_optimal_distribution
+    from foundation_dask.dspex.orchestration import calculate_optimal_distribution
 
     class Node:
         def __init__(self, node, host, cores, load, nthreads, status="healthy"):

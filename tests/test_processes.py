@@ -7,14 +7,18 @@ import pickle
 import threading
 
 import pytest
-from distributed import Worker
+from distributed import Client, Worker
 from distributed.utils_test import gen_cluster
 
 import foundation_dask as fd
+from foundation_dask.core.plugin import extension
 from foundation_dask.core.processes import (
+    ProcessLostError,
     ProcessNotFoundError,
     ProcessStartError,
+    SingletonHandle,
     name_key,
+    scheduler_processes,
 )
 
 from .conftest import wait_for, worker_names
@@ -183,6 +187,118 @@ async def test_replicated_on_every_worker_and_late_joiners(c, s, a, b):
         )
     )
     assert frame == ["replica", "replica"]
+
+
+def spy_sync(client: Client) -> list[str]:
+    """The functions ``client.sync`` runs from now on (every ProcessManager call goes
+    through ``sync`` of the client it acts through)."""
+    used: list[str] = []
+    real = client.sync
+
+    def sync(func, *args, **kwargs):
+        used.append(getattr(func, "__name__", repr(func)))
+        return real(func, *args, **kwargs)
+
+    client.sync = sync
+    return used
+
+
+@gen_cluster(client=True, timeout=60)
+async def test_client_argument_picks_the_client(c, s, a, b):
+    await fd.install_plugins(c)
+    pm = fd.ProcessManager
+    async with Client(s.address, asynchronous=True, set_as_default=False) as other:
+        via_c, via_other = spy_sync(c), spy_sync(other)
+        h = await pm.start_singleton(Counter, 1, name=("pair", "a"), client=other)
+        assert await h.incr() == 2
+        reps = await pm.start_replicated(Counter, name="pair-reps", client=other)
+        assert set(reps) == {a.address, b.address}
+        assert await reps[a.address].incr() == 1
+        found = await pm.lookup(("pair", "a"), client=other)
+        assert await found.incr() == 3
+        assert set(await pm.lookup_replicated("pair-reps", client=other)) == set(reps)
+        assert [n for n, _ in await pm.find("pair", client=other)] == [("pair", "a")]
+        frame = await pm.list_processes(client=other)
+        assert sorted(frame["kind"]) == ["replica", "replica", "singleton"]
+        assert await pm.stop("pair-reps", client=other) is True
+        assert len(via_other) == 7 and via_c == []
+        # handles made with client= call through it: its location cache knows them
+        assert name_key(("pair", "a")) in other._foundation_locations.cache
+        assert getattr(c, "_foundation_locations", None) is None
+
+        # without client=: the current client
+        assert await (await pm.lookup(("pair", "a"))).incr() == 4
+        assert len(via_c) == 1 and len(via_other) == 7
+        assert name_key(("pair", "a")) in c._foundation_locations.cache
+
+
+@gen_cluster(client=True, timeout=60)
+async def test_lookup_of_a_replicated_name(c, s, a, b):
+    await fd.install_plugins(c)
+    await fd.ProcessManager.start_replicated(Counter, 3, name="everywhere")
+    found = await fd.ProcessManager.lookup("everywhere")
+    assert isinstance(found, dict) and set(found) == {a.address, b.address}
+    assert found[a.address].name == ("everywhere", a.address)
+    assert await found[a.address].incr() == 4
+    assert (await found[b.address].location())[1] == b.address
+    assert found.keys() == (await fd.ProcessManager.lookup_replicated("everywhere")).keys()
+
+    await fd.ProcessManager.start_singleton(Counter, name="alone")
+    assert isinstance(await fd.ProcessManager.lookup("alone"), SingletonHandle)
+    assert await fd.ProcessManager.stop("everywhere") is True
+    assert await fd.ProcessManager.lookup("everywhere") is None
+
+
+@gen_cluster(client=True, timeout=60)
+async def test_errors_say_which_process_and_worker(c, s, a, b):
+    await fd.install_plugins(c)
+    with pytest.raises(ProcessStartError) as start:
+        await fd.ProcessManager.start_singleton(BrokenInit, name=("broken", 1))
+    assert start.value.name == ("broken", 1)
+    assert start.value.worker in (a.address, b.address)
+
+    with pytest.raises(ProcessNotFoundError) as missing:
+        await fd.ProcessManager.lookup_replicated(("no", "such"))
+    assert missing.value.name == ("no", "such")
+
+    h = await fd.ProcessManager.start_singleton(Stateless, name="gone")
+    await fd.ProcessManager.stop("gone")
+    with pytest.raises(ProcessNotFoundError) as stopped:
+        await h.get()
+    assert stopped.value.name == "gone"
+
+    async with Worker(s.address, nthreads=1) as w:
+        hs = await fd.ProcessManager.start_replicated(Counter, name="short-lived")
+        replica = hs[w.address]
+        assert await replica.incr() == 1
+    with pytest.raises(ProcessLostError) as lost:
+        await replica.incr()
+    assert lost.value.name == ("short-lived", w.address)
+    assert lost.value.worker == w.address
+
+
+@gen_cluster(client=True, timeout=60)
+async def test_scheduler_side_readers(c, s, a, b):
+    assert scheduler_processes(s) == []  # no Foundation plugin yet
+    await fd.install_plugins(c)
+    h = await fd.ProcessManager.start_singleton(Counter, name=("family", "x"))
+    await fd.ProcessManager.start_singleton(Stateless, "y", name=("family", "y", 2))
+    await fd.ProcessManager.start_singleton(Stateless, name="family")
+    await fd.ProcessManager.start_singleton(Stateless, name=("other", "family"))
+    await h.incr(5)
+
+    supervisor = extension(s, "processes")
+    named = supervisor.records_named("family")
+    assert [n for n, _ in named] == [("family", "x"), ("family", "y", 2)]
+    assert [rec.key for _, rec in named] == [name_key(n) for n, _ in named]
+    assert named[0][1].checkpoint is not None  # the readers decode checkpoints
+    assert supervisor.records_named("nobody") == []
+    assert [n for n, _ in await fd.ProcessManager.find("family")] == [n for n, _ in named]
+
+    rows = scheduler_processes(s)
+    assert [r["name_key"] for r in rows] == list(supervisor.records)
+    assert sorted(r["name"] for r in rows) == sorted(
+        ["('family', 'x')", "('family', 'y', 2)", "'family'", "('other', 'family')"])
 
 
 # ----------------------------------------------------------------------------------------

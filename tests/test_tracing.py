@@ -152,7 +152,7 @@ def test_trace_lifecycle_and_bad_input(cluster_client):
 
 @pytest.mark.timeout(120)
 def test_spans_outside_a_trace_record_nothing(cluster_client):
-    from foundation_dask.scope.context import recorder
+    from foundation_dask.tracecontext import recorder
 
     before = {k: len(v) for k, v in recorder.buffers.items()}
     with scope.span("nothing"):

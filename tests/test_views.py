@@ -273,9 +273,9 @@ def test_trace_timeline_from_real_trace(cluster_client: Client) -> None:
 
 
 def _scheduler_side(dask_scheduler):
-    from foundation_dask.views.cluster import scheduler_health
-    from foundation_dask.views.processes import scheduler_processes
-    from foundation_dask.views.traces import scheduler_traces
+    from foundation_dask.core.health import scheduler_health
+    from foundation_dask.core.processes import scheduler_processes
+    from foundation_dask.scope import scheduler_traces
 
     return {
         "health": scheduler_health(dask_scheduler),
@@ -285,7 +285,7 @@ def _scheduler_side(dask_scheduler):
 
 
 async def _scheduler_trace(trace_id, dask_scheduler=None):
-    from foundation_dask.views.traces import scheduler_trace_data
+    from foundation_dask.scope import scheduler_trace_data
 
     return await scheduler_trace_data(dask_scheduler, trace_id)
 

@@ -1,1 +1,2 @@
-"""Foundation primitives: processes, registry and service mesh, channels, health."""
+"""Foundation: supervised processes, registry and service mesh, channels, health,
+the scheduler and worker plugins that host them, and ``connect()``."""

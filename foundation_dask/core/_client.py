@@ -1,8 +1,9 @@
-"""How the client-side facades reach the cluster.
+"""Client and worker: how the client-side facades reach the cluster.
 
-Every facade call goes through :func:`scheduler_call`, which works from a
-notebook (blocking), from an asynchronous client (returns an awaitable, as Dask
-does) and from code running inside tasks on workers (through the worker's client).
+Every facade call goes through :func:`scheduler_call` (or calls
+``current_client().sync`` itself), which works from a notebook (blocking), from an
+asynchronous client (returns an awaitable, as Dask does) and from code running
+inside tasks on workers (through the worker's client).
 """
 
 from __future__ import annotations
@@ -16,16 +17,21 @@ logger = logging.getLogger(__name__)
 
 
 def current_client() -> distributed.Client:
-    """The Dask client to act through.
+    """The Dask client the facades act through.
 
-    The default client (``distributed.get_client()``) when there is one, the
-    worker's client inside a task; otherwise :func:`foundation_dask.connect` is
-    called, which starts the zero-config cluster.
+    Returns
+    -------
+    distributed.Client
+        The default client (``distributed.get_client()``) when there is one, the
+        worker's client inside a task; otherwise the client of
+        :func:`foundation_dask.connect`, which connects to the configured scheduler
+        (``foundation.scheduler-address``, ``DASK_SCHEDULER_ADDRESS``) or starts the
+        embedded cluster, and installs the Foundation plugins.
     """
     try:
         return distributed.get_client()
     except ValueError:
-        from foundation_dask.cluster import connect
+        from foundation_dask.core.cluster import connect
 
         logger.info("No Dask client yet: starting one with foundation_dask.connect()")
         return connect()
@@ -49,8 +55,21 @@ async def _call(client: distributed.Client, op: str, kwargs: dict[str, Any]) -> 
 def scheduler_call(op: str, client: distributed.Client | None = None, **kwargs: Any) -> Any:
     """Call the scheduler RPC handler ``op``.
 
-    Blocks and returns its result on a synchronous client; returns an awaitable
-    on an asynchronous one.
+    Parameters
+    ----------
+    op
+        Name of the handler (``"foundation_registry_lookup"``...).
+    client
+        Client to act through; by default :func:`current_client` (the default client,
+        else the one :func:`foundation_dask.connect` opens).
+    **kwargs
+        Arguments of the handler.
+
+    Returns
+    -------
+    Any
+        The handler's reply on a synchronous client; an awaitable of it on an
+        asynchronous one.
     """
     client = client or current_client()
     return client.sync(_call, client, op, kwargs)

@@ -1,9 +1,13 @@
-"""The scheduler and worker plugins that host every Foundation subsystem.
+"""Scheduler and worker: the plugins that host every Foundation subsystem.
 
 Each subsystem (processes, registry, channels, health) contributes a
 :class:`SchedulerExtension` and, where it needs one, a :class:`WorkerExtension`.
 The two plugins below load them, register their RPC and stream handlers under
 ``foundation_*`` names and forward the scheduler's and worker's lifecycle hooks.
+Subsystems above the core (ElixirScope) add theirs through the dask config
+``foundation.extensions.scheduler`` / ``.worker`` (``"module:Class"`` paths), so
+that this layer names none of them. :func:`extension` is the one way to reach a
+running extension.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from distributed.diagnostics.plugin import SchedulerPlugin, WorkerPlugin
 
+from foundation_dask import config
+
 if TYPE_CHECKING:
     from distributed import Scheduler, Worker
 
@@ -22,51 +28,102 @@ logger = logging.getLogger(__name__)
 
 PLUGIN_NAME = "foundation"
 
-#: Scheduler-side parts, in start order (later ones may look up earlier ones).
+#: The core's scheduler-side parts, in start order (later ones may look up earlier
+#: ones); those of ``foundation.extensions.scheduler`` follow.
 SCHEDULER_EXTENSIONS = [
     "foundation_dask.core.registry:RegistryExtension",
     "foundation_dask.core.channels:ChannelHub",
     "foundation_dask.core.health:HealthExtension",
     "foundation_dask.core.processes:Supervisor",
-    "foundation_dask.scope.extension:ScopeExtension",
 ]
 
-#: Worker-side parts.
+#: The core's worker-side parts; those of ``foundation.extensions.worker`` follow.
 WORKER_EXTENSIONS = [
     "foundation_dask.core.channels:WorkerChannels",
     "foundation_dask.core.health:WorkerHealth",
     "foundation_dask.core.processes:WorkerProcesses",
-    "foundation_dask.scope.extension:ScopeWorker",
 ]
+
+
+def extension_paths(side: str) -> list[str]:
+    """``"module:Class"`` paths of the extensions of ``side`` (``"scheduler"`` or
+    ``"worker"``): the core's, then those of the dask config ``foundation.extensions``."""
+    core = SCHEDULER_EXTENSIONS if side == "scheduler" else WORKER_EXTENSIONS
+    extra = [p for p in config.get(f"extensions.{side}") or [] if p not in core]
+    return [*core, *extra]
 
 
 def _load(path: str) -> type:
     module, _, attr = path.partition(":")
+    if not attr:
+        raise ValueError(f"Foundation extension {path!r} is not a 'module:Class' path "
+                         "(dask config foundation.extensions)")
     return getattr(importlib.import_module(module), attr)
 
 
 class SchedulerExtension:
     """Base class of the scheduler-side part of a subsystem.
 
-    Subclasses set :attr:`name` and return their handlers from
-    :meth:`handlers`, :meth:`stream_handlers` (messages from workers) and
-    :meth:`client_handlers` (messages on clients' batched streams). Handler names
-    are registered as given; by convention they start with ``foundation_``.
+    This class is not meant to be used by library users: it is the contract between
+    :class:`FoundationSchedulerPlugin` and the subsystems it hosts (the core's, listed
+    in :data:`SCHEDULER_EXTENSIONS`, and those of the dask config
+    ``foundation.extensions.scheduler``). The plugin creates one instance of each
+    per scheduler, as ``cls(scheduler, plugin)``, in the order listed.
+
+    Where each hook runs
+        Everything runs in the scheduler process, on the scheduler's event loop
+        (its one thread): no hook needs a lock against another, and none may block
+        (no ``time.sleep``, no blocking I/O, no waiting on a ``concurrent.futures``
+        future); long work goes to a thread with ``loop.run_in_executor`` and is
+        awaited. The scheduler does nothing else while a hook runs.
+
+    Handlers
+        :meth:`handlers` gives RPC handlers (``await client.scheduler.<name>(...)``),
+        called with the message's keyword arguments; they may be coroutine
+        functions. What one raises goes back to the caller and is raised there,
+        and the scheduler logs it with its traceback: return expected failures as
+        data instead (as the registry's ``{"error": ...}`` replies). :meth:`stream_handlers`
+        (messages from workers, called with ``worker=``) and :meth:`client_handlers`
+        (messages on clients' batched streams, called with ``client=``) are called
+        in the order the messages arrive; one that raises closes that stream, and
+        the scheduler then removes the worker or client: they must not raise. A
+        coroutine stream handler is awaited before the next message of its stream.
+        Names are registered as given; by convention they start with
+        ``foundation_``.
+
+    Lifecycle hooks
+        :meth:`start` (awaited once every extension exists, when the plugin is
+        installed) and :meth:`close` (awaited when the scheduler closes, in reverse
+        order). :meth:`add_worker`, :meth:`remove_worker`, :meth:`add_client`,
+        :meth:`remove_client` and :meth:`log_event` are plain functions; what one
+        raises is logged and does not reach the scheduler or the other extensions.
+        :attr:`transition`, when set, is called for every task transition, inside
+        the scheduler's transition loop: it must be cheap and must not raise.
+
+    Reaching an extension
+        ``extension(scheduler, name)`` (:func:`extension`) returns the running
+        instance (or ``None``), from another extension or any code of the scheduler
+        process; an extension that needs another looks it up in :meth:`start` or
+        later, when every extension exists.
     """
 
+    #: Name of the extension (``extension(scheduler, name)``); unique per scheduler.
     name: str = ""
 
-    def __init__(self, scheduler: Scheduler, plugin: FoundationSchedulerPlugin):
+    def __init__(self, scheduler: Scheduler, plugin: FoundationSchedulerPlugin) -> None:
         self.scheduler = scheduler
         self.plugin = plugin
 
     def handlers(self) -> dict[str, Callable[..., Any]]:
+        """RPC handlers by name (called once, when the plugin starts)."""
         return {}
 
     def stream_handlers(self) -> dict[str, Callable[..., Any]]:
+        """Handlers of messages on workers' batched streams, by ``op``."""
         return {}
 
     def client_handlers(self) -> dict[str, Callable[..., Any]]:
+        """Handlers of messages on clients' batched streams, by ``op``."""
         return {}
 
     async def start(self) -> None:
@@ -98,28 +155,32 @@ class SchedulerExtension:
 class FoundationSchedulerPlugin(SchedulerPlugin):
     """Scheduler plugin that hosts the scheduler side of every Foundation subsystem.
 
-    Installed by :func:`foundation_dask.connect`; reachable afterwards as
-    ``scheduler.extensions["foundation"]``.
+    Installed by :func:`foundation_dask.connect` (:func:`install_plugins
+    <foundation_dask.core.cluster.install_plugins>`); its extensions are reached with
+    :func:`extension`.
     """
 
     name = PLUGIN_NAME
     idempotent = True
 
     def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
         self.extensions: dict[str, SchedulerExtension] = {}
         self.scheduler: Scheduler | None = None
         self._transition_hooks: list[Callable[..., None]] = []
 
-    def __getstate__(self) -> dict:
+    def __getstate__(self) -> dict[str, Any]:
         return {}
 
-    def __setstate__(self, state: dict) -> None:
-        self.__init__()
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._reset()
 
     async def start(self, scheduler: Scheduler) -> None:
         self.scheduler = scheduler
         scheduler.extensions[PLUGIN_NAME] = self
-        for path in SCHEDULER_EXTENSIONS:
+        for path in extension_paths("scheduler"):
             cls = _load(path)
             ext = cls(scheduler, self)
             self.extensions[ext.name] = ext
@@ -182,18 +243,55 @@ class FoundationSchedulerPlugin(SchedulerPlugin):
 
 
 class WorkerExtension:
-    """Base class of the worker-side part of a subsystem."""
+    """Base class of the worker-side part of a subsystem.
 
+    This class is not meant to be used by library users: it is the contract between
+    :class:`FoundationWorkerPlugin` and the subsystems it hosts (the core's, listed
+    in :data:`WORKER_EXTENSIONS`, and those of the dask config
+    ``foundation.extensions.worker``). The plugin creates one instance of each per
+    worker, as ``cls(worker, plugin)``, when it is set up there: when
+    ``foundation_dask.connect()`` installs it, and on every worker that joins later.
+
+    Where each hook runs
+        In the worker process. :meth:`setup`, :meth:`teardown` and the handlers run
+        on the worker's event loop and must not block it (heartbeats and data
+        transfers wait meanwhile). Tasks and actor methods run in other threads
+        (the worker's executors): what an extension offers to task code must be
+        safe to call from those threads, or hand the work to the event loop
+        (``worker.loop.add_callback``).
+
+    Handlers
+        :meth:`handlers` gives RPC handlers (``rpc(worker.address).<name>(...)``,
+        or the scheduler's ``broadcast``); what one raises goes back to the caller,
+        and the worker logs it. :meth:`stream_handlers` are called for messages the
+        scheduler sends on its batched stream to the worker, in order; one that
+        raises closes that stream, and the worker then closes: they must not raise.
+
+    Lifecycle hooks
+        :meth:`setup` (awaited once every worker extension exists) and
+        :meth:`teardown` (awaited when the worker closes or the plugin is removed,
+        in reverse order). What :meth:`setup` raises fails the plugin's setup on
+        that worker, reported to the client that installed it.
+
+    Reaching an extension
+        ``extension(worker, name)`` (:func:`extension`) returns the running instance
+        (or ``None``), from another extension or from task code
+        (``extension(distributed.get_worker(), name)``).
+    """
+
+    #: Name of the extension (``extension(worker, name)``); unique per worker.
     name: str = ""
 
-    def __init__(self, worker: Worker, plugin: FoundationWorkerPlugin):
+    def __init__(self, worker: Worker, plugin: FoundationWorkerPlugin) -> None:
         self.worker = worker
         self.plugin = plugin
 
     def handlers(self) -> dict[str, Callable[..., Any]]:
+        """RPC handlers by name (called once, at setup)."""
         return {}
 
     def stream_handlers(self) -> dict[str, Callable[..., Any]]:
+        """Handlers of messages on the scheduler's batched stream, by ``op``."""
         return {}
 
     async def setup(self) -> None:
@@ -214,19 +312,22 @@ class FoundationWorkerPlugin(WorkerPlugin):
     idempotent = True
 
     def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
         self.extensions: dict[str, WorkerExtension] = {}
         self.worker: Worker | None = None
 
-    def __getstate__(self) -> dict:
+    def __getstate__(self) -> dict[str, Any]:
         return {}
 
-    def __setstate__(self, state: dict) -> None:
-        self.__init__()
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._reset()
 
     async def setup(self, worker: Worker) -> None:
         self.worker = worker
         worker.extensions[PLUGIN_NAME] = self
-        for path in WORKER_EXTENSIONS:
+        for path in extension_paths("worker"):
             ext = _load(path)(worker, self)
             self.extensions[ext.name] = ext
             worker.handlers.update(ext.handlers())
@@ -245,11 +346,13 @@ class FoundationWorkerPlugin(WorkerPlugin):
                 logger.exception("tearing down %s", ext.name)
 
 
-def scheduler_extension(scheduler: Scheduler, name: str) -> Any:
-    """The Foundation extension ``name`` of a running scheduler."""
-    return scheduler.extensions[PLUGIN_NAME].extensions[name]
+def extension(host: Scheduler | Worker, name: str) -> Any:
+    """The Foundation extension ``name`` (``"health"``, ``"processes"``...) running in
+    ``host`` (a scheduler or a worker), or ``None`` when the Foundation plugin, or that
+    extension, is not installed there.
 
-
-def worker_extension(worker: Worker, name: str) -> Any:
-    """The Foundation extension ``name`` of a running worker."""
-    return worker.extensions[PLUGIN_NAME].extensions[name]
+    The one way to reach an extension; callers that cannot do without it raise their
+    own error saying how to install the plugins (``foundation_dask.connect``).
+    """
+    plugin = host.extensions.get(PLUGIN_NAME)
+    return None if plugin is None else plugin.extensions.get(name)

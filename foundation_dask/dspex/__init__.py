@@ -1,4 +1,5 @@
-"""DSPEx: declarative LM programs (signatures, predictors, modules), DSPy-style, on Dask.
+"""Any process: DSPEx, declarative LM programs (signatures, predictors, modules),
+DSPy-style, on Dask.
 
 >>> from foundation_dask import dspex
 >>> class Classify(dspex.Signature):
@@ -11,14 +12,15 @@
 'positive'
 
 Programs, examples and LMs pickle, so they can run in Dask tasks; a local model is
-loaded once per worker process. ``Evaluate`` and the optimizers are imported on first
-use.
+loaded once per worker process. ``Evaluate``, the optimizers and the distributed
+optimization (:mod:`~foundation_dask.dspex.orchestration`, client side) are imported on
+first use.
 """
 
 from __future__ import annotations
 
 from importlib import import_module
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from foundation_dask.dspex.adapters import (
     Adapter,
@@ -55,20 +57,36 @@ from foundation_dask.dspex.signatures import (
     make_signature,
 )
 
+if TYPE_CHECKING:  # what the lazy names below resolve to, for editors and type checkers
+    from foundation_dask.dspex.evaluate import Evaluate as Evaluate
+    from foundation_dask.dspex.evaluate import EvaluationResult as EvaluationResult
+    from foundation_dask.dspex.optimizers import BootstrapFewShot as BootstrapFewShot
+    from foundation_dask.dspex.optimizers import (
+        BootstrapFewShotWithRandomSearch as BootstrapFewShotWithRandomSearch,
+    )
+    from foundation_dask.dspex.optimizers import LabeledFewShot as LabeledFewShot
+    from foundation_dask.dspex.orchestration import AdaptiveOptimizer as AdaptiveOptimizer
+    from foundation_dask.dspex.orchestration import DistributedOptimizer as DistributedOptimizer
+    from foundation_dask.dspex.orchestration import OptimizationResult as OptimizationResult
+    from foundation_dask.dspex.orchestration import list_optimizations as list_optimizations
+    from foundation_dask.dspex.orchestration import (
+        optimization_history as optimization_history,
+    )
+
 _LAZY = {
     "Evaluate": "foundation_dask.dspex.evaluate",
     "LabeledFewShot": "foundation_dask.dspex.optimizers",
     "BootstrapFewShot": "foundation_dask.dspex.optimizers",
     "BootstrapFewShotWithRandomSearch": "foundation_dask.dspex.optimizers",
-    "DistributedOptimizer": "foundation_dask.dspex.distributed",
-    "AdaptiveOptimizer": "foundation_dask.dspex.distributed",
-    "list_optimizations": "foundation_dask.dspex.distributed",
-    "optimization_history": "foundation_dask.dspex.distributed",
+    "DistributedOptimizer": "foundation_dask.dspex.orchestration",
+    "AdaptiveOptimizer": "foundation_dask.dspex.orchestration",
+    "list_optimizations": "foundation_dask.dspex.orchestration",
+    "optimization_history": "foundation_dask.dspex.orchestration",
     "EvaluationResult": "foundation_dask.dspex.evaluate",
-    "OptimizationResult": "foundation_dask.dspex.distributed",
+    "OptimizationResult": "foundation_dask.dspex.orchestration",
 }
 
-_SUBMODULES = ("datasets", "evaluate", "optimizers", "distributed")
+_SUBMODULES = ("datasets", "evaluate", "optimizers", "orchestration", "distributed")
 
 __all__ = [
     "LM",

@@ -1,4 +1,5 @@
-"""Adapters: (signature, demos, inputs) -> prompt, and LM text -> output fields.
+"""Any process: adapters, (signature, demos, inputs) -> prompt and LM text -> output
+fields.
 
 :class:`CompletionAdapter` (the default) writes a plain-text few-shot prompt, which small
 completion models follow well::
@@ -27,7 +28,9 @@ import types
 import typing
 from typing import Any, Literal, Union
 
-from foundation_dask.dspex.signatures import Field, SignatureMeta, default_prefix, type_name
+from foundation_dask.dspex.fields import Field, default_prefix, type_name
+from foundation_dask.dspex.signatures import SignatureMeta
+from foundation_dask.errors import AdapterParseError  # noqa: F401  (re-exported)
 
 __all__ = [
     "Adapter",
@@ -37,36 +40,6 @@ __all__ = [
     "coerce_value",
     "format_value",
 ]
-
-
-class AdapterParseError(ValueError):
-    """The LM output could not be turned into the signature's output fields.
-
-    Attributes
-    ----------
-    adapter
-        Name of the adapter.
-    signature
-        The signature being parsed.
-    raw
-        The LM output.
-    missing
-        Names of output fields not found.
-    parsed
-        Fields that were parsed.
-    """
-
-    def __init__(self, message: str, *, adapter: str, signature: Any, raw: str,
-                 missing: list[str] | None = None, parsed: dict[str, Any] | None = None):
-        self.adapter = adapter
-        self.signature = signature
-        self.raw = raw
-        self.missing = list(missing or [])
-        self.parsed = dict(parsed or {})
-        shown = raw if len(raw) <= 1000 else raw[:1000] + f"... ({len(raw)} characters)"
-        sig = f"{getattr(signature, '__name__', '?')}({getattr(signature, 'signature', '?')})"
-        super().__init__(f"{adapter} could not parse the LM output for {sig}: {message}\n"
-                         f"LM output was:\n{shown!r}")
 
 
 # ---------------------------------------------------------------------------------------
@@ -247,9 +220,10 @@ def _demo_values(demo: Any) -> dict[str, Any]:
     return dict(demo)
 
 
-def _labels(field: Field) -> list[str]:
-    labels = [field.prefix, default_prefix(field.name), f"{field.name}:"]
-    seen, out = set(), []
+def _labels(name: str, field: Field) -> list[str]:
+    labels = [field.prefix, default_prefix(name), f"{name}:"]
+    seen: set[str] = set()
+    out: list[str] = []
     for label in labels:
         key = label.lower()
         if label and key not in seen:
@@ -258,13 +232,14 @@ def _labels(field: Field) -> list[str]:
     return out
 
 
-def _match_label(line: str, fields: list[Field]) -> tuple[Field, str] | None:
+def _match_label(line: str, fields: dict[str, Field]) -> tuple[str, str] | None:
+    """``(field name, rest of the line)`` when ``line`` opens with a field's label."""
     stripped = line.lstrip()
     lowered = stripped.lower()
-    for field in fields:
-        for label in _labels(field):
+    for name, field in fields.items():
+        for label in _labels(name, field):
             if lowered.startswith(label.lower()):
-                return field, stripped[len(label):]
+                return name, stripped[len(label):]
     return None
 
 
@@ -345,22 +320,21 @@ class CompletionAdapter(Adapter):
     def _parse_from(self, signature: SignatureMeta, text: str, start: str
                     ) -> dict[str, str]:
         """Field texts from a completion that continues after the prefix of ``start``."""
-        outputs = list(signature.output_fields.values())
-        by_name = {f.name: f for f in outputs}
-        inputs = list(signature.input_fields.values())
+        outputs = signature.output_fields
+        inputs = signature.input_fields
         current = start
         sections: dict[str, list[str]] = {start: []}
         for i, line in enumerate(text.split("\n")):
             if i == 0:
-                echoed = _match_label(line, [by_name[start]])
+                echoed = _match_label(line, {start: outputs[start]})
                 if echoed is not None:  # the LM repeated the prefix
                     line = echoed[1]
                 sections[current].append(line)
                 continue
-            pending = [f for f in outputs if f.name not in sections]
+            pending = {n: f for n, f in outputs.items() if n not in sections}
             hit = _match_label(line, pending)
             if hit is not None:
-                current = hit[0].name
+                current = hit[0]
                 sections[current] = [hit[1]]
                 continue
             if inputs and _match_label(line, inputs) is not None:
@@ -368,7 +342,7 @@ class CompletionAdapter(Adapter):
             sections[current].append(line)
         values = {}
         for name, lines in sections.items():
-            field = by_name[name]
+            field = outputs[name]
             if field.multiline:
                 value = "\n".join(lines).strip()
             else:
@@ -410,33 +384,34 @@ class CompletionAdapter(Adapter):
 
     def _complete(self, lm: Any, kwargs: dict[str, Any], user_stop: Any,
                   signature: SignatureMeta, prompt: str, text: str) -> dict[str, Any]:
-        outputs = list(signature.output_fields.values())
-        values = self._parse_from(signature, text, outputs[0].name)
+        outputs = signature.output_fields
+        first = next(iter(outputs))
+        values = self._parse_from(signature, text, first)
         raw = text
         for _ in range(len(outputs)):
-            missing = [f for f in outputs if f.name not in values]
+            missing = [n for n in outputs if n not in values]
             if not missing:
                 break
             nxt = missing[0]
-            if nxt is outputs[0]:
+            if nxt == first:
                 break  # continuing would repeat the same prompt
             lines = []
-            for f in outputs:
-                if f is nxt:
+            for n, f in outputs.items():
+                if n == nxt:
                     break
-                if f.name in values:
-                    lines.append(self._line(f, values[f.name]))
-            head = prompt[: len(prompt) - len(outputs[0].prefix)]
-            cont_prompt = head + "\n".join([*lines, nxt.prefix])
+                if n in values:
+                    lines.append(self._line(f, values[n]))
+            head = prompt[: len(prompt) - len(outputs[first].prefix)]
+            cont_prompt = head + "\n".join([*lines, outputs[nxt].prefix])
             more = lm(prompt=cont_prompt, stop=_merge_stop(user_stop, self._stop_for(
-                signature, nxt)), **kwargs)[0]
-            raw += f"\n[continued at {nxt.prefix!r}]" + more
-            new = self._parse_from(signature, more, nxt.name)
-            if nxt.name not in new:
+                signature, outputs[nxt])), **kwargs)[0]
+            raw += f"\n[continued at {outputs[nxt].prefix!r}]" + more
+            new = self._parse_from(signature, more, nxt)
+            if nxt not in new:
                 break
             for name, value in new.items():
                 values.setdefault(name, value)
-        missing_names = [f.name for f in outputs if f.name not in values]
+        missing_names = [n for n in outputs if n not in values]
         if missing_names:
             raise AdapterParseError(
                 f"missing output field(s) {missing_names}", adapter=type(self).__name__,

@@ -1,4 +1,5 @@
-"""Distributed evaluation: (program x example) evaluations scattered over the cluster.
+"""Client and worker: distributed evaluation, (program x example) evaluations scattered
+over the cluster.
 
 ``Evaluate(devset=..., metric=...)(program)`` splits the devset into chunks and
 submits one Dask task per chunk, so the per-task overhead of the scheduler (100-300
@@ -11,10 +12,14 @@ Failures: a program or metric that raises is recorded for that example with its
 error and scored ``failure_score``; ``max_errors`` stops the run with the first
 failures listed. A worker that dies mid-evaluation loses nothing: Dask re-runs its
 chunks on the other workers (``distributed.scheduler.allowed-failures``).
+
+:class:`Evaluate` and :func:`evaluate_many` run on the client; ``_evaluate_chunk`` is the
+task that runs on the workers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -22,18 +27,20 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from foundation_dask._html import html_repr
 from foundation_dask.core._client import current_client, worker_infos
+from foundation_dask.core.channels import Channels
+from foundation_dask.dspex.settings import context
+from foundation_dask.errors import EvaluationError
+from foundation_dask.tracecontext import SpanScope
 
 if TYPE_CHECKING:
     import distributed
     import pandas as pd
-
-
-class EvaluationError(RuntimeError):
-    """The evaluation stopped: too many examples failed."""
 
 
 @dataclass
@@ -53,8 +60,6 @@ class EvaluationRecord:
 def _evaluate_chunk(program: Any, examples: list[tuple[int, Any]], metric: Callable,
                     failure_score: float, lm: Any = None) -> list[EvaluationRecord]:
     """Runs on a worker: evaluate ``examples`` (index, example) with ``program``."""
-    from foundation_dask.scope.context import SpanScope
-
     try:
         from distributed import get_worker
 
@@ -83,20 +88,11 @@ def _evaluate_chunk(program: Any, examples: list[tuple[int, Any]], metric: Calla
     return out
 
 
-class _NullContext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-def _lm_context(lm: Any):
+def _lm_context(lm: Any) -> AbstractContextManager[Any]:
+    """``dspex.context(lm=lm)``, or nothing when ``lm`` is None."""
     if lm is None:
-        return _NullContext()
-    from foundation_dask import dspex
-
-    return dspex.context(lm=lm)
+        return contextlib.nullcontext()
+    return context(lm=lm)
 
 
 def _inputs(example: Any) -> dict[str, Any]:
@@ -161,10 +157,11 @@ class EvaluationResult:
 
     def _repr_html_(self) -> str:
         workers = sorted({r.worker for r in self.records})
-        return (
-            f"<b>Evaluation</b>: score <b>{self.score:.2f}%</b> on {len(self.records)} examples, "
-            f"{len(self.errors)} errors, {self.wall_time:.2f} s on {len(workers)} workers"
-        )
+        return html_repr(
+            repr(self), "Evaluation",
+            summary=(f"score {self.score:.2f}% on {len(self.records)} examples, "
+                     f"{len(self.errors)} errors, {self.wall_time:.2f} s on {len(workers)} "
+                     "workers"))
 
 
 class _Progress:
@@ -219,6 +216,13 @@ class Evaluate:
         Run the program under ``dspex.context(lm=lm)`` on the workers.
     num_threads
         Accepted for DSPy compatibility; the cluster decides parallelism.
+    client
+        The Dask client to run on; by default the current one when called (the default
+        client, else the one :func:`foundation_dask.connect` opens).
+    progress_channel
+        The channel progress goes out on (``None``: none).
+    label
+        Name of the evaluation in progress lines and messages.
     """
 
     def __init__(self, *, devset: Sequence[Any], metric: Callable | None = None,
@@ -244,14 +248,21 @@ class Evaluate:
         self.label = label
 
     def __call__(self, program: Any, metric: Callable | None = None,
-                 devset: Sequence[Any] | None = None, **kwargs: Any) -> EvaluationResult:
+                 devset: Sequence[Any] | None = None, *,
+                 client: distributed.Client | None = None, **kwargs: Any) -> EvaluationResult:
+        """Evaluate ``program``, with this evaluator's metric and devset unless given.
+
+        ``client`` overrides the evaluator's client; ``display_progress=`` overrides its
+        setting; other keyword arguments (DSPy's ``num_threads``...) are accepted and
+        ignored.
+        """
         metric = metric or self.metric
         devset = list(devset) if devset is not None else self.devset
         if metric is None:
             raise TypeError("Evaluate needs a metric: Evaluate(devset=..., metric=fn)")
         if not devset:
             raise ValueError("Evaluate got an empty devset: pass at least one Example")
-        client = self.client or current_client()
+        client = client or self.client or current_client()
         return evaluate_many(
             client, [program], devset, metric, failure_score=self.failure_score,
             max_errors=self.max_errors, chunk_size=self.chunk_size,
@@ -323,14 +334,15 @@ def evaluate_many(client: distributed.Client, programs: Sequence[Any], devset: S
                 on_chunk({"phase": label, "eval_id": eval_id, **state})
             if progress_channel:
                 _publish(progress_channel, {"type": "evaluation_progress", "eval_id": eval_id,
-                                            "label": label, **state})
+                                            "label": label, **state}, client)
             if max_errors is not None and len(errors) > max_errors:
                 first = "\n".join(
                     f"  example {r.index}: {r.error}" for _, r in errors[:5]
                 )
                 raise EvaluationError(
                     f"{label}: {len(errors)} examples failed (max_errors={max_errors}); "
-                    f"first failures:\n{first}"
+                    f"first failures:\n{first}",
+                    label=label, failed=len(errors), max_errors=max_errors,
                 )
     finally:
         remaining = [f for f in futures if not f.done()]
@@ -349,10 +361,6 @@ def evaluate_many(client: distributed.Client, programs: Sequence[Any], devset: S
     return results
 
 
-def _publish(channel: str, msg: dict[str, Any]) -> None:
-    try:
-        import foundation_dask as fd
-
-        fd.Channels.broadcast(channel, msg)
-    except Exception:  # progress reporting never fails an evaluation
-        pass
+def _publish(channel: str, msg: dict[str, Any], client: distributed.Client) -> None:
+    with contextlib.suppress(Exception):  # progress reporting never fails an evaluation
+        Channels.broadcast(channel, msg, client=client)

@@ -1,4 +1,4 @@
-"""Few-shot optimizers whose work is scattered over the cluster.
+"""Client and worker: few-shot optimizers whose work is scattered over the cluster.
 
 * :class:`LabeledFewShot`: demos sampled from the labelled trainset.
 * :class:`BootstrapFewShot`: a teacher program runs on the trainset and the traces of
@@ -12,7 +12,9 @@
   runs are shared between candidates (they do not depend on the candidate), so the
   trainset is bootstrapped once.
 
-Every optimizer is seeded: the same seed gives the same best program.
+Every optimizer is seeded: the same seed gives the same best program. ``compile`` runs
+on the client; the teacher runs (``_teacher_chunk``) and the evaluations are tasks on
+the workers.
 """
 
 from __future__ import annotations
@@ -26,21 +28,21 @@ from typing import TYPE_CHECKING, Any
 
 from foundation_dask.core._client import current_client, worker_infos
 from foundation_dask.dspex.evaluate import (
-    EvaluationError,
     EvaluationResult,
+    _inputs,
+    _lm_context,
     auto_chunk_size,
     evaluate_many,
 )
+from foundation_dask.dspex.primitives import Example
+from foundation_dask.dspex.settings import context
+from foundation_dask.errors import EvaluationError, OptimizationStopped
 
 if TYPE_CHECKING:
     import distributed
     import pandas as pd
 
 logger = logging.getLogger(__name__)
-
-
-class OptimizationStopped(RuntimeError):  # noqa: N818 - a signal more than an error
-    """The optimization was asked to stop (``stop`` on the control channel)."""
 
 
 @dataclass
@@ -78,6 +80,7 @@ class Runtime:
     on_evaluations: Callable[[int, list[Any]], None] | None = None
 
     def get_client(self) -> distributed.Client:
+        """The client: the one given, else the current one."""
         return self.client or current_client()
 
 
@@ -94,8 +97,6 @@ def _examples_equal(a: Any, b: Any) -> bool:
 
 def _capture(program: Any, inputs: dict[str, Any]) -> tuple[Any, list[tuple[str, dict, dict]]]:
     """Run ``program`` and record every predictor call: (name, inputs, outputs)."""
-    from foundation_dask.dspex.settings import context
-
     names = {id(pred): name for name, pred in program.named_predictors()}
     trace: list = []
     with context(trace=trace):
@@ -116,9 +117,6 @@ def _teacher_chunk(teacher: Any, examples: list[tuple[int, Any]], metric: Callab
                    settings: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Runs on a worker: the teacher on each example, its own demo excluded, under
     ``dspex.context(**settings)`` (the optimizer's ``teacher_settings``)."""
-    from foundation_dask.dspex.evaluate import _inputs, _lm_context
-    from foundation_dask.dspex.settings import context
-
     out = []
     with _lm_context(lm), context(**(settings or {})):
         for index, example in examples:
@@ -141,15 +139,18 @@ def _teacher_chunk(teacher: Any, examples: list[tuple[int, Any]], metric: Callab
 def run_teacher(teacher: Any, trainset: Sequence[Any], metric: Callable, *,
                 metric_threshold: float | None = None, runtime: Runtime | None = None,
                 max_errors: int | None = None, label: str = "bootstrap",
-                settings: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+                settings: dict[str, Any] | None = None,
+                client: distributed.Client | None = None) -> list[dict[str, Any]]:
     """Run the teacher on every trainset example on the cluster; results in trainset order.
 
-    ``settings`` are DSPEx settings (``lm=``, ``adapter=``...) the teacher runs under.
+    ``settings`` are DSPEx settings (``lm=``, ``adapter=``...) the teacher runs under;
+    ``client`` is the Dask client to run on (default: the runtime's, else the current
+    one).
     """
     from distributed import as_completed
 
     runtime = runtime or Runtime()
-    client = runtime.get_client()
+    client = client or runtime.get_client()
     n_workers = len(runtime.workers or worker_infos(client)) or 1
     size = (auto_chunk_size(len(trainset), n_workers) if runtime.chunk_size == "auto"
             else int(runtime.chunk_size))
@@ -178,7 +179,8 @@ def run_teacher(teacher: Any, trainset: Sequence[Any], metric: Callable, *,
                 first = [r for r in results if r["error"]][:5]
                 raise EvaluationError(
                     f"{label}: {errors} teacher runs failed (max_errors={max_errors}); first: "
-                    + "; ".join(f"example {r['index']}: {r['error']}" for r in first)
+                    + "; ".join(f"example {r['index']}: {r['error']}" for r in first),
+                    label=label, failed=errors, max_errors=max_errors,
                 )
             if runtime.should_stop and runtime.should_stop():
                 raise OptimizationStopped(label)
@@ -188,8 +190,6 @@ def run_teacher(teacher: Any, trainset: Sequence[Any], metric: Callable, *,
 
 
 def _demos_from_calls(calls: list[tuple[str, dict, dict]], predictor_name: str) -> list[Any]:
-    from foundation_dask.dspex import Example
-
     demos = []
     for name, inputs, outputs in calls:
         if name == predictor_name:
@@ -231,7 +231,22 @@ class Teleprompter:
 
     runtime: Runtime
 
-    def compile(self, student: Any, *, trainset: Sequence[Any], **kwargs: Any) -> Any:
+    def compile(self, student: Any, *, trainset: Sequence[Any],
+                client: distributed.Client | None = None, **kwargs: Any) -> Any:
+        """The optimized copy of ``student``.
+
+        Parameters
+        ----------
+        student
+            The program to optimize (not modified).
+        trainset
+            Labelled examples.
+        client
+            The Dask client to run on; by default the runtime's, else the current one
+            (the default client, else the one :func:`foundation_dask.connect` opens).
+        **kwargs
+            Arguments of the optimizer (``teacher=``, ``valset=``...).
+        """
         raise NotImplementedError
 
 
@@ -251,7 +266,12 @@ class LabeledFewShot(Teleprompter):
         self.seed = seed
 
     def compile(self, student: Any, *, trainset: Sequence[Any], sample: bool = True,
-                **kwargs: Any) -> Any:
+                client: distributed.Client | None = None, **kwargs: Any) -> Any:
+        """A copy of ``student`` with ``k`` labelled demos per predictor.
+
+        ``sample=False`` takes the first ``k`` examples instead of a seeded sample.
+        Nothing runs on the cluster, so ``client`` is not used.
+        """
         program = student.reset_copy()
         if not trainset or self.k == 0:
             return program
@@ -310,7 +330,23 @@ class BootstrapFewShot(Teleprompter):
 
     def compile(self, student: Any, *, trainset: Sequence[Any], teacher: Any | None = None,
                 teacher_runs: list[dict[str, Any]] | None = None,
-                order: Sequence[int] | None = None, **kwargs: Any) -> Any:
+                order: Sequence[int] | None = None,
+                client: distributed.Client | None = None, **kwargs: Any) -> Any:
+        """A copy of ``student`` with bootstrapped and labelled demos.
+
+        Parameters
+        ----------
+        student, trainset
+            The program and its labelled examples.
+        teacher
+            The program that runs on the trainset (default: ``student`` with labelled
+            demos).
+        teacher_runs, order
+            Teacher runs made already (then nothing runs on the cluster), and the
+            trainset order demos are taken in.
+        client
+            The Dask client to run on; by default the runtime's, else the current one.
+        """
         trainset = list(trainset)
         if not trainset:
             raise ValueError("BootstrapFewShot needs a non-empty trainset")
@@ -318,7 +354,7 @@ class BootstrapFewShot(Teleprompter):
             teacher_runs = run_teacher(
                 self._teacher(student, teacher, trainset), trainset, self.metric,
                 metric_threshold=self.metric_threshold, runtime=self.runtime,
-                max_errors=self.max_errors, settings=self.teacher_settings,
+                max_errors=self.max_errors, settings=self.teacher_settings, client=client,
             )
         order = list(order) if order is not None else list(range(len(trainset)))
         program = _assign_demos(student, trainset, teacher_runs, order,
@@ -397,7 +433,8 @@ class BootstrapFewShotWithRandomSearch(Teleprompter):
 
     def candidate_programs(self, student: Any, trainset: Sequence[Any],
                            teacher: Any | None = None,
-                           teacher_runs: list[dict[str, Any]] | None = None) -> list[Candidate]:
+                           teacher_runs: list[dict[str, Any]] | None = None,
+                           client: distributed.Client | None = None) -> list[Candidate]:
         """Build every candidate (one shared, parallel teacher pass over the trainset)."""
         trainset = list(trainset)
         boot = BootstrapFewShot(
@@ -410,7 +447,7 @@ class BootstrapFewShotWithRandomSearch(Teleprompter):
             teacher_runs = run_teacher(
                 boot._teacher(student, teacher, trainset), trainset, self.metric,
                 metric_threshold=self.metric_threshold, runtime=self.runtime,
-                max_errors=self.max_errors, settings=boot.teacher_settings,
+                max_errors=self.max_errors, settings=boot.teacher_settings, client=client,
             )
         self.teacher_runs = teacher_runs
         candidates = [
@@ -436,16 +473,32 @@ class BootstrapFewShotWithRandomSearch(Teleprompter):
         return candidates
 
     def compile(self, student: Any, *, trainset: Sequence[Any], teacher: Any | None = None,
-                valset: Sequence[Any] | None = None, **kwargs: Any) -> Any:
+                valset: Sequence[Any] | None = None,
+                client: distributed.Client | None = None, **kwargs: Any) -> Any:
+        """The best candidate program on ``valset``, with ``score`` and ``candidate_programs``.
+
+        Parameters
+        ----------
+        student, trainset
+            The program and its labelled examples.
+        teacher
+            The program that bootstraps the demos (default: ``student``).
+        valset
+            Where candidates are scored (default: the trainset).
+        client
+            The Dask client to run on; by default the runtime's, else the current one
+            (the default client, else the one :func:`foundation_dask.connect` opens).
+        """
         trainset = list(trainset)
         if not trainset:
             raise ValueError("BootstrapFewShotWithRandomSearch needs a non-empty trainset")
         valset = list(valset) if valset is not None else trainset
-        self.candidates = self.candidate_programs(student, trainset, teacher)
         runtime = self.runtime
-        client = runtime.get_client()
-        history = self.history = []
-        best = {"score": -1.0}
+        client = client or runtime.get_client()
+        self.candidates = self.candidate_programs(student, trainset, teacher, client=client)
+        history: list[dict[str, Any]] = []
+        self.history = history
+        best: dict[str, Any] = {"score": -1.0}
 
         per_candidate: dict[int, list[float]] = {}
 

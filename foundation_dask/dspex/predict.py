@@ -1,18 +1,21 @@
-"""Predictors: :class:`Predict` (one LM call per signature) and :class:`ChainOfThought`."""
+"""Any process: predictors, :class:`Predict` (one LM call per signature) and
+:class:`ChainOfThought`.
+
+A program runs where it is called: in the client's process, or in a Dask worker's when
+it is shipped there (an evaluation, an optimizer's teacher runs) with the LMs set on
+its predictors.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from foundation_dask.dspex.adapters import CompletionAdapter
+from foundation_dask.dspex.fields import Field, OutputField
+from foundation_dask.dspex.lm.base import lm_from_state
 from foundation_dask.dspex.primitives import Example, Module, Parameter, Prediction
 from foundation_dask.dspex.settings import settings
-from foundation_dask.dspex.signatures import (
-    Field,
-    OutputField,
-    SignatureMeta,
-    ensure_signature,
-)
+from foundation_dask.dspex.signatures import Signature, SignatureMeta, ensure_signature
 
 __all__ = ["ChainOfThought", "Predict"]
 
@@ -78,7 +81,7 @@ class Predict(Module, Parameter):
         self.demos: list[Any] = []
 
     @property
-    def signature(self) -> SignatureMeta:
+    def signature(self) -> type[Signature]:
         """The signature (assigning a string or dict builds one)."""
         return self._signature
 
@@ -169,8 +172,6 @@ class Predict(Module, Parameter):
         (:class:`~foundation_dask.dspex.LocalLM`, OpenAI-compatible LMs); otherwise, and
         when nothing was saved, the predictor keeps its current LM.
         """
-        from foundation_dask.dspex.lm import lm_from_state
-
         if "signature" in state:
             self.signature = self.signature.load_state(state["signature"])
         self.demos = [_demo_from_state(d) for d in state.get("demos", [])]
@@ -220,7 +221,7 @@ class ChainOfThought(Module):
         return self.predict(**kwargs)
 
     @property
-    def signature(self) -> SignatureMeta:
+    def signature(self) -> type[Signature]:
         """The signature with the reasoning field."""
         return self.predict.signature
 

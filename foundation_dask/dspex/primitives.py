@@ -1,14 +1,20 @@
-"""Examples, predictions and the program base class (:class:`Module`)."""
+"""Any process: examples, predictions and the program base class (:class:`Module`).
+
+All of them pickle, so programs and data go to Dask workers with the tasks that use
+them; programs save to and load from JSON files.
+"""
 
 from __future__ import annotations
 
 import copy
-import html
 import json
 import os
 import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any
+
+from foundation_dask._html import html_repr
+from foundation_dask.dspex.signatures import signature_from_state
 
 __all__ = ["Completions", "Example", "Module", "Parameter", "Prediction", "load_program"]
 
@@ -195,12 +201,9 @@ class Example:
 
     def _repr_html_(self) -> str:
         inputs = set(self._input_keys or ())
-        rows = "".join(
-            f"<tr><td><b>{html.escape(str(k))}</b>{' <i>(input)</i>' if k in inputs else ''}"
-            f"</td><td style='text-align:left'>{html.escape(str(v))}</td></tr>"
-            for k, v in self.items()
-        )
-        return (f"<div><b>{type(self).__name__}</b><table>{rows}</table></div>")
+        return html_repr(repr(self), type(self).__name__,
+                         fields=[(f"{k} (input)" if k in inputs else k, v)
+                                 for k, v in self.items()])
 
 
 class Completions:
@@ -468,10 +471,10 @@ class Module:
     @classmethod
     def _load_new(cls, path: str | os.PathLike, *args: Any, **kwargs: Any) -> Module:
         state = _read_state(path)
+        program: Module
         if issubclass(cls, Parameter) and not args and not kwargs and "signature" in state:
-            from foundation_dask.dspex.signatures import signature_from_state
-
-            program = cls(signature_from_state(state["signature"]))
+            predictor: Any = cls  # a predictor class, built from its signature
+            program = predictor(signature_from_state(state["signature"]))
         else:
             try:
                 program = cls(*args, **kwargs)

@@ -1,4 +1,5 @@
-"""Global and context-local settings of DSPEx: the default LM, adapter, cache switch, trace.
+"""Any process: global and context-local settings of DSPEx (the default LM, adapter,
+cache switch, trace).
 
 ``configure(**kw)`` sets process-wide defaults; ``context(**kw)`` overrides them for the
 code inside a ``with`` block, in the current thread (or asyncio task) only, through a

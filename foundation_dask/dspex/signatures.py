@@ -1,4 +1,4 @@
-"""Signatures: the typed input/output contract of a predictor.
+"""Any process: signatures, the typed input/output contract of a predictor.
 
 A signature is a class. Declare one with fields::
 
@@ -11,18 +11,28 @@ or from a string: ``Signature("context, question -> answer: int", "Answer briefl
 Signatures compare by name, instructions and fields (``a.equals(b)`` ignores the name),
 hash consistently and pickle: classes importable by name by reference, others (made
 from strings, defined in functions or notebooks) by value, with plain :mod:`pickle` as
-well as :mod:`cloudpickle`.
+well as :mod:`cloudpickle`. The fields and the parsing of signature strings are in
+:mod:`foundation_dask.dspex.fields`.
 """
 
 from __future__ import annotations
 
-import ast
 import copyreg
 import inspect
-import re
 import sys
 import typing
-from typing import Any, Literal, Optional, Union
+from typing import Any
+
+from foundation_dask.dspex.fields import (
+    Field,
+    InputField,
+    OutputField,
+    by_name,
+    default_prefix,
+    parse_signature_string,
+    parse_type,
+    type_name,
+)
 
 __all__ = [
     "Field",
@@ -30,270 +40,14 @@ __all__ = [
     "OutputField",
     "Signature",
     "SignatureMeta",
+    "default_prefix",
     "ensure_signature",
     "make_signature",
+    "parse_signature_string",
+    "parse_type",
     "signature_from_state",
+    "type_name",
 ]
-
-_KINDS = ("input", "output")
-
-
-def default_prefix(name: str) -> str:
-    """``movie_review`` / ``movieReview`` -> ``'Movie Review:'``."""
-    words: list[str] = []
-    for chunk in name.split("_"):
-        words.extend(w for w in re.split(r"(?<=[a-z0-9])(?=[A-Z])", chunk) if w)
-    return " ".join(w[:1].upper() + w[1:] for w in words) + ":"
-
-
-def type_name(tp: Any) -> str:
-    """A short readable name of a type annotation (``str``, ``list[str]``, ``Literal['a']``)."""
-    if tp is None or tp is type(None):
-        return "None"
-    if isinstance(tp, type) and not typing.get_args(tp):
-        return tp.__name__
-    if isinstance(tp, str):
-        return tp
-    return repr(tp).replace("typing.", "")
-
-
-class Field:
-    """An input or output field of a signature.
-
-    Create with :func:`InputField` / :func:`OutputField`; the signature binds the name and
-    the type annotation.
-
-    Attributes
-    ----------
-    name
-        Field name (set when the signature is built).
-    kind
-        ``"input"`` or ``"output"``.
-    annotation
-        The declared type (``str`` when none was given).
-    desc
-        Description shown to the LM.
-    prefix
-        Label in completion prompts; defaults to the title-cased name with a colon
-        (``movie_review`` -> ``Movie Review:``).
-    multiline
-        Whether values may span several lines (completion prompts then do not stop
-        generating at the end of the line).
-    """
-
-    def __init__(self, kind: str, *, desc: str | None = None, prefix: str | None = None,
-                 multiline: bool = False, name: str | None = None,
-                 annotation: Any = str, **extra: Any):
-        if kind not in _KINDS:
-            raise ValueError(f"field kind must be 'input' or 'output', not {kind!r}")
-        if desc is not None and not isinstance(desc, str):
-            raise TypeError(f"desc must be a string, not {type(desc).__name__}")
-        if prefix is not None and not isinstance(prefix, str):
-            raise TypeError(f"prefix must be a string, not {type(prefix).__name__}")
-        self.kind = kind
-        self.desc = desc or ""
-        self._prefix = prefix or None
-        self.multiline = bool(multiline)
-        self.name = name
-        self.annotation = annotation
-        self.extra = dict(extra)
-
-    @property
-    def prefix(self) -> str:
-        """The label in completion prompts (given, or derived from the name)."""
-        if self._prefix:
-            return self._prefix
-        return default_prefix(self.name) if self.name else ""
-
-    @property
-    def is_input(self) -> bool:
-        """Whether this is an input field."""
-        return self.kind == "input"
-
-    @property
-    def json_schema_extra(self) -> dict[str, Any]:
-        """DSPy-style view of the field's metadata."""
-        return {"__dspy_field_type": self.kind, "desc": self.desc, "prefix": self.prefix,
-                **self.extra}
-
-    def copy(self, **changes: Any) -> Field:
-        """A copy with some attributes changed (``desc``, ``prefix``, ``annotation``...)."""
-        state = {"desc": self.desc, "prefix": self._prefix, "multiline": self.multiline,
-                 "name": self.name, "annotation": self.annotation, **self.extra}
-        state.update(changes)
-        kind = state.pop("kind", self.kind)
-        return Field(kind, **state)
-
-    def _key(self) -> tuple:
-        return (self.name, self.kind, type_name(self.annotation), self.desc, self.prefix,
-                self.multiline, tuple(sorted((k, repr(v)) for k, v in self.extra.items())))
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Field):
-            return NotImplemented
-        return self._key() == other._key()
-
-    def __hash__(self) -> int:
-        return hash(self._key())
-
-    def __repr__(self) -> str:
-        parts = [f"{self.name or '?'}: {type_name(self.annotation)}", self.kind]
-        if self.desc:
-            parts.append(f"desc={self.desc!r}")
-        if self._prefix:
-            parts.append(f"prefix={self._prefix!r}")
-        if self.multiline:
-            parts.append("multiline=True")
-        return f"Field({', '.join(parts)})"
-
-
-def InputField(*, desc: str | None = None, prefix: str | None = None,
-               multiline: bool = False, **extra: Any) -> Any:
-    """Declare an input field of a signature.
-
-    Parameters
-    ----------
-    desc
-        What the field holds, shown to the LM.
-    prefix
-        Label in completion prompts (default: the title-cased field name and a colon).
-    multiline
-        Values may span several lines.
-    **extra
-        Free-form metadata kept on the field.
-    """
-    return Field("input", desc=desc, prefix=prefix, multiline=multiline, **extra)
-
-
-def OutputField(*, desc: str | None = None, prefix: str | None = None,
-                multiline: bool = False, **extra: Any) -> Any:
-    """Declare an output field of a signature (same parameters as :func:`InputField`)."""
-    return Field("output", desc=desc, prefix=prefix, multiline=multiline, **extra)
-
-
-# ---------------------------------------------------------------------------------------
-# type annotations from strings, without eval
-
-_TYPE_NAMES: dict[str, Any] = {
-    "str": str, "int": int, "float": float, "bool": bool, "list": list, "dict": dict,
-    "tuple": tuple, "set": set, "bytes": bytes, "Any": Any, "Literal": Literal,
-    "Optional": Optional, "Union": Union, "List": list, "Dict": dict, "Tuple": tuple,
-    "Set": set, "None": type(None),
-}
-
-
-def parse_type(text: str, custom_types: dict[str, Any] | None = None) -> Any:
-    """Parse a type annotation such as ``list[str]`` or ``Literal['yes', 'no']``.
-
-    Only builtin container types, ``typing`` constructs and ``custom_types`` are
-    recognised; nothing is evaluated.
-    """
-    names = {**_TYPE_NAMES, **(custom_types or {})}
-    try:
-        tree = ast.parse(text.strip(), mode="eval")
-    except SyntaxError as exc:
-        raise ValueError(f"cannot parse the type {text!r}: {exc.msg}") from None
-
-    def build(node: ast.AST) -> Any:
-        if isinstance(node, ast.Name):
-            if node.id not in names:
-                raise ValueError(
-                    f"unknown type {node.id!r} in {text!r}; known: {', '.join(sorted(names))} "
-                    f"(pass custom_types={{{node.id!r}: ...}} for others)"
-                )
-            return names[node.id]
-        if isinstance(node, ast.Attribute):
-            base = build(node.value)
-            try:
-                return getattr(base, node.attr)
-            except AttributeError:
-                raise ValueError(f"unknown type {ast.unparse(node)!r} in {text!r}") from None
-        if isinstance(node, ast.Constant):
-            return node.value
-        if isinstance(node, ast.Tuple):
-            return tuple(build(e) for e in node.elts)
-        if isinstance(node, ast.Subscript):
-            base = build(node.value)
-            args = build(node.slice)
-            try:
-                return base[args]
-            except TypeError as exc:
-                raise ValueError(f"invalid type {text!r}: {exc}") from None
-        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
-            return Union[build(node.left), build(node.right)]  # noqa: UP007
-        raise ValueError(f"unsupported syntax in type {text!r}: {ast.unparse(node)!r}")
-
-    return build(tree.body)
-
-
-def _split_top_level(text: str) -> list[str]:
-    parts, depth, quote, buf = [], 0, None, []
-    for ch in text:
-        if quote:
-            if ch == quote:
-                quote = None
-        elif ch in "'\"":
-            quote = ch
-        elif ch in "([{":
-            depth += 1
-        elif ch in ")]}":
-            depth -= 1
-        elif ch == "," and depth == 0:
-            parts.append("".join(buf))
-            buf = []
-            continue
-        buf.append(ch)
-    parts.append("".join(buf))
-    return parts
-
-
-def _parse_side(text: str, kind: str, spec: str,
-                custom_types: dict[str, Any] | None) -> list[Field]:
-    fields = []
-    stripped = text.strip()
-    if not stripped:
-        return fields
-    for item in _split_top_level(stripped):
-        item = item.strip()
-        if not item:
-            raise ValueError(f"invalid signature {spec!r}: empty field name in {text.strip()!r}")
-        name, _, tp = item.partition(":")
-        name = name.strip()
-        if not name.isidentifier() or name.startswith("_"):
-            raise ValueError(
-                f"invalid signature {spec!r}: {name!r} is not a valid field name "
-                "(use identifiers such as 'question' or 'context')"
-            )
-        try:
-            annotation = parse_type(tp, custom_types) if tp.strip() else str
-        except ValueError as exc:
-            raise ValueError(f"invalid signature {spec!r}: {exc}") from None
-        fields.append(Field(kind, name=name, annotation=annotation))
-    return fields
-
-
-def parse_signature_string(spec: str, custom_types: dict[str, Any] | None = None
-                           ) -> list[Field]:
-    """``"context, question -> answer: int"`` -> list of bound :class:`Field`."""
-    if not isinstance(spec, str):
-        raise TypeError(f"a signature string is expected, not {type(spec).__name__}")
-    if spec.count("->") != 1:
-        raise ValueError(
-            f"invalid signature {spec!r}: expected exactly one '->' between inputs and "
-            "outputs, e.g. 'question -> answer' or 'context, question -> answer: int'"
-        )
-    left, right = spec.split("->")
-    fields = _parse_side(left, "input", spec, custom_types)
-    outputs = _parse_side(right, "output", spec, custom_types)
-    if not outputs:
-        raise ValueError(f"invalid signature {spec!r}: at least one output field is needed")
-    fields += outputs
-    seen: set[str] = set()
-    for f in fields:
-        if f.name in seen:
-            raise ValueError(f"invalid signature {spec!r}: field {f.name!r} appears twice")
-        seen.add(f.name)
-    return fields
 
 
 # ---------------------------------------------------------------------------------------
@@ -331,6 +85,11 @@ def _resolve_annotations(cls: type, raw: dict[str, Any]) -> dict[str, Any]:
 class SignatureMeta(type):
     """Metaclass of signatures: collects fields, gives class-level properties."""
 
+    # set on every signature class by __new__
+    _fields: dict[str, Field]
+    _instructions: str
+    _explicit_instructions: bool
+
     def __new__(mcs, name: str, bases: tuple[type, ...], namespace: dict[str, Any],
                 **kwargs: Any) -> SignatureMeta:
         if "_fields" in namespace:  # built by make_signature / a transformation
@@ -352,7 +111,7 @@ class SignatureMeta(type):
                     f"{ann_name}: <type> = dspex.InputField() or dspex.OutputField()"
                 )
         fields: dict[str, Field] = {}
-        parent_instructions, parent_explicit = None, False
+        parent_instructions, parent_explicit = "", False
         for base in reversed(bases):
             if (isinstance(base, SignatureMeta) and "_fields" in base.__dict__
                     and not base.__dict__.get("_is_base")):
@@ -457,14 +216,14 @@ class Signature(metaclass=SignatureMeta):
 
     @classmethod
     def _rebuild(cls, name: str, fields: list[Field], instructions: str | None,
-                 explicit: bool = True) -> SignatureMeta:
-        bound = {f.name: f for f in fields}
+                 explicit: bool = True) -> type[Signature]:
+        bound = by_name(fields)
         if instructions is None:
             instructions, explicit = _default_instructions(bound), False
         return _new_signature_class(name, bound, instructions, explicit)
 
     @classmethod
-    def with_instructions(cls, instructions: str) -> SignatureMeta:
+    def with_instructions(cls, instructions: str) -> type[Signature]:
         """The same signature with other instructions."""
         if not isinstance(instructions, str):
             raise TypeError("instructions must be a string")
@@ -472,7 +231,7 @@ class Signature(metaclass=SignatureMeta):
 
     @classmethod
     def with_updated_fields(cls, name: str, type_: Any = None, **changes: Any
-                            ) -> SignatureMeta:
+                            ) -> type[Signature]:
         """The same signature with field ``name`` changed (``desc=``, ``prefix=``...)."""
         if name not in cls._fields:
             raise KeyError(f"{cls.__name__} has no field {name!r}; fields: {list(cls._fields)}")
@@ -483,7 +242,7 @@ class Signature(metaclass=SignatureMeta):
                             cls._explicit_instructions)
 
     @classmethod
-    def insert(cls, index: int, name: str, field: Field, type_: Any = None) -> SignatureMeta:
+    def insert(cls, index: int, name: str, field: Field, type_: Any = None) -> type[Signature]:
         """Insert a field at ``index`` among the fields of its kind (``-1``: last)."""
         if not isinstance(field, Field):
             raise TypeError("field must be made with dspex.InputField() or dspex.OutputField()")
@@ -500,17 +259,17 @@ class Signature(metaclass=SignatureMeta):
         return cls._rebuild(cls.__name__, fields, instructions)
 
     @classmethod
-    def prepend(cls, name: str, field: Field, type_: Any = None) -> SignatureMeta:
+    def prepend(cls, name: str, field: Field, type_: Any = None) -> type[Signature]:
         """Insert a field first among the fields of its kind."""
         return cls.insert(0, name, field, type_)
 
     @classmethod
-    def append(cls, name: str, field: Field, type_: Any = None) -> SignatureMeta:
+    def append(cls, name: str, field: Field, type_: Any = None) -> type[Signature]:
         """Insert a field last among the fields of its kind."""
         return cls.insert(-1, name, field, type_)
 
     @classmethod
-    def delete(cls, name: str) -> SignatureMeta:
+    def delete(cls, name: str) -> type[Signature]:
         """The signature without field ``name``."""
         if name not in cls._fields:
             raise KeyError(f"{cls.__name__} has no field {name!r}")
@@ -535,7 +294,7 @@ class Signature(metaclass=SignatureMeta):
         }
 
     @classmethod
-    def load_state(cls, state: dict[str, Any]) -> SignatureMeta:
+    def load_state(cls, state: dict[str, Any]) -> type[Signature]:
         """A copy with instructions, prefixes and descriptions from :meth:`dump_state`."""
         saved = {f["name"]: f for f in state.get("fields", [])}
         mine = cls.fields
@@ -545,18 +304,18 @@ class Signature(metaclass=SignatureMeta):
                 f"{sorted(mine)}"
             )
         fields = []
-        for f in cls._fields.values():
-            s = saved[f.name]
+        for name, f in cls._fields.items():
+            s = saved[name]
             if s.get("kind", f.kind) != f.kind:
-                raise ValueError(f"field {f.name!r} is an {f.kind} field, saved as {s['kind']}")
+                raise ValueError(f"field {name!r} is an {f.kind} field, saved as {s['kind']}")
             prefix = s.get("prefix")
             fields.append(f.copy(desc=s.get("desc", f.desc),
-                                 prefix=None if prefix == default_prefix(f.name) else prefix))
+                                 prefix=None if prefix == default_prefix(name) else prefix))
         return cls._rebuild(cls.__name__, fields, state.get("instructions", cls._instructions))
 
 
 def signature_from_state(state: dict[str, Any],
-                         custom_types: dict[str, Any] | None = None) -> SignatureMeta:
+                         custom_types: dict[str, Any] | None = None) -> type[Signature]:
     """Build a signature from :meth:`Signature.dump_state` output alone.
 
     Types are read back with :func:`parse_type` (``str`` when a type is not known).
@@ -579,7 +338,7 @@ def signature_from_state(state: dict[str, Any],
 
 
 def _new_signature_class(name: str, fields: dict[str, Field], instructions: str,
-                         explicit: bool) -> SignatureMeta:
+                         explicit: bool) -> type[Signature]:
     namespace = {
         "__module__": __name__,
         "__qualname__": name,
@@ -588,12 +347,12 @@ def _new_signature_class(name: str, fields: dict[str, Field], instructions: str,
         "_instructions": instructions,
         "_explicit_instructions": explicit,
     }
-    return SignatureMeta(name, (Signature,), namespace)
+    return typing.cast("type[Signature]", SignatureMeta(name, (Signature,), namespace))
 
 
-def make_signature(signature: str | dict[str, Any] | SignatureMeta,
+def make_signature(signature: str | dict[str, Any] | type[Signature],
                    instructions: str | None = None, signature_name: str = "StringSignature",
-                   custom_types: dict[str, Any] | None = None) -> SignatureMeta:
+                   custom_types: dict[str, Any] | None = None) -> type[Signature]:
     """Build a signature from a string, a ``{name: field}`` dict, or another signature.
 
     Parameters
@@ -634,19 +393,19 @@ def make_signature(signature: str | dict[str, Any] | SignatureMeta,
         )
     if instructions is not None and not isinstance(instructions, str):
         raise TypeError("instructions must be a string")
-    bound = {f.name: f for f in fields}
-    explicit = instructions is not None
-    return _new_signature_class(signature_name, bound,
-                                instructions if explicit else _default_instructions(bound),
-                                explicit)
+    bound = by_name(fields)
+    if instructions is None:
+        return _new_signature_class(signature_name, bound, _default_instructions(bound), False)
+    return _new_signature_class(signature_name, bound, instructions, True)
 
 
-def ensure_signature(signature: Any, instructions: str | None = None) -> SignatureMeta:
+def ensure_signature(signature: Any, instructions: str | None = None) -> type[Signature]:
     """Accept a signature class or anything :func:`make_signature` accepts."""
     if isinstance(signature, SignatureMeta):
         if signature.__dict__.get("_is_base"):
             raise TypeError("pass a concrete signature, not the Signature base class")
-        return signature.with_instructions(instructions) if instructions else signature
+        sig = typing.cast("type[Signature]", signature)
+        return sig.with_instructions(instructions) if instructions else sig
     return make_signature(signature, instructions)
 
 
@@ -655,8 +414,8 @@ def ensure_signature(signature: Any, instructions: str | None = None) -> Signatu
 
 
 def _rebuild_signature(name: str, fields: list[Field], instructions: str,
-                       explicit: bool) -> SignatureMeta:
-    return _new_signature_class(name, {f.name: f for f in fields}, instructions, explicit)
+                       explicit: bool) -> type[Signature]:
+    return _new_signature_class(name, by_name(fields), instructions, explicit)
 
 
 def _reduce_signature(cls: SignatureMeta) -> Any:

@@ -1,4 +1,9 @@
-"""Collection and correlation of a trace into one timeline (``collect_trace_data``).
+"""Client and scheduler: collection and correlation of a trace into one timeline.
+
+:func:`collect_trace_data` runs in a client (a notebook, or a task through its
+worker's client); :func:`correlate`, which merges what the nodes sent into a
+:class:`TraceData`, has no cluster access and also runs in the scheduler, for the
+dashboard (:func:`foundation_dask.scope.scheduler_trace_data`).
 
 Every node is asked at once, each with its own deadline: workers for the spans their
 process recorded, the scheduler for the traced tasks it saw finish (worker, thread,
@@ -23,16 +28,21 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from foundation_dask._html import html_repr
 from foundation_dask.core._client import current_client, worker_infos
-from foundation_dask.scope.context import SPAN_FIELDS, recorder
+from foundation_dask.scope._coordinators import coordinator
+from foundation_dask.scope._names import EVENT_COLUMNS
+from foundation_dask.tracecontext import SPAN_FIELDS, recorder
 
 if TYPE_CHECKING:
+    import os
+    from collections.abc import Awaitable, Callable
+
+    import distributed
     import pandas as pd
 
-EVENT_COLUMNS = [
-    "trace_id", "span_id", "parent_id", "name", "kind", "node", "pid", "host", "thread",
-    "thread_id", "start_ns", "end_ns", "start", "end", "duration_ms", "status", "error_type",
-    "error_message", "traceback", "key", "attrs", "clock_offset_ms",
+__all__ = [
+    "EVENT_COLUMNS", "TraceData", "collect_trace_data", "correlate", "critical_path_text",
 ]
 
 
@@ -40,9 +50,10 @@ def _hex(span_id: int | None) -> str | None:
     return f"{span_id:016x}" if span_id else None
 
 
-async def _clock(rpc_call) -> tuple[float, float]:
-    """(offset_ns, error_ns) of a remote clock from the best of three round trips."""
-    best = None
+async def clock_offset(rpc_call: Callable[[], Awaitable[int]]) -> tuple[float, float]:
+    """(offset_ns, error_ns) of a remote clock (``rpc_call()`` returns its epoch ns)
+    from the best of three round trips."""
+    best: tuple[float, int] | None = None
     for _ in range(3):
         t0 = time.time_ns()
         remote = await rpc_call()
@@ -153,20 +164,23 @@ class TraceData:
         frame = pd.DataFrame(rows, columns=cols)
         return frame.sort_values("duration_ms", ascending=False).head(n).reset_index(drop=True)
 
-    def to_json(self, path: str | None = None) -> dict[str, Any]:
-        """The trace in the export format of ElixirScope (see :mod:`.export`)."""
+    def to_json(self, path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+        """The trace in the export format of ElixirScope (see
+        :func:`foundation_dask.scope.export.to_json`)."""
         from foundation_dask.scope.export import to_json
 
         return to_json(self, path)
 
-    def to_chrome_trace(self, path: str | None = None) -> dict[str, Any]:
-        """Chrome trace-event JSON that Perfetto and ``chrome://tracing`` load."""
+    def to_chrome_trace(self, path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+        """Chrome trace-event JSON that Perfetto and ``chrome://tracing`` load (see
+        :func:`foundation_dask.scope.export.to_chrome_trace`)."""
         from foundation_dask.scope.export import to_chrome_trace
 
         return to_chrome_trace(self, path)
 
-    def to_otlp_json(self, path: str | None = None) -> dict[str, Any]:
-        """OpenTelemetry OTLP/JSON ``TracesData``."""
+    def to_otlp_json(self, path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+        """OpenTelemetry OTLP/JSON ``TracesData`` (see
+        :func:`foundation_dask.scope.export.to_otlp_json`)."""
         from foundation_dask.scope.export import to_otlp_json
 
         return to_otlp_json(self, path)
@@ -184,19 +198,15 @@ class TraceData:
 
     def _repr_html_(self) -> str:
         s = self.summary
-        rows = "".join(
-            f"<tr><th style='text-align:left'>{k}</th><td>{v}</td></tr>"
-            for k, v in [
-                ("trace", self.trace_id), ("scope", self.info.get("scope")),
-                ("status", self.info.get("status")), ("duration", f"{s['duration_ms']:.1f} ms"),
-                ("spans", s["spans"]), ("nodes", ", ".join(s["nodes"])),
-                ("errors", s["errors"]),
-                ("critical path", critical_path_text(s["critical_path"])),
-                ("missing nodes", ", ".join(self.missing_nodes) or "none"),
-                ("lost nodes", ", ".join(self.lost_nodes) or "none"),
-            ]
-        )
-        return f"<table>{rows}</table>"
+        return html_repr(repr(self), "TraceData", fields=[
+            ("trace", self.trace_id), ("scope", self.info.get("scope")),
+            ("status", self.info.get("status")), ("duration", f"{s['duration_ms']:.1f} ms"),
+            ("spans", s["spans"]), ("nodes", ", ".join(s["nodes"])),
+            ("errors", s["errors"]),
+            ("critical path", critical_path_text(s["critical_path"])),
+            ("missing nodes", ", ".join(self.missing_nodes) or "none"),
+            ("lost nodes", ", ".join(self.lost_nodes) or "none"),
+        ])
 
 
 _ROW_COLUMNS = [c for c in EVENT_COLUMNS if c not in ("start", "end", "duration_ms")]
@@ -379,7 +389,7 @@ def correlate(trace_id: str, info: dict[str, Any], payloads: list[dict[str, Any]
     depth_cache: dict[str, int] = {}
 
     def depth(sid: str) -> int:
-        chain = []
+        chain: list[str] = []
         while sid not in depth_cache:
             parent = parent_of.get(sid)
             if parent is None or parent not in parent_of or len(chain) > 10_000:
@@ -431,50 +441,57 @@ def correlate(trace_id: str, info: dict[str, Any], payloads: list[dict[str, Any]
     )
 
 
-def collect_trace_data(trace_id: str, timeout: float = 10.0) -> TraceData:
+def collect_trace_data(trace_id: str, timeout: float = 10.0, *,
+                       client: distributed.Client | None = None) -> TraceData:
     """Gather a trace from every worker, the scheduler and this process.
 
     Parameters
     ----------
     trace_id
-        The id of a trace started with :func:`start_cluster_trace` or :func:`trace`.
+        The id of a trace started with :func:`~foundation_dask.scope.start_cluster_trace`
+        or :class:`~foundation_dask.scope.trace`.
     timeout
         Seconds each node has to answer; slower nodes are listed in
         ``TraceData.missing_nodes`` and the result is partial, never a hang.
+    client
+        The client to act through (a synchronous one); default: the current client,
+        else the one :func:`foundation_dask.connect` starts.
+
+    Returns
+    -------
+    TraceData
 
     Raises
     ------
     TraceNotFoundError
         If no trace has that id.
     """
-    from foundation_dask.scope.tracing import _coordinator
-
     if not isinstance(timeout, (int, float)) or timeout <= 0:
         raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
-    coordinator = _coordinator(trace_id)
+    client = client or current_client()
+    handle = coordinator(trace_id, client)
     try:
-        info = coordinator.get_trace_info().result(timeout)
+        info = handle.get_trace_info().result(timeout)
     except TimeoutError:
         # the coordinator's worker does not answer: go on with what its name tells
         info = {"trace_id": trace_id, "scope": None, "status": "unknown",
                 "started_at": None, "completed_at": None, "results": None, "options": {}}
-    client = current_client()
-
     workers = list(worker_infos(client))
 
-    async def gather():
+    async def gather() -> tuple[list[dict[str, Any]], dict[str, Any] | None, dict[str, float],
+                                dict[str, float], list[str]]:
         offsets: dict[str, float] = {}
         errors: dict[str, float] = {}
         missing: list[str] = []
 
-        async def from_worker(addr: str):
+        async def from_worker(addr: str) -> dict[str, Any]:
             rpc = client.rpc(addr)
-            off, err = await _clock(rpc.foundation_scope_clock)
+            off, err = await clock_offset(rpc.foundation_scope_clock)
             offsets[addr], errors[addr] = off, err
             return await rpc.foundation_scope_spans(trace_id=trace_id)
 
-        async def from_scheduler():
-            off, err = await _clock(client.scheduler.foundation_scope_clock)
+        async def from_scheduler() -> dict[str, Any]:
+            off, err = await clock_offset(client.scheduler.foundation_scope_clock)
             offsets["scheduler"], errors["scheduler"] = off, err
             return await client.scheduler.foundation_scope_scheduler_spans(trace_id=trace_id)
 
@@ -483,7 +500,8 @@ def collect_trace_data(trace_id: str, timeout: float = 10.0) -> TraceData:
         results = await asyncio.gather(
             *(asyncio.wait_for(c, timeout) for c in coros), return_exceptions=True
         )
-        payloads, sched = [], None
+        payloads: list[dict[str, Any]] = []
+        sched: dict[str, Any] | None = None
         for name, res in zip(names, results, strict=True):
             if isinstance(res, BaseException):
                 missing.append(name)

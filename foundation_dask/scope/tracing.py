@@ -1,4 +1,14 @@
-"""Cluster traces: coordinators, ``trace()``, ``span()`` and ``@traced``."""
+"""Client and worker: cluster traces, ``trace()``, ``span()`` and ``@traced``.
+
+A trace is started from a client (or from a task, through its worker's client):
+:func:`start_cluster_trace` and :class:`trace` start its :class:`TraceCoordinator`, a
+supervised process on a worker, and announce it on the ``control`` channel;
+:func:`stop_trace`, :func:`forget_trace` and :func:`active_traces` act on it. Spans
+(:func:`span`, :func:`traced`, :func:`continue_trace`) are recorded wherever the code
+runs: in a notebook, in tasks and in methods of supervised processes. Functions that
+act on the cluster take ``client`` and otherwise use the current client (which
+connects with :func:`foundation_dask.connect` when there is none).
+"""
 
 from __future__ import annotations
 
@@ -7,10 +17,18 @@ import json
 import re
 import time
 from collections.abc import Callable
+from contextvars import Token
 from inspect import iscoroutinefunction
-from typing import Any, TypeVar
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from foundation_dask.scope.context import (
+from foundation_dask.core._client import current_client
+from foundation_dask.core.channels import Channels
+from foundation_dask.core.processes import ProcessManager
+from foundation_dask.errors import TraceNotFoundError
+from foundation_dask.scope._coordinators import coordinator, trace_infos
+from foundation_dask.scope._names import coordinator_name
+from foundation_dask.tracecontext import (
     SpanScope,
     TraceContext,
     attach,
@@ -21,16 +39,16 @@ from foundation_dask.scope.context import (
     recorder,
 )
 
+if TYPE_CHECKING:
+    import distributed
+    import pandas as pd
+
+    from foundation_dask.core.processes import SingletonHandle
+    from foundation_dask.scope.collect import TraceData
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 _TRACE_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
-
-
-class TraceNotFoundError(KeyError):
-    """No trace with that id."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
 
 
 class TraceCoordinator:
@@ -52,9 +70,13 @@ class TraceCoordinator:
         }
 
     def get_trace_info(self) -> dict[str, Any]:
+        """The trace's record: trace_id, scope, options, status, started_at and
+        completed_at (epoch ms), results."""
         return dict(self.state)
 
     def complete(self, status: str = "completed", results: Any = None) -> dict[str, Any]:
+        """End the trace with ``status`` and ``results`` (once: later calls change
+        nothing); returns the record."""
         if self.state["status"] == "active":
             self.state["status"] = status
             self.state["completed_at"] = int(time.time() * 1000)
@@ -62,9 +84,11 @@ class TraceCoordinator:
         return dict(self.state)
 
     def checkpoint(self) -> dict[str, Any]:
+        """The state the supervisor keeps (after every call) to restart it with."""
         return self.state
 
     def restore(self, state: dict[str, Any]) -> None:
+        """Come back from :meth:`checkpoint` after a restart."""
         self.state = state
 
 
@@ -126,14 +150,10 @@ def parse_trace_options(options: dict[str, Any] | str | None) -> dict[str, Any]:
     return dict(parsed)
 
 
-def _coordinator_name(trace_id: str) -> tuple[str, str]:
-    return ("trace_coordinator", trace_id)
-
-
 class ClusterTrace:
     """A started cluster trace: its id, scope and coordinator handle."""
 
-    def __init__(self, trace_id: str, scope: str, coordinator: Any):
+    def __init__(self, trace_id: str, scope: str, coordinator: SingletonHandle):
         self.trace_id = trace_id
         self.scope = scope
         self.coordinator = coordinator
@@ -142,22 +162,25 @@ class ClusterTrace:
         """The coordinator's record: status, started_at, completed_at, options, results."""
         return self.coordinator.get_trace_info().result()
 
-    def stop(self, results: Any = None) -> dict[str, Any]:
+    def stop(self, results: Any = None, *,
+             client: distributed.Client | None = None) -> dict[str, Any]:
         """Complete the trace (see :func:`stop_trace`)."""
-        return stop_trace(self.trace_id, results=results)
+        return stop_trace(self.trace_id, results=results, client=client)
 
-    def collect(self, timeout: float = 10.0):
+    def collect(self, timeout: float = 10.0, *,
+                client: distributed.Client | None = None) -> TraceData:
         """Gather the trace from the cluster (see :func:`collect_trace_data`)."""
         from foundation_dask.scope.collect import collect_trace_data
 
-        return collect_trace_data(self.trace_id, timeout=timeout)
+        return collect_trace_data(self.trace_id, timeout=timeout, client=client)
 
     def __repr__(self) -> str:
         return f"<ClusterTrace {self.trace_id} scope={self.scope!r}>"
 
 
 def start_cluster_trace(scope: str = "default", trace_id: str | None = None,
-                        options: dict[str, Any] | str | None = None) -> ClusterTrace:
+                        options: dict[str, Any] | str | None = None, *,
+                        client: distributed.Client | None = None) -> ClusterTrace:
     """Start a cluster trace: a supervised coordinator plus a ``start_trace`` broadcast.
 
     Parameters
@@ -169,13 +192,14 @@ def start_cluster_trace(scope: str = "default", trace_id: str | None = None,
         Starting an id that is already active returns that trace.
     options
         A dict, a JSON object string or ``"key=value, flag"`` text.
+    client
+        The client to act through; default: the current client, else the one
+        :func:`foundation_dask.connect` starts.
 
     Returns
     -------
     ClusterTrace
     """
-    import foundation_dask as fd
-
     if not isinstance(scope, str) or not scope:
         raise ValueError(f"scope must be a non-empty string, not {scope!r}")
     trace_id = trace_id or new_trace_id()
@@ -185,82 +209,92 @@ def start_cluster_trace(scope: str = "default", trace_id: str | None = None,
             "(or leave it out for a random one)."
         )
     opts = parse_trace_options(options)
-    handle = fd.ProcessManager.start_singleton(
-        TraceCoordinator, trace_id, scope, opts, name=_coordinator_name(trace_id)
+    client = client or current_client()
+    handle = ProcessManager.start_singleton(
+        TraceCoordinator, trace_id, scope, opts, name=coordinator_name(trace_id), client=client
     )
-    fd.Channels.broadcast("control", ("start_trace", trace_id, scope))
+    Channels.broadcast("control", ("start_trace", trace_id, scope), client=client)
     return ClusterTrace(trace_id, scope, handle)
 
 
-def _coordinator(trace_id: str) -> Any:
-    import foundation_dask as fd
+def stop_trace(trace_id: str, results: Any = None, status: str = "completed", *,
+               client: distributed.Client | None = None) -> dict[str, Any]:
+    """Complete a trace: its status becomes ``status`` (``completed`` by default) and a
+    ``trace_completed`` message goes out on ``control``. Spans stay collectable until
+    :func:`forget_trace`.
 
-    handle = fd.ProcessManager.lookup(_coordinator_name(trace_id))
-    if handle is None:
-        known = [t["trace_id"] for t in _trace_infos()]
-        raise TraceNotFoundError(
-            f"No trace {trace_id!r}. Known traces: {known or 'none'}; start one with "
-            "scope.start_cluster_trace() or scope.trace()."
-        )
-    return handle
+    Parameters
+    ----------
+    trace_id
+        The trace.
+    results
+        Kept in the coordinator's record.
+    status
+        The trace's final status.
+    client
+        The client to act through; default: the current client, else the one
+        :func:`foundation_dask.connect` starts.
 
-
-def stop_trace(trace_id: str, results: Any = None, status: str = "completed") -> dict[str, Any]:
-    """Complete a trace: its status becomes ``completed`` and a ``trace_completed``
-    message goes out on ``control``. Spans stay collectable until :func:`forget_trace`.
+    Returns
+    -------
+    dict
+        The coordinator's record.
 
     Raises
     ------
     TraceNotFoundError
         If no trace has that id.
     """
-    import foundation_dask as fd
-
-    info = _coordinator(trace_id).complete(status, results).result()
-    fd.Channels.broadcast("control", ("stop_trace", trace_id))
-    fd.Channels.broadcast("control", ("trace_completed", trace_id, results))
+    client = client or current_client()
+    info = coordinator(trace_id, client).complete(status, results).result()
+    Channels.broadcast("control", ("stop_trace", trace_id), client=client)
+    Channels.broadcast("control", ("trace_completed", trace_id, results), client=client)
     return info
 
 
-def forget_trace(trace_id: str) -> None:
-    """Stop the trace's coordinator and drop its spans from the cluster's buffers."""
-    import foundation_dask as fd
-    from foundation_dask.core._client import current_client
+def forget_trace(trace_id: str, *, client: distributed.Client | None = None) -> None:
+    """Stop the trace's coordinator and drop its spans from the cluster's buffers.
 
-    _coordinator(trace_id)
-    current_client().run(_forget_local, trace_id)
+    Parameters
+    ----------
+    trace_id
+        The trace.
+    client
+        The client to act through; default: the current client, else the one
+        :func:`foundation_dask.connect` starts.
+
+    Raises
+    ------
+    TraceNotFoundError
+        If no trace has that id.
+    """
+    client = client or current_client()
+    coordinator(trace_id, client)
+    client.run(_forget_local, trace_id)
     recorder.forget(trace_id)
-    fd.ProcessManager.stop(_coordinator_name(trace_id))
+    ProcessManager.stop(coordinator_name(trace_id), client=client)
 
 
 def _forget_local(trace_id: str) -> None:
     recorder.forget(trace_id)
 
 
-def _trace_infos() -> list[dict[str, Any]]:
-    import foundation_dask as fd
-
-    infos = []
-    for _, handle in fd.ProcessManager.find("trace_coordinator"):
-        try:
-            infos.append(handle.get_trace_info().result())
-        except Exception:  # a coordinator being restarted or stopped meanwhile
-            continue
-    return infos
-
-
-def active_traces(include_completed: bool = False):
+def active_traces(include_completed: bool = False, *,
+                  client: distributed.Client | None = None) -> pd.DataFrame:
     """The cluster's traces as a DataFrame (trace_id, scope, status, started_at...).
 
     Parameters
     ----------
     include_completed
         Also list traces that were stopped but not forgotten.
+    client
+        The client to act through; default: the current client, else the one
+        :func:`foundation_dask.connect` starts.
     """
     import pandas as pd
 
     rows = [
-        info for info in _trace_infos()
+        info for info in trace_infos(client or current_client())
         if include_completed or info["status"] == "active"
     ]
     cols = ["trace_id", "scope", "status", "started_at", "completed_at", "options"]
@@ -291,14 +325,14 @@ def traced(fn: F | None = None, *, name: str | None = None) -> F:
         label = name or func.__qualname__
         if iscoroutinefunction(func):
             @functools.wraps(func)
-            async def async_wrapper(*args, **kwargs):
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
                 with SpanScope(label, "span"):
                     return await func(*args, **kwargs)
 
             return async_wrapper  # type: ignore[return-value]
 
         @functools.wraps(func)
-        def wrapper(*args, **kwargs):
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
             with SpanScope(label, "span"):
                 return func(*args, **kwargs)
 
@@ -317,20 +351,38 @@ class trace:  # noqa: N801 - used as a context manager, like distributed.span
 
     On exit the trace is completed (status ``completed``, or ``error`` when the block
     raised, with the exception recorded on the root span).
+
+    Parameters
+    ----------
+    name
+        The trace's scope and the name of its root span.
+    trace_id, options
+        As for :func:`start_cluster_trace`.
+    client
+        The client to act through; default: the current client, else the one
+        :func:`foundation_dask.connect` starts.
+    **attrs
+        Attributes of the root span.
     """
 
+    trace_id: str
+    root_span_id: int
+
     def __init__(self, name: str = "trace", *, trace_id: str | None = None,
-                 options: dict[str, Any] | str | None = None, **attrs: Any):
+                 options: dict[str, Any] | str | None = None,
+                 client: distributed.Client | None = None, **attrs: Any):
         self.name = name
-        self.trace_id = trace_id
+        self.trace_id = trace_id  # type: ignore[assignment]  # a str once entered
         self.options = options
+        self.client = client
         self.attrs = attrs or None
         self.cluster_trace: ClusterTrace | None = None
         self._root: SpanScope | None = None
-        self._token = None
+        self._token: Token[Any] | None = None
 
     def __enter__(self) -> trace:
-        self.cluster_trace = start_cluster_trace(self.name, self.trace_id, self.options)
+        self.cluster_trace = start_cluster_trace(self.name, self.trace_id, self.options,
+                                                 client=self.client)
         self.trace_id = self.cluster_trace.trace_id
         # the root span's parent is 0: nothing above it
         self._token = attach(TraceContext(self.trace_id, 0))
@@ -339,38 +391,52 @@ class trace:  # noqa: N801 - used as a context manager, like distributed.span
         self.root_span_id = self._root.span_id
         return self
 
-    def __exit__(self, typ, exc, tb) -> None:
-        assert self._root is not None
+    def __exit__(self, typ: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        assert self._root is not None and self._token is not None
         self._root.__exit__(typ, exc, tb)
         detach(self._token)
-        stop_trace(self.trace_id, status="completed" if exc is None else "error")
+        stop_trace(self.trace_id, status="completed" if exc is None else "error",
+                   client=self.client)
 
     @property
     def context(self) -> TraceContext:
+        """The context inside the block: the trace and its root span."""
         return TraceContext(self.trace_id, self.root_span_id)
 
-    def collect(self, timeout: float = 10.0):
+    def collect(self, timeout: float = 10.0, *,
+                client: distributed.Client | None = None) -> TraceData:
         """Gather this trace from the cluster (see :func:`collect_trace_data`)."""
         from foundation_dask.scope.collect import collect_trace_data
 
-        return collect_trace_data(self.trace_id, timeout=timeout)
+        return collect_trace_data(self.trace_id, timeout=timeout,
+                                  client=client or self.client)
 
     def __repr__(self) -> str:
         return f"<trace {self.name!r} {self.trace_id}>"
 
 
-def continue_trace(ctx: TraceContext | tuple | None):
-    """Attach a context received from elsewhere (e.g. ``Message.trace``) for a block."""
+class _Continue:
+    """The context manager of :func:`continue_trace`."""
 
-    class _Continue:
-        def __enter__(self_inner):
-            self_inner.token = attach(TraceContext(*ctx) if ctx else None)
-            return current()
+    def __init__(self, ctx: TraceContext | tuple | None) -> None:
+        self.ctx = ctx
 
-        def __exit__(self_inner, *exc):
-            detach(self_inner.token)
+    def __enter__(self) -> TraceContext | None:
+        self.token = attach(TraceContext(*self.ctx) if self.ctx else None)
+        return current()
 
-    return _Continue()
+    def __exit__(self, *exc: object) -> None:
+        detach(self.token)
+
+
+def continue_trace(ctx: TraceContext | tuple | None) -> _Continue:
+    """Attach a context received from elsewhere (e.g. ``Message.trace``) for a block.
+
+    >>> with scope.continue_trace(message.trace):   # doctest: +SKIP
+    ...     handle(message)
+    """
+    return _Continue(ctx)
 
 
 __all__ = [

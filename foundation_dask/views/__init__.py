@@ -1,4 +1,5 @@
-"""Bokeh views of the cluster, shared by notebook panels and the Dask dashboard pages.
+"""Client and scheduler: Bokeh views of the cluster, shared by notebook panels and the
+Dask dashboard pages.
 
 Every view has ``source`` (the data), ``root`` (the model to embed) and
 ``update(data=None)`` (refresh from ``data`` or from its fetch function); see
@@ -9,7 +10,8 @@ Every view has ``source`` (the data), ``root`` (the model to embed) and
 >>> view.update()                       # doctest: +SKIP
 >>> bokeh.io.show(view.root)            # doctest: +SKIP
 
-Importing this package imports Bokeh; ``foundation_dask`` itself does not.
+Importing this package imports Bokeh; ``foundation_dask`` itself does not. The
+dashboard pages built from the views are in :mod:`foundation_dask.views.pages`.
 """
 
 from __future__ import annotations

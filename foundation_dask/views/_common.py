@@ -1,4 +1,5 @@
-"""Small helpers shared by the view modules: row order of column data, scheduler extensions.
+"""Client and scheduler: small functions shared by the view modules (row order of column
+data).
 
 Private; the public building blocks of views are in :mod:`foundation_dask.views.base`.
 """
@@ -6,10 +7,7 @@ Private; the public building blocks of views are in :mod:`foundation_dask.views.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    import distributed
+from typing import Any
 
 
 def sort_rows(cols: dict[str, Any], keys: Sequence[Any]) -> dict[str, Any]:
@@ -33,12 +31,3 @@ def sort_rows(cols: dict[str, Any], keys: Sequence[Any]) -> dict[str, Any]:
         return cols
     return {k: ([v[i] for i in order] if isinstance(v, list) else v[order])
             for k, v in cols.items()}
-
-
-def scheduler_extension(scheduler: distributed.Scheduler, name: str) -> Any:
-    """The extension ``name`` (``"health"``, ``"processes"``, ...) of the Foundation
-    scheduler plugin, or ``None`` when the plugin (or that extension) is not installed."""
-    from foundation_dask.core.plugin import PLUGIN_NAME
-
-    plugin = scheduler.extensions.get(PLUGIN_NAME)
-    return getattr(plugin, "extensions", {}).get(name)

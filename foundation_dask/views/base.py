@@ -1,4 +1,5 @@
-"""The common part of every view: :class:`View` and table/colour helpers.
+"""Client and scheduler: the common part of every view, :class:`View`, and the table and
+colour functions.
 
 A view is a small object with three things:
 
@@ -41,12 +42,14 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from bokeh.models import (
-    ColumnDataSource,
+from bokeh.core.enums import SizingModeType
+from bokeh.models import ColumnDataSource
+from bokeh.models.annotations import Title
+from bokeh.models.widgets import (
     DataTable,
     DateFormatter,
     NumberFormatter,
@@ -54,6 +57,9 @@ from bokeh.models import (
     TableColumn,
 )
 from bokeh.palettes import Category10, Category20
+
+if TYPE_CHECKING:
+    from bokeh.plotting import figure
 
 #: Colour of each status value of nodes, processes and traces.
 STATUS_COLOURS: dict[str, str] = {
@@ -111,7 +117,7 @@ def empty_columns(names: Iterable[str]) -> dict[str, list]:
 
 def float_column(values: Iterable[Any]) -> np.ndarray:
     """Floats with ``NaN`` for ``None``, ``pd.NA`` and values that are not numbers."""
-    out = []
+    out: list[float] = []
     append = out.append
     for v in values:
         try:
@@ -123,7 +129,7 @@ def float_column(values: Iterable[Any]) -> np.ndarray:
 
 def text_column(values: Iterable[Any], missing: str = MISSING_TEXT) -> list[str]:
     """Strings; ``None`` and ``NaN`` become ``missing``, lists are joined with ``", "``."""
-    out = []
+    out: list[str] = []
     append = out.append
     for v in values:
         if v is None or (isinstance(v, float) and v != v):
@@ -233,7 +239,7 @@ def table_columns(spec: Sequence[tuple], status_field: str | None = None) -> lis
 
 
 def make_table(source: ColumnDataSource, spec: Sequence[tuple], *, name: str | None = None,
-               height: int = 300, sizing_mode: str | None = "stretch_width",
+               height: int = 300, sizing_mode: SizingModeType | None = "stretch_width",
                **kwargs: Any) -> DataTable:
     """A :class:`DataTable` of ``source`` with the columns of :func:`table_columns`."""
     return DataTable(
@@ -244,6 +250,14 @@ def make_table(source: ColumnDataSource, spec: Sequence[tuple], *, name: str | N
         autosize_mode="force_fit",
         **kwargs,
     )
+
+
+def title_of(fig: figure) -> Title:
+    """The :class:`~bokeh.models.Title` of a figure made by :func:`bokeh.plotting.figure`."""
+    title = fig.title
+    if not isinstance(title, Title):  # figure() always makes one
+        raise TypeError(f"the figure has no Title model: {title!r}")
+    return title
 
 
 class View:
@@ -274,7 +288,7 @@ class View:
     root: Any
 
     def __init__(self, *, fetch: Callable[[], Any] | None = None, client: Any = None,
-                 sizing_mode: str | None = "stretch_width") -> None:
+                 sizing_mode: SizingModeType | None = "stretch_width") -> None:
         self._fetch = fetch
         self.client = client
         self.sizing_mode = sizing_mode
@@ -336,5 +350,5 @@ class View:
 __all__ = [
     "DEFAULT_STATUS_COLOUR", "STATUS_COLOURS", "View", "colour_for", "empty_columns",
     "float_column", "make_table", "palette", "records_to_columns", "set_data",
-    "status_colours", "table_columns", "text_column",
+    "status_colours", "table_columns", "text_column", "title_of",
 ]

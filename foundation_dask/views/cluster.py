@@ -1,25 +1,27 @@
-"""Nodes and their health over time: :class:`ClusterHealthView`.
+"""Client and scheduler: nodes and their health over time, :class:`ClusterHealthView`.
 
 Data: a :class:`~foundation_dask.core.health.ClusterHealth`, the ``foundation_health``
 reply it is built from (a ``dict``), or ``ClusterHealth.to_frame()``. Fetch functions:
-:func:`fetch_health` (client side) and :func:`scheduler_health` (inside the scheduler
-process, no RPC).
+:func:`fetch_health` (client side) and
+:func:`foundation_dask.core.health.scheduler_health` (inside the scheduler process, no
+RPC; the dashboard page uses it).
 """
 
 from __future__ import annotations
 
 import time
-import weakref
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 from bokeh.layouts import column, row
-from bokeh.models import ColumnDataSource, Div, HoverTool
+from bokeh.models import ColumnDataSource, DataRange1d, HoverTool
+from bokeh.models.widgets import Div
 from bokeh.plotting import figure
 from dask.utils import format_bytes
 
-from foundation_dask.views._common import scheduler_extension, sort_rows
+from foundation_dask.core.health import HealthMonitor
+from foundation_dask.views._common import sort_rows
 from foundation_dask.views.base import (
     View,
     colour_for,
@@ -71,32 +73,11 @@ METRICS = [
 ]
 
 
-def fetch_health(client: distributed.Client | None = None) -> ClusterHealth:
-    """The cluster health through a client (``fd.HealthMonitor.get_cluster_health``)."""
-    import foundation_dask as fd
-
-    return fd.HealthMonitor.get_cluster_health(client=client)
-
-
-_detached: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def scheduler_health(scheduler: distributed.Scheduler) -> dict[str, Any]:
-    """The ``foundation_health`` report, built inside the scheduler process.
-
-    Uses the Foundation health extension of the scheduler; before the Foundation plugin
-    is installed (a scheduler started with the dashboard preload, no client yet), a
-    health extension that is not attached to the plugin reads the same Dask worker
-    state (no host load average or process counts until the worker plugin is there).
-    """
-    from foundation_dask.core.health import HealthExtension
-
-    ext = scheduler_extension(scheduler, "health")
-    if ext is None:
-        ext = _detached.get(scheduler)
-        if ext is None:
-            ext = _detached[scheduler] = HealthExtension(scheduler, None)
-    return ext.cluster_health()
+def fetch_health(client: distributed.Client | None = None
+                 ) -> ClusterHealth | Awaitable[ClusterHealth]:
+    """The cluster health through a client (``HealthMonitor.get_cluster_health``; an
+    awaitable with an asynchronous client)."""
+    return HealthMonitor.get_cluster_health(client=client)
 
 
 def _nodes_and_meta(data: Any) -> tuple[Any, float, dict[str, Any]]:
@@ -155,6 +136,8 @@ class ClusterHealthView(View):
 
     title = "Cluster health"
 
+    source: dict[str, ColumnDataSource]
+
     def __init__(self, *, history: int = 1000, table_height: int = 200, plot_height: int = 180,
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -184,16 +167,16 @@ class ClusterHealthView(View):
                 formatters={"@time": "datetime"},
             ))
             fig.yaxis.axis_label = label
-            fig.x_range.follow = "end"
+            cast(DataRange1d, fig.x_range).follow = "end"
             if metric != "load":
-                fig.y_range.start = 0
+                cast(DataRange1d, fig.y_range).start = 0
             self.figures[metric] = fig
         self.root = column(
             self.summary, self.table, row(*self.figures.values(), sizing_mode="stretch_width"),
             sizing_mode=self.sizing_mode, name="foundation-health",
         )
 
-    def default_fetch(self) -> ClusterHealth:
+    def default_fetch(self) -> ClusterHealth | Awaitable[ClusterHealth]:
         return fetch_health(self.client)
 
     # -- update
@@ -211,7 +194,7 @@ class ClusterHealthView(View):
         if set(addresses) != set(self.slots) or names != self._names:
             self._reconcile(addresses, names)
         index = {a: i for i, a in enumerate(addresses)}
-        new: dict[str, np.ndarray] = {"time": np.array([timestamp * 1000.0])}
+        new: dict[str, Any] = {"time": np.array([timestamp * 1000.0])}
         for metric, field, _ in METRICS:
             values = cols[field]
             for node, slot in self.slots.items():
@@ -311,4 +294,4 @@ def _summary(cols: dict[str, Any], perf: dict[str, Any]) -> str:
     return " &middot; ".join(parts)
 
 
-__all__ = ["ClusterHealthView", "fetch_health", "health_columns", "scheduler_health"]
+__all__ = ["ClusterHealthView", "fetch_health", "health_columns"]

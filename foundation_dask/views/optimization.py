@@ -1,8 +1,10 @@
-"""Views of DSPEx optimizations: the list, the progress of one, per-worker statistics.
+"""Client and scheduler: views of DSPEx optimizations, the list, the progress of one and
+per-worker statistics.
 
 Client side they read the coordinators through :func:`dspex.list_optimizations` and
-:func:`dspex.optimization_history`; on the scheduler (dashboard pages) they read the
-coordinators' checkpoints with :func:`~foundation_dask.dspex.distributed.scheduler_optimizations`.
+:func:`dspex.optimization_history`; on the scheduler (the dashboard's overview page)
+they are given the coordinators' checkpointed states, which
+:func:`~foundation_dask.dspex.orchestration.scheduler_optimizations` reads.
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ import time
 from typing import Any
 
 from bokeh.layouts import column
-from bokeh.models import ColumnDataSource, Div, HoverTool
+from bokeh.models import ColumnDataSource, HoverTool
+from bokeh.models.widgets import Div
 from bokeh.plotting import figure
 
+from foundation_dask.dspex.orchestration import list_optimizations, optimization_history
 from foundation_dask.views.base import (
     View,
     empty_columns,
@@ -44,6 +48,8 @@ class OptimizationsView(View):
 
     title = "Optimizations"
 
+    source: ColumnDataSource
+
     def __init__(self, *, height: int = 200, **kwargs: Any):
         super().__init__(**kwargs)
         self.source = ColumnDataSource(empty_columns(LIST_COLUMNS),
@@ -58,13 +64,11 @@ class OptimizationsView(View):
         ], height=height, sizing_mode=self.sizing_mode)
 
     def default_fetch(self) -> Any:
-        from foundation_dask.dspex.distributed import list_optimizations
-
         return list_optimizations()
 
     def apply(self, data: Any) -> None:
         rows = data.to_dict("records") if hasattr(data, "to_dict") else list(data)
-        cols = records_to_columns(rows, [c for c in LIST_COLUMNS
+        cols: dict[str, Any] = records_to_columns(rows, [c for c in LIST_COLUMNS
                                          if c not in ("status_colour", "eta_s")])
         cols["status"] = text_column(cols["status"])
         cols["status_colour"] = status_colours(cols["status"])
@@ -84,6 +88,8 @@ class OptimizationProgressView(View):
     """Score over evaluations (running and best so far), with rate and ETA."""
 
     title = "Optimization progress"
+
+    source: ColumnDataSource
 
     def __init__(self, optimization_id: str | None = None, *, height: int = 260,
                  **kwargs: Any):
@@ -113,15 +119,13 @@ class OptimizationProgressView(View):
         self.optimization_id = optimization_id
 
     def default_fetch(self) -> Any:
-        from foundation_dask.dspex.distributed import optimization_history
-
         if not self.optimization_id:
             return []
         return optimization_history(self.optimization_id)
 
     def apply(self, data: Any) -> None:
         rows = data.to_dict("records") if hasattr(data, "to_dict") else list(data)
-        cols = records_to_columns(rows, HISTORY_COLUMNS)
+        cols: dict[str, Any] = records_to_columns(rows, HISTORY_COLUMNS)
         for c in HISTORY_COLUMNS:
             cols[c] = float_column(cols[c])
         set_data(self.source, cols)
@@ -140,6 +144,8 @@ class WorkerStatsView(View):
     """Per-worker evaluation statistics of an optimization: count, mean time, errors."""
 
     title = "Evaluation workers"
+
+    source: ColumnDataSource
 
     def __init__(self, *, height: int = 200, **kwargs: Any):
         super().__init__(**kwargs)

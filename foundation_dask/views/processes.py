@@ -1,8 +1,9 @@
-"""Supervised processes: :class:`ProcessesView`.
+"""Client and scheduler: supervised processes, :class:`ProcessesView`.
 
-Data: ``fd.ProcessManager.list_processes()`` (a DataFrame) or the supervisor's list of
+Data: ``ProcessManager.list_processes()`` (a DataFrame) or the supervisor's list of
 ``dict`` s. Fetch functions: :func:`fetch_processes` (client side) and
-:func:`scheduler_processes` (inside the scheduler process).
+:func:`foundation_dask.core.processes.scheduler_processes` (inside the scheduler process;
+the dashboard page uses it).
 """
 
 from __future__ import annotations
@@ -10,9 +11,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from bokeh.layouts import column
-from bokeh.models import ColumnDataSource, Div
+from bokeh.models import ColumnDataSource
+from bokeh.models.widgets import Div
 
-from foundation_dask.views._common import scheduler_extension, sort_rows
+from foundation_dask.core.processes import ProcessManager
+from foundation_dask.views._common import sort_rows
 from foundation_dask.views.base import (
     View,
     empty_columns,
@@ -50,20 +53,8 @@ _TABLE = [
 
 
 def fetch_processes(client: distributed.Client | None = None) -> pd.DataFrame:
-    """The supervised processes through a client (``fd.ProcessManager.list_processes``)."""
-    import foundation_dask as fd
-
-    if client is None:
-        return fd.ProcessManager.list_processes()
-    with client.as_current():  # list_processes() acts through the current client
-        return fd.ProcessManager.list_processes()
-
-
-def scheduler_processes(scheduler: distributed.Scheduler) -> list[dict[str, Any]]:
-    """The supervisor's table, read inside the scheduler process (empty without the
-    Foundation plugin)."""
-    supervisor = scheduler_extension(scheduler, "processes")
-    return [] if supervisor is None else supervisor.list()
+    """The supervised processes through a client (``ProcessManager.list_processes``)."""
+    return ProcessManager.list_processes(client=client)
 
 
 def process_columns(data: Any) -> dict[str, Any]:
@@ -90,6 +81,8 @@ class ProcessesView(View):
 
     title = "Supervised processes"
 
+    source: ColumnDataSource
+
     def __init__(self, *, height: int = 300, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.source = ColumnDataSource(empty_columns(PROCESS_COLUMNS),
@@ -115,4 +108,4 @@ class ProcessesView(View):
         self.summary.text = f"<b>{len(states)} processes</b>" + (f": {parts}" if parts else "")
 
 
-__all__ = ["ProcessesView", "fetch_processes", "process_columns", "scheduler_processes"]
+__all__ = ["ProcessesView", "fetch_processes", "process_columns"]

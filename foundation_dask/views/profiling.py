@@ -1,32 +1,37 @@
-"""Where the cluster spends its time: :class:`HotspotsView` and :class:`FlameGraphView`.
+"""Client and scheduler: where the cluster spends its time, :class:`HotspotsView` and
+:class:`FlameGraphView`.
 
 Data of both: a :class:`~foundation_dask.scope.profiling.PerformanceReport`, a call tree
 in Dask's profile format (``{"description", "count", "children", "identifier"}``, as
 ``client.profile()`` returns), or ``{node: call tree}`` (``client.profile(
 merge_workers=False)``). :class:`HotspotsView` also takes a ``code_hotspots``
 DataFrame. Fetch functions: :func:`fetch_profile` (client side, Dask's profile of the
-last seconds) and :func:`scheduler_profile` (inside the scheduler process).
+last seconds) and :func:`foundation_dask.scope.scheduler_profile` (inside the scheduler
+process).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import dask.config
 import numpy as np
 import pandas as pd
 from bokeh.layouts import column
-from bokeh.models import ColumnDataSource, Div, FactorRange, HoverTool, Range1d
+from bokeh.models import ColumnDataSource, DataRange1d, FactorRange, HoverTool, Range1d
+from bokeh.models.widgets import Div
 from dask.utils import parse_timedelta
 
+from foundation_dask.core._client import current_client
 from foundation_dask.views.base import (
     View,
     empty_columns,
     float_column,
     records_to_columns,
     text_column,
+    title_of,
 )
 
 if TYPE_CHECKING:
@@ -58,18 +63,9 @@ def fetch_profile(client: distributed.Client | None = None, seconds: float | Non
 
     Returns ``{worker: call tree}`` (or one merged tree with ``merge_workers=True``).
     """
-    from foundation_dask.core._client import current_client
-
     client = client or current_client()
     start = None if seconds is None else time.time() - seconds
     return client.profile(start=start, merge_workers=merge_workers)
-
-
-async def scheduler_profile(scheduler: distributed.Scheduler, seconds: float | None = 60.0,
-                            merge_workers: bool = False) -> dict[str, Any]:
-    """Dask's profile of the workers over the last ``seconds``, asked by the scheduler."""
-    start = None if seconds is None else time.time() - seconds
-    return await scheduler.get_profile(start=start, merge_workers=merge_workers)
 
 
 def _is_tree(data: Any) -> bool:
@@ -170,6 +166,8 @@ class HotspotsView(View):
 
     title = "Code hotspots"
 
+    source: ColumnDataSource
+
     def __init__(self, *, top: int = 20, seconds: float = 60.0, height: int = 450,
                  **kwargs: Any) -> None:
         from bokeh.plotting import figure
@@ -196,7 +194,7 @@ class HotspotsView(View):
             ("samples", "@samples (total @total_samples)"), ("calls", "@calls{0,0}"),
             ("nodes", "@nodes"),
         ]))
-        fig.x_range.start = 0
+        cast(DataRange1d, fig.x_range).start = 0
         fig.legend.location = "bottom_right"
         fig.ygrid.grid_line_color = None
         self.figure = fig
@@ -211,7 +209,7 @@ class HotspotsView(View):
         frame = hotspots_frame(data, self.top)
         cols = hotspot_columns(frame)
         self.source.data = cols
-        self.figure.y_range.factors = list(reversed(cols["label"]))
+        cast(FactorRange, self.figure.y_range).factors = list(reversed(cols["label"]))
         total = float(np.nansum(cols["self_time_s"])) if len(cols["label"]) else 0.0
         self.summary.text = (f"<b>Top {len(cols['label'])} functions</b> by self time "
                              f"({total:.2f} s in these)")
@@ -257,6 +255,7 @@ def flame_columns(tree: Mapping[str, Any], interval: float,
         if type(desc) is not dict:
             desc = dict(desc) if isinstance(desc, Mapping) else {"name": str(desc)}
         filename = desc.get("filename") or ""
+        colour: str | None
         if depth == 0:
             name, colour = "all", "#bdbdbd"
         else:
@@ -332,6 +331,8 @@ class FlameGraphView(View):
 
     title = "Flame graph"
 
+    source: ColumnDataSource
+
     def __init__(self, *, seconds: float = 60.0, height: int = 400, **kwargs: Any) -> None:
         from bokeh.plotting import figure
 
@@ -340,7 +341,7 @@ class FlameGraphView(View):
         self.source = ColumnDataSource(empty_columns(FLAME_COLUMNS), name="foundation-flame")
         fig = figure(
             height=height, sizing_mode=self.sizing_mode, title="Flame graph",
-            x_range=Range1d(0, 1, bounds=(0, 1)), y_range=Range1d(0, 1),
+            x_range=Range1d(start=0, end=1, bounds=(0, 1)), y_range=Range1d(start=0, end=1),
             tools="xpan,xwheel_zoom,box_zoom,reset,save,tap", active_scroll="xwheel_zoom",
             toolbar_location="above", name="foundation-flame-figure",
         )
@@ -374,10 +375,10 @@ class FlameGraphView(View):
         depth = float(np.max(cols["top"])) if len(cols["top"]) else 1.0
         self.figure.y_range.update(start=0, end=depth)
         samples = tree.get("count") or 0
-        self.figure.title.text = f"Flame graph: {samples:,} samples"
+        title_of(self.figure).text = f"Flame graph: {samples:,} samples"
 
 
 __all__ = [
     "FlameGraphView", "HotspotsView", "fetch_profile", "flame_columns", "hotspot_columns",
-    "hotspots_frame", "scheduler_profile",
+    "hotspots_frame",
 ]

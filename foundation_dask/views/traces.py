@@ -1,22 +1,21 @@
-"""Traces: :class:`TracesView` (the cluster's traces) and :class:`TraceTimelineView`.
+"""Client and scheduler: traces, :class:`TracesView` (the cluster's traces) and
+:class:`TraceTimelineView`.
 
 Data of :class:`TracesView`: ``scope.active_traces()`` (a DataFrame) or a list of
 ``dict`` s with ``trace_id``, ``scope``, ``status``, ``started_at``, ``completed_at`` and
 ``options``. Fetch functions: :func:`fetch_traces` (client side) and
-:func:`scheduler_traces` (inside the scheduler process, from the supervisor's records
-of the trace coordinators: no call to the coordinators).
+:func:`foundation_dask.scope.scheduler_traces` (inside the scheduler process, from the
+supervisor's records of the trace coordinators: no call to the coordinators).
 
 Data of :class:`TraceTimelineView`: a :class:`~foundation_dask.scope.collect.TraceData`
 or its ``timeline`` DataFrame. Fetch functions: :func:`fetch_trace` (client side,
-``scope.collect_trace_data``) and :func:`scheduler_trace_data` (inside the scheduler
-process: spans of the workers and traced tasks of the scheduler; spans recorded in
-client processes are not reachable from there).
+``scope.collect_trace_data``) and :func:`foundation_dask.scope.scheduler_trace_data`
+(inside the scheduler process: spans of the workers and traced tasks of the scheduler;
+spans recorded in client processes are not reachable from there).
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -25,16 +24,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 from bokeh.layouts import column
-from bokeh.models import (
-    ColumnDataSource,
-    Div,
-    FixedTicker,
-    HoverTool,
-    Range1d,
-)
+from bokeh.models import ColumnDataSource, FixedTicker, HoverTool, Range1d
+from bokeh.models.widgets import Div
 from bokeh.plotting import figure
 
-from foundation_dask.views._common import scheduler_extension, sort_rows
+from foundation_dask.scope import active_traces, collect_trace_data
+from foundation_dask.views._common import sort_rows
 from foundation_dask.views.base import (
     View,
     empty_columns,
@@ -45,6 +40,7 @@ from foundation_dask.views.base import (
     set_data,
     status_colours,
     text_column,
+    title_of,
 )
 
 if TYPE_CHECKING:
@@ -70,93 +66,10 @@ _TRACES_TABLE = [
     ("options", "Options", "text", 200),
 ]
 
-_COORDINATOR = "trace_coordinator"
-
-
 def fetch_traces(include_completed: bool = False,
                  client: distributed.Client | None = None) -> pd.DataFrame:
     """The cluster's traces through a client (``scope.active_traces``)."""
-    from foundation_dask import scope
-
-    if client is None:
-        return scope.active_traces(include_completed=include_completed)
-    with client.as_current():
-        return scope.active_traces(include_completed=include_completed)
-
-
-#: ``{name key: (record token, state)}`` of the coordinators seen last.
-_states: dict[str, tuple[tuple, dict[str, Any]]] = {}
-
-
-def _coordinator_state(rec: Any) -> dict[str, Any]:
-    """What the supervisor knows of a trace coordinator: its last checkpointed state,
-    else its start arguments (cached per incarnation and checkpoint)."""
-    from distributed.protocol import pickle
-
-    token = (id(rec), rec.incarnation, rec.n_checkpoints)
-    cached = _states.get(rec.key)
-    if cached is not None and cached[0] == token:
-        return cached[1]
-    state: dict[str, Any] = {}
-    if rec.checkpoint is not None:
-        try:
-            loaded, _ = pickle.loads(rec.checkpoint)
-            if isinstance(loaded, dict):
-                state = dict(loaded)
-        except Exception:  # results of user types the scheduler cannot import
-            state = {}
-    if not state:
-        try:
-            _, args, kwargs = pickle.loads(rec.spec)
-            args = list(args) + [None] * 3
-            state = {"trace_id": args[0], "scope": args[1], "options": args[2] or {},
-                     "status": "active", "started_at": None, "completed_at": None}
-        except Exception:
-            state = {"status": "active"}
-    state.pop("results", None)
-    _states[rec.key] = (token, state)
-    return state
-
-
-def scheduler_traces(scheduler: distributed.Scheduler,
-                     include_completed: bool = True) -> list[dict[str, Any]]:
-    """The cluster's traces, read inside the scheduler process.
-
-    Each trace has a supervised coordinator; the supervisor keeps its start arguments
-    and its checkpointed state (taken after every call, e.g. when the trace is stopped),
-    which is all this reads.
-    """
-    supervisor = scheduler_extension(scheduler, "processes")
-    if supervisor is None:
-        return []
-    out = []
-    records = list(supervisor.records.values())
-    for key in set(_states) - {rec.key for rec in records}:
-        _states.pop(key, None)
-    for rec in records:
-        try:
-            name = json.loads(rec.key)
-        except (TypeError, ValueError):
-            continue
-        if not (isinstance(name, list) and len(name) == 3 and name[:2] == ["__tuple__",
-                                                                            _COORDINATOR]):
-            continue
-        state = _coordinator_state(rec)
-        status = state.get("status") or "active"
-        if not include_completed and status != "active":
-            continue
-        started = state.get("started_at")
-        out.append({
-            "trace_id": str(name[2]),
-            "scope": state.get("scope"),
-            "status": status,
-            "started_at": started if started is not None else rec.started_at * 1000.0,
-            "completed_at": state.get("completed_at"),
-            "options": state.get("options") or {},
-            "worker": rec.worker,
-            "process_state": rec.state,
-        })
-    return out
+    return active_traces(include_completed=include_completed, client=client)
 
 
 def _ms(values: Any) -> np.ndarray:
@@ -217,6 +130,8 @@ class TracesView(View):
     """
 
     title = "Traces"
+
+    source: ColumnDataSource
 
     def __init__(self, *, include_completed: bool = False, height: int = 250,
                  **kwargs: Any) -> None:
@@ -461,65 +376,7 @@ def timeline_columns(frame: pd.DataFrame, max_spans: int | None = None
 def fetch_trace(trace_id: str, client: distributed.Client | None = None,
                 timeout: float = 10.0) -> TraceData:
     """Collect a trace through a client (``scope.collect_trace_data``)."""
-    from foundation_dask import scope
-
-    if client is None:
-        return scope.collect_trace_data(trace_id, timeout=timeout)
-    with client.as_current():
-        return scope.collect_trace_data(trace_id, timeout=timeout)
-
-
-async def _clock(call: Callable[[], Any]) -> tuple[float, float]:
-    """(offset_ns, error_ns) of a remote clock: best of three round trips."""
-    best: tuple[float, float] | None = None
-    for _ in range(3):
-        t0 = time.time_ns()
-        remote = await call()
-        t1 = time.time_ns()
-        if best is None or t1 - t0 < best[1]:
-            best = (remote - (t0 + t1) / 2, float(t1 - t0))
-    assert best is not None
-    return best[0], best[1] / 2
-
-
-async def scheduler_trace_data(scheduler: distributed.Scheduler, trace_id: str,
-                               info: dict[str, Any] | None = None,
-                               timeout: float = 5.0) -> TraceData:
-    """Collect a trace inside the scheduler process (asynchronous, on its event loop).
-
-    Asks every worker for its spans and clock (each within ``timeout`` seconds; slower
-    ones are listed as missing) and takes the traced tasks from the scheduler's scope
-    extension, then correlates them like ``scope.collect_trace_data`` on the
-    scheduler's clock. Spans recorded in client processes are not included.
-    """
-    from foundation_dask.scope.collect import correlate
-
-    scope_ext = scheduler_extension(scheduler, "scope")
-    if info is None:
-        info = next((t for t in scheduler_traces(scheduler) if t["trace_id"] == trace_id),
-                    {"trace_id": trace_id, "status": "unknown"})
-    offsets: dict[str, float] = {"scheduler": 0.0}
-    errors: dict[str, float] = {"scheduler": 0.0}
-    workers = list(scheduler.workers)
-
-    async def from_worker(addr: str) -> dict[str, Any]:
-        rpc = scheduler.rpc(addr)
-        offsets[addr], errors[addr] = await _clock(rpc.foundation_scope_clock)
-        return await rpc.foundation_scope_spans(trace_id=trace_id)
-
-    results = await asyncio.gather(
-        *(asyncio.wait_for(from_worker(w), timeout) for w in workers), return_exceptions=True
-    )
-    payloads, missing = [], []
-    for addr, res in zip(workers, results, strict=True):
-        if isinstance(res, BaseException):
-            missing.append(addr)
-        else:
-            payloads.append(res)
-    sched = scope_ext.scheduler_spans(trace_id) if scope_ext is not None else None
-    if sched is None:
-        missing.append("scheduler")
-    return correlate(trace_id, dict(info), payloads, sched, offsets, errors, missing)
+    return collect_trace_data(trace_id, timeout=timeout, client=client)
 
 
 class TraceTimelineView(View):
@@ -552,6 +409,8 @@ class TraceTimelineView(View):
 
     title = "Trace timeline"
 
+    source: dict[str, ColumnDataSource]
+
     def __init__(self, *, trace_id: str | None = None, max_spans: int = 50_000,
                  height: int = 300, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -569,7 +428,7 @@ class TraceTimelineView(View):
         fig = figure(
             height=height, sizing_mode=self.sizing_mode, title="No trace",
             tools="xpan,xwheel_zoom,box_zoom,reset,save,tap", active_scroll="xwheel_zoom",
-            active_drag="xpan", toolbar_location="above", y_range=Range1d(0.5, -0.5),
+            active_drag="xpan", toolbar_location="above", y_range=Range1d(start=0.5, end=-0.5),
             x_axis_label="ms since the first span", name="foundation-timeline",
         )
         bars = fig.quad(
@@ -602,7 +461,7 @@ class TraceTimelineView(View):
     def clear(self) -> None:
         """Show no trace."""
         self.apply(pd.DataFrame(columns=_NEEDED))
-        self.figure.title.text = "No trace"
+        title_of(self.figure).text = "No trace"
 
     def apply(self, data: Any) -> None:
         title = "Trace"
@@ -634,7 +493,7 @@ class TraceTimelineView(View):
             if self.sizing_mode not in ("stretch_both", "stretch_height", "scale_both",
                                         "scale_height"):
                 self.figure.height = max(self.base_height, 60 + 30 * len(lanes))
-        self.figure.title.text = title
+        title_of(self.figure).text = title
         shown = (f"{facts['spans']:,} spans" if facts["spans"] == facts["total"]
                  else f"{facts['spans']:,} longest of {facts['total']:,} spans")
         text = (f"<b>{title}</b>: {shown} on {len(lanes)} lanes, "
@@ -648,5 +507,5 @@ class TraceTimelineView(View):
 
 __all__ = [
     "KIND_COLOURS", "TraceTimelineView", "TracesView", "fetch_trace", "fetch_traces",
-    "scheduler_trace_data", "scheduler_traces", "timeline_columns", "trace_columns",
+    "timeline_columns", "trace_columns",
 ]

@@ -1,4 +1,4 @@
-"""The toolkit's own front-end widgets (anywidget ESM + CSS, no build step).
+"""Client: the toolkit's own front-end widgets (anywidget ESM + CSS, no build step).
 
 The JavaScript and CSS live in the repository's top-level ``widgets/`` folder and are
 shipped inside the wheel as ``foundation_dask/_frontend``.

@@ -1,4 +1,4 @@
-"""Data sets packaged with DSPEx.
+"""Any process: data sets packaged with DSPEx.
 
 :mod:`~foundation_dask.dspex.datasets.sentiment`
     Binary sentiment of short reviews, with fixed, balanced train/dev/test splits, on

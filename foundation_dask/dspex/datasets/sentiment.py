@@ -1,4 +1,4 @@
-"""Binary sentiment of short reviews: the packaged demo task of DSPEx.
+"""Any process: binary sentiment of short reviews, the packaged demo task of DSPEx.
 
 The data set holds short movie, product and restaurant reviews written for this
 package, each labelled ``positive`` or ``negative``. The splits are fixed and balanced:

@@ -1,23 +1,29 @@
-"""Scheduler and worker sides of ElixirScope.
+"""Scheduler: the scheduler side of ElixirScope, :class:`ScopeExtension`.
 
-The scheduler side records a span for every traced task as it finishes (which
-worker, which thread, compute and transfer intervals measured on the worker, errors)
-from the task's ``span`` annotation; the worker side hands out the spans its process
-recorded and its clock for offset estimation.
+Records a span for every traced task as it finishes (which worker, which thread,
+compute and transfer intervals measured on the worker, errors) from the task's trace
+annotation, and hands them out (``foundation_scope_scheduler_spans``) with the
+scheduler's clock (``foundation_scope_clock``) when a trace is collected. The worker
+side is :class:`~foundation_dask.scope._worker_plugin.ScopeWorker`.
 """
 
 from __future__ import annotations
 
 import re
-import threading
 import time
 from collections import deque
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from dask.utils import key_split
 
-from foundation_dask.core.plugin import SchedulerExtension, WorkerExtension
-from foundation_dask.scope.context import context_from_annotations, recorder, task_span_id
+from foundation_dask.core.plugin import SchedulerExtension
+from foundation_dask.tracecontext import context_from_annotations, task_span_id
+
+if TYPE_CHECKING:
+    import distributed
+
+    from foundation_dask.core.plugin import FoundationSchedulerPlugin
 
 #: Traced tasks kept per trace on the scheduler.
 MAX_TASKS_PER_TRACE = 200_000
@@ -32,14 +38,15 @@ class ScopeExtension(SchedulerExtension):
 
     name = "scope"
 
-    def __init__(self, scheduler, plugin):
+    def __init__(self, scheduler: distributed.Scheduler,
+                 plugin: FoundationSchedulerPlugin) -> None:
         super().__init__(scheduler, plugin)
         self.tasks: dict[str, deque] = {}
         self.removed_workers: dict[str, float] = {}
         self._last_worker: dict[Any, str] = {}
         self.transition = self._transition
 
-    def handlers(self):
+    def handlers(self) -> dict[str, Callable[..., Any]]:
         return {
             "foundation_scope_scheduler_spans": self.scheduler_spans,
             "foundation_scope_clock": self.clock,
@@ -51,7 +58,7 @@ class ScopeExtension(SchedulerExtension):
     def remove_worker(self, worker: str, **kwargs: Any) -> None:
         self.removed_workers[worker] = time.time()
 
-    def _transition(self, key, start, finish, *args, **kwargs) -> None:
+    def _transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
         # Called for every transition of every task: keep the untraced path to a few
         # comparisons and the traced path to one tuple; the rest waits for collection.
         if finish == "processing":
@@ -103,8 +110,9 @@ class ScopeExtension(SchedulerExtension):
         }
 
 
-def _task_record(trace_id, parent_id, key, worker, thread, startstops, finish, exc_text,
-                 tb_text) -> dict[str, Any]:
+def _task_record(trace_id: str, parent_id: int, key: Any, worker: str | None,
+                 thread: int | None, startstops: Any, finish: str, exc_text: str | None,
+                 tb_text: str | None) -> dict[str, Any]:
     startstops = startstops or ()
     compute = [s for s in startstops if s.get("action") == "compute"]
     t0, t1 = (compute[0]["start"], compute[-1]["stop"]) if compute else (0.0, 0.0)
@@ -139,35 +147,3 @@ def _exception_type(text: str) -> str:
     """``"ValueError('nope')"`` -> ``"ValueError"`` (the scheduler keeps only the text)."""
     match = re.match(r"^\s*([A-Za-z_][\w.]*)\s*[(:]", text)
     return match.group(1) if match else "Exception"
-
-
-class ScopeWorker(WorkerExtension):
-    """Worker side of ElixirScope: this process's recorded spans and its clock."""
-
-    name = "scope"
-
-    def handlers(self):
-        return {
-            "foundation_scope_spans": self.spans,
-            "foundation_scope_clock": self.clock,
-        }
-
-    async def setup(self) -> None:
-        if recorder.node == "client":
-            recorder.node = self.worker.address
-
-    async def teardown(self) -> None:
-        # a process that hosted an in-process worker goes back to being a client
-        if recorder.node == self.worker.address:
-            recorder.node = "client"
-
-    def spans(self, trace_id: str, clear: bool = False) -> dict[str, Any]:
-        out = recorder.take(trace_id, clear=clear)
-        out["node"] = self.worker.address
-        out["threads"] = {
-            **{t.ident: t.name for t in threading.enumerate()}, **out["threads"]
-        }
-        return out
-
-    def clock(self) -> int:
-        return time.time_ns()

@@ -1,4 +1,8 @@
-"""Trace context and the per-process span recorder: the hot path of ElixirScope.
+"""Any process: trace context and the per-process span recorder, the hot path of ElixirScope.
+
+A layer below both :mod:`foundation_dask.core` (supervised processes and channels carry
+the context and record their spans) and :mod:`foundation_dask.scope` (which starts,
+collects and exports traces); it imports neither.
 
 A :class:`TraceContext` (trace id, current span id) lives in a ``ContextVar`` in the
 process that opened it. It crosses process boundaries three ways:
@@ -27,12 +31,15 @@ import threading
 import time
 import traceback
 from collections import deque
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
+from types import TracebackType
 from typing import Any, NamedTuple
 
-from dask.base import _annotations
-from distributed.worker import thread_state
+from foundation_dask._compat import annotations_var as _annotations
+from foundation_dask._compat import task_annotations
+from foundation_dask._compat import worker_thread_state as thread_state
 
+#: Prefix of the :func:`distributed.span` tags that carry a trace context.
 TAG_PREFIX = "fd:"
 
 _getrandbits = random.getrandbits
@@ -91,10 +98,11 @@ def decode_tag(tag: str) -> TraceContext | None:
     return ctx
 
 
+#: The task annotation that carries a task's exact trace context (``"<trace>:<span hex>"``).
 ANNOTATION = "fd_trace"
 
 
-def context_from_annotations(annotations: dict | None) -> TraceContext | None:
+def context_from_annotations(annotations: dict[str, Any] | None) -> TraceContext | None:
     """The trace context of a task from its annotations.
 
     The ``fd_trace`` annotation is exact. Dask's ``span`` annotation is the fallback
@@ -152,22 +160,21 @@ def current() -> TraceContext | None:
     return context_from_annotations(_annotations.get())
 
 
-def _task_annotations(key: Any) -> dict | None:
+def _task_annotations(key: Any) -> dict[str, Any] | None:
     """Annotations of the running task as the worker received them."""
-    try:
-        return thread_state.execution_state["worker"].state.tasks[key].annotations
-    except (AttributeError, KeyError, TypeError):
-        return _annotations.get()
+    found = task_annotations(key)
+    return _annotations.get() if found is None else found
 
 
-def attach(ctx: TraceContext | None):
+def attach(ctx: TraceContext | None) -> Token[tuple[str, int, Any] | None]:
     """Make ``ctx`` current; returns a token for :func:`detach`."""
     if ctx is None:
         return _current.set(None)
     return _current.set((ctx[0], ctx[1], thread_state.__dict__.get("key")))
 
 
-def detach(token) -> None:
+def detach(token: Token[tuple[str, int, Any] | None]) -> None:
+    """Make current again what was before the :func:`attach` that returned ``token``."""
     _current.reset(token)
 
 
@@ -192,14 +199,15 @@ class Recorder:
 
     def __init__(self, max_spans: int = 200_000):
         self.max_spans = max_spans
-        self.buffers: dict[str, deque] = {}
+        self.buffers: dict[str, deque[tuple]] = {}
         self.dropped: dict[str, int] = {}
         self.node = "client"
         self.pid = os.getpid()
         self.host = socket.gethostname()
         self._thread_names: dict[int, str] = {}
 
-    def buffer(self, trace_id: str) -> deque:
+    def buffer(self, trace_id: str) -> deque[tuple]:
+        """The span buffer of ``trace_id`` (created on first use)."""
         buf = self.buffers.get(trace_id)
         if buf is None:
             buf = self.buffers[trace_id] = deque(maxlen=self.max_spans)
@@ -215,10 +223,12 @@ class Recorder:
         buf.append(row)
 
     def thread_name(self, ident: int) -> str:
+        """The name of the thread ``ident`` of this process (its ident if unknown)."""
         name = self._thread_names.get(ident)
         if name is None:
             for t in threading.enumerate():
-                self._thread_names[t.ident] = t.name
+                if t.ident is not None:
+                    self._thread_names[t.ident] = t.name
             name = self._thread_names.get(ident, str(ident))
         return name
 
@@ -238,10 +248,12 @@ class Recorder:
         }
 
     def forget(self, trace_id: str) -> None:
+        """Drop the spans of ``trace_id``."""
         self.buffers.pop(trace_id, None)
         self.dropped.pop(trace_id, None)
 
 
+#: The span recorder of this process.
 recorder = Recorder()
 _buffers = recorder.buffers
 
@@ -263,7 +275,18 @@ class SpanScope:
     __slots__ = ("name", "kind", "attrs", "ctx", "cur", "parent_id", "start", "token",
                  "propagate", "ann_token")
 
-    def __init__(self, name: str, kind: str = "span", attrs: dict | None = None,
+    name: str
+    kind: str
+    attrs: dict[str, Any] | None
+    ctx: TraceContext | None
+    cur: tuple[str, int, Any]
+    parent_id: int
+    start: int
+    token: Token[tuple[str, int, Any] | None] | None
+    propagate: bool
+    ann_token: Token[Any]
+
+    def __init__(self, name: str, kind: str = "span", attrs: dict[str, Any] | None = None,
                  ctx: TraceContext | None = None, propagate: bool = False):
         self.name = name
         self.kind = kind
@@ -310,7 +333,8 @@ class SpanScope:
             return None
         return TraceContext(self.cur[0], self.cur[1])
 
-    def __exit__(self, typ, exc, tb) -> None:
+    def __exit__(self, typ: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         if self.token is None:
             return
         end = _time_ns()
@@ -329,7 +353,7 @@ class SpanScope:
             buf.append(row)
 
 
-def _propagate(trace_id: str, span_id: int, name: str):
+def _propagate(trace_id: str, span_id: int, name: str) -> Token[Any]:
     """Make work submitted from here on carry the span ``span_id`` (what
     :func:`distributed.span` does, minus its overhead; also from inside a task).
 
@@ -348,7 +372,7 @@ def _propagate(trace_id: str, span_id: int, name: str):
     })
 
 
-def record_event(name: str, kind: str = "event", attrs: dict | None = None,
+def record_event(name: str, kind: str = "event", attrs: dict[str, Any] | None = None,
                  ctx: TraceContext | None = None) -> None:
     """Record an instant event (zero duration) under the current context, if any."""
     ctx = ctx or current()

