@@ -13,16 +13,27 @@ out to the subscribing processes:
   assign a per-publisher, per-channel sequence number and append to the process's
   outbox, one queue per channel, bounded by ``foundation.channels.publisher-buffer``
   (``control`` excepted): when the scheduler cannot keep up or is unreachable the
-  oldest messages are dropped, and every subscriber gets them counted as missed.
+  oldest messages are dropped, and every subscriber counts them as missed.
 * Both the link and the hub send batches taken in priority order and keep at most
-  ``WINDOW`` unacknowledged batches in flight, so a backlog waits in the priority
-  queues rather than in first-in-first-out socket buffers: a ``control`` message
-  published after a flood of ``telemetry`` overtakes whatever part of the flood has
-  not been sent yet.
-* Subscribers hold a bounded buffer (``foundation.channels.subscriber-buffer``); when
-  it is full the oldest message is dropped and counted, in :attr:`Message.missed` of
-  the next delivered message and in :attr:`Subscription.missed`. The hub's queues are
-  bounded the same way and report their drops with the next message.
+  ``WINDOW`` unacknowledged in flight, so a backlog waits in the priority queues
+  rather than in first-in-first-out socket buffers: a ``control`` message published
+  after a flood of ``telemetry`` overtakes whatever part of the flood has not been
+  sent yet.
+* Nothing is lost across a link break: each side keeps the batches it sent until they
+  are acknowledged and queues them again (in priority order) when the link breaks; the
+  hub keeps a process's queues and subscriptions while its link is down, and resumes
+  them when the process links again (a random token proves it is the same process:
+  a link id is bound to the comm that holds it, and a second link under a live id is
+  refused). Receivers drop what they already have by the publisher's sequence numbers,
+  so every message arrives once, in per-publisher order.
+* Subscribers hold a bounded buffer (``foundation.channels.subscriber-buffer``
+  messages and ``subscriber-buffer-bytes`` bytes); when it is full the oldest message
+  is dropped. The hub's queues per subscribing process are bounded the same way
+  (``control`` is never dropped there). Whatever a subscription does not get is counted
+  once, exactly, in :attr:`Message.missed` of the next delivered message and in
+  :attr:`Subscription.missed` (from the gaps in each publisher's sequence numbers).
+* On a scheduler without the Foundation plugin, the link raises
+  :class:`~foundation_dask.errors.FoundationNotInstalledError` naming the fix.
 
 Modules, by the process they run in: ``_wire`` (any process: channel names, frames,
 serialisation), ``_subscription`` and ``_link`` (client and worker: the receiving end,

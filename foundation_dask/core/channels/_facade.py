@@ -9,9 +9,11 @@ link of the client it is given or of the current client (:mod:`._link`).
 from __future__ import annotations
 
 import asyncio
+import numbers
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from dask.utils import parse_bytes
 from distributed import get_worker
 
 from foundation_dask.core._client import current_client, scheduler_call
@@ -20,6 +22,7 @@ from foundation_dask.core.channels._subscription import Message, Subscription
 from foundation_dask.core.channels._wire import (
     CHANNELS,
     ROUTES,
+    byte_setting,
     channel_index,
     check_size,
     connect_timeout,
@@ -47,6 +50,26 @@ def _resolve(client: distributed.Client | None) -> Link:
                 return ext.link
         client = current_client()
     return client_link(client)
+
+
+def _positive_int(name: str, value: Any, what: str) -> int:
+    """``value`` as a positive int.
+
+    Raises
+    ------
+    TypeError
+        Not an int (floats, strings and booleans are refused rather than rounded).
+    ValueError
+        Less than 1.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(
+            f"{name} must be a positive int ({what}), got {value!r} "
+            f"({type(value).__name__}); pass e.g. {name}=1000, or leave it out for the default."
+        )
+    if value < 1:
+        raise ValueError(f"{name} must be a positive int ({what}), got {value}.")
+    return int(value)
 
 
 class Channels:
@@ -83,7 +106,9 @@ class Channels:
 
         The message is validated and serialised in the calling thread, then queued in
         this process's outbox and sent in the background; the call does not wait for
-        delivery (see :meth:`flush`).
+        delivery (see :meth:`flush`). A message sent while the link is broken, or not yet
+        acknowledged when it broke, is sent (again) after the reconnect; subscribers get
+        it once.
 
         Parameters
         ----------
@@ -109,6 +134,12 @@ class Channels:
             ``foundation.channels.max-message-size``.
         TypeError
             The message cannot be serialised.
+        FoundationNotInstalledError
+            The scheduler has no Foundation plugin (connect with
+            :func:`foundation_dask.connect`, or call
+            :func:`foundation_dask.install_plugins`).
+        ClusterConnectionError
+            The scheduler refused the link (its id is held by another live connection).
         """
         ch = channel_index(channel)
         blob = serialize(message)
@@ -132,6 +163,7 @@ class Channels:
         handler: Callable[[Message], Any] | None = None,
         *,
         buffer: int | None = None,
+        buffer_bytes: int | str | None = None,
         client: distributed.Client | None = None,
     ) -> Subscription | Awaitable[Subscription]:
         """Receive the messages broadcast to ``channel`` from now on.
@@ -147,8 +179,13 @@ class Channels:
             Optional callable, called as ``handler(message)`` for each message in a
             dedicated thread (never on the event loop); exceptions are logged.
         buffer
-            Messages held before the oldest is dropped (and counted as missed).
-            Default: dask config ``foundation.channels.subscriber-buffer``.
+            Messages held before the oldest is dropped (and counted as missed), a
+            positive int. Default: dask config ``foundation.channels.subscriber-buffer``.
+        buffer_bytes
+            Bytes of serialised payloads held before the oldest messages are dropped
+            (and counted as missed; never ``control`` ones), a positive int or a size
+            such as ``"16MiB"``. Default: dask config
+            ``foundation.channels.subscriber-buffer-bytes``.
         client
             Client to subscribe through (default as in :meth:`broadcast`).
 
@@ -161,18 +198,36 @@ class Channels:
         Raises
         ------
         ValueError
-            Unknown channel or non-positive buffer.
+            Unknown channel, or ``buffer`` / ``buffer_bytes`` less than 1.
         TypeError
-            ``handler`` is not callable.
+            ``handler`` is not callable, or ``buffer`` / ``buffer_bytes`` is not an int.
+        FoundationNotInstalledError
+            The scheduler has no Foundation plugin (connect with
+            :func:`foundation_dask.connect`).
         """
         ch = channel_index(channel)
         if handler is not None and not callable(handler):
             raise TypeError(f"handler must be callable, got {type(handler).__name__}")
-        size = int(buffer if buffer is not None else setting("subscriber-buffer"))
-        if size < 1:
-            raise ValueError(f"Subscription buffer must hold at least 1 message, got {size}")
+        size = _positive_int(
+            "buffer", setting("subscriber-buffer") if buffer is None else buffer,
+            "messages held before the oldest is dropped",
+        )
+        if buffer_bytes is None:
+            nbytes = byte_setting("subscriber-buffer-bytes")
+        else:
+            if isinstance(buffer_bytes, str):
+                try:
+                    buffer_bytes = parse_bytes(buffer_bytes)
+                except ValueError:
+                    raise ValueError(
+                        f"buffer_bytes must be a positive int or a size such as '16MiB', "
+                        f"got {buffer_bytes!r}."
+                    ) from None
+            nbytes = _positive_int(
+                "buffer_bytes", buffer_bytes, "bytes held before the oldest are dropped"
+            )
         link = _resolve(client)
-        sub = Subscription(CHANNELS[ch], link, size, handler)
+        sub = Subscription(CHANNELS[ch], link, size, handler, nbytes)
 
         async def _subscribe() -> Subscription:
             await link.subscribe(sub)

@@ -7,7 +7,16 @@ as it stays open. The link holds the process's *outbox* (one bounded queue per
 channel, ``control`` unbounded), a flusher coroutine that writes batches taken in
 priority order with at most :data:`~._wire.WINDOW` unacknowledged in flight, a reader
 that hands received batches to the process's subscriptions, and reconnection while
-the process has subscriptions or queued messages. A client's link is made by
+the process has subscriptions or queued messages.
+
+Nothing is lost across a link break: batches sent but not yet acknowledged by the hub
+are kept, and queued again at the front of the outbox when the link breaks, so they are
+sent first after the reconnect (in priority order: ``control`` ahead of ``telemetry``);
+the hub drops what it already had by sequence number. The link presents a random token
+with its endpoint, which resumes its state at the hub. Before it opens, the link asks
+the scheduler whether the Foundation plugin runs there, and raises
+:class:`~foundation_dask.errors.FoundationNotInstalledError` when not (without trying
+again for ``NOT_INSTALLED_RECHECK`` seconds). A client's link is made by
 :func:`client_link`; a worker's belongs to its worker extension.
 """
 
@@ -18,6 +27,7 @@ import concurrent.futures
 import contextlib
 import itertools
 import logging
+import secrets
 import threading
 import time
 import weakref
@@ -38,6 +48,8 @@ from foundation_dask.core.channels._wire import (
     WINDOW,
     setting,
 )
+from foundation_dask.core.plugin import PLUGIN_NAME
+from foundation_dask.errors import ClusterConnectionError, FoundationNotInstalledError
 
 if TYPE_CHECKING:
     import distributed
@@ -47,6 +59,10 @@ if TYPE_CHECKING:
     from foundation_dask.core.channels._subscription import Subscription
 
 logger = logging.getLogger("foundation_dask.core.channels")
+
+#: Seconds a link that found no Foundation plugin on the scheduler raises that again
+#: without asking the scheduler.
+NOT_INSTALLED_RECHECK = 5.0
 
 
 class Link:
@@ -75,7 +91,9 @@ class Link:
         self._outbox: list[deque[tuple]] = [deque() for _ in CHANNELS]
         self._queued = 0
         self._limit = int(setting("publisher-buffer"))
-        self._dropped = [0] * len(CHANNELS)  # not yet reported to the hub
+        self._token = secrets.token_hex(16)
+        self._unacked: deque[list[tuple]] = deque()
+        self._not_installed: tuple[float, FoundationNotInstalledError] | None = None
         self._ctrl: list[tuple] = []
         self._seq = [0] * len(CHANNELS)
         self._subs: list[list[Subscription]] = [[] for _ in CHANNELS]
@@ -85,13 +103,14 @@ class Link:
         self._up = False
         self._closed = False
         self._start: concurrent.futures.Future | None = None
-        self._in_flight = 0
         self._owed = 0
         self._req = itertools.count()
-        self._pending_acks: dict[int, asyncio.Future] = {}
+        self._pending_acks: dict[int, tuple[asyncio.Future, Subscription]] = {}
         self._drain_waiters: list[asyncio.Future] = []
         self._tasks: set[asyncio.Task] = set()
         self.sent = 0
+        self.dropped = 0
+        self.breaks = 0
 
     def __repr__(self) -> str:
         state = "up" if self._up else ("closed" if self._closed else "down")
@@ -116,13 +135,17 @@ class Link:
         """Queue a serialised message on channel index ``ch``; returns its sequence number.
 
         When the channel's outbox queue is full (``control`` excepted) the oldest message
-        is dropped and reported to the hub with the next record of that channel.
+        is dropped (subscribers count the gap in the sequence numbers as missed).
 
         Raises
         ------
         RuntimeError
             The link is closed.
+        FoundationNotInstalledError
+            The scheduler has no Foundation plugin.
         """
+        if self._not_installed is not None:
+            self._check_installed()
         ts = time.time()
         with self._lock:
             if self._closed:
@@ -133,7 +156,7 @@ class Link:
             if len(q) >= self._limit and ch != CONTROL:
                 q.popleft()
                 self._queued -= 1
-                self._dropped[ch] += 1
+                self.dropped += 1
             q.append((ch, seq, ts, blob, trace))
             self._queued += 1
             wake = self._sleeping
@@ -144,8 +167,24 @@ class Link:
             self.start_soon()
         return seq
 
+    def _check_installed(self) -> None:
+        """Raise the scheduler's recent "no Foundation plugin" answer again."""
+        state = self._not_installed
+        if state is not None:
+            if time.monotonic() - state[0] < NOT_INSTALLED_RECHECK:
+                raise FoundationNotInstalledError(str(state[1]), address=self.address)
+            self._not_installed = None
+
     def start_soon(self) -> concurrent.futures.Future:
-        """Connect in the background unless connected or connecting."""
+        """Connect in the background unless connected or connecting.
+
+        Raises
+        ------
+        FoundationNotInstalledError
+            The scheduler answered lately that it has no Foundation plugin.
+        """
+        if self._not_installed is not None:
+            self._check_installed()
         with self._lock:
             fut = self._start
             if fut is None or (fut.done() and not self._up):
@@ -186,19 +225,37 @@ class Link:
             return
         comm = await connect(self.address, **self.connection_args)
         try:
-            await comm.write(
-                {"op": "foundation_channels_link", "endpoint": self.endpoint, "kind": self.kind}
-            )
-            hello = await comm.read()
+            # a plain Dask scheduler answers this too (no traceback in its log)
+            await comm.write({"op": "get_metadata", "keys": [PLUGIN_NAME, "scheduler_plugin"],
+                              "default": False})
+            installed = await comm.read()
+            if installed is True:
+                await comm.write({"op": "foundation_channels_link", "endpoint": self.endpoint,
+                                  "kind": self.kind, "token": self._token})
+                hello = await comm.read()
         except BaseException:
             comm.abort()
             raise
+        if installed is not True:
+            comm.abort()
+            exc = FoundationNotInstalledError(
+                f"The scheduler at {self.address} has no Foundation plugin, so Channels (and "
+                "what uses them) cannot work there. Connect with "
+                f"foundation_dask.connect({self.address!r}), or install the plugins on this "
+                "client's cluster with foundation_dask.install_plugins(client).",
+                address=self.address,
+            )
+            if self._not_installed is None:
+                logger.warning("Channels link %s: %s", self.endpoint, exc)
+            self._not_installed = (time.monotonic(), exc)
+            raise exc
         if not (isinstance(hello, dict) and hello.get("foundation_channels")):
             comm.abort()
-            raise RuntimeError(
-                f"The scheduler at {self.address} has no Foundation channels hub. Install the "
-                "Foundation plugins first: foundation_dask.install_plugins(client) (done by "
-                "foundation_dask.connect())."
+            error = hello.get("error") if isinstance(hello, dict) else None
+            raise ClusterConnectionError(
+                error or f"The scheduler at {self.address} refused the Channels link of "
+                f"{self.endpoint}: {hello!r}",
+                address=self.address,
             )
         if self._closed:
             comm.abort()
@@ -206,7 +263,6 @@ class Link:
         with self._lock:
             self._comm = comm
             self._up = True
-            self._in_flight = 0
             self._owed = 0
             # Subscription counts are absolute, so re-sending them is idempotent.
             self._ctrl = [("sub", -1, ch, len(s)) for ch, s in enumerate(self._subs) if s]
@@ -226,30 +282,29 @@ class Link:
             while q and len(out) < MAX_BATCH and nbytes < MAX_BATCH_BYTES:
                 rec = q.popleft()
                 nbytes += len(rec[3])
-                dropped = self._dropped[ch]
-                if dropped:
-                    self._dropped[ch] = 0
-                out.append((*rec, dropped))
+                out.append(rec)
             if len(out) >= MAX_BATCH or nbytes >= MAX_BATCH_BYTES:
                 break
         self._queued -= len(out)
         return out
 
     async def _flush_loop(self, comm: Comm) -> None:
+        unacked = self._unacked
         try:
             while self._comm is comm:
                 with self._lock:
                     ctrl, self._ctrl = self._ctrl, []
-                    records = self._take() if self._in_flight < WINDOW else []
+                    records = self._take() if len(unacked) < WINDOW else []
                     owed, self._owed = self._owed, 0
-                    if not (ctrl or records or owed):
+                    if records:
+                        unacked.append(records)
+                    elif not (ctrl or owed):
                         self._sleeping = True
                         self._wake.clear()
                 if not (ctrl or records or owed):
                     await self._wake.wait()
                     continue
                 if records:
-                    self._in_flight += 1
                     self.sent += len(records)
                 await comm.write((owed, ctrl, records))
         except (CommClosedError, OSError) as exc:
@@ -260,18 +315,19 @@ class Link:
 
     async def _read_loop(self, comm: Comm) -> None:
         exc: BaseException | None = None
+        unacked = self._unacked
         try:
             while self._comm is comm:
                 acked, acks, records = await comm.read()
                 if acked:
-                    self._in_flight -= acked
+                    with self._lock:
+                        for _ in range(min(acked, len(unacked))):
+                            unacked.popleft()
                     self._wake.set()
                     if self._drain_waiters:
                         self._check_drained()
-                for req in acks:
-                    fut = self._pending_acks.pop(req, None)
-                    if fut is not None and not fut.done():
-                        fut.set_result(None)
+                for req, ch, baseline in acks:
+                    self._acknowledged(req, ch, baseline)
                 if records:
                     self._dispatch(records)
                     self._owed += 1
@@ -283,6 +339,22 @@ class Link:
             exc = e
         finally:
             self._broken(comm, exc)
+
+    def _acknowledged(self, req: int, ch: int, baseline: list) -> None:
+        """The hub took a subscription change: start the new subscription from
+        ``baseline``, or (``req`` -1: the hub holds no state of this process any more)
+        count what the channel's subscriptions missed meanwhile."""
+        if req < 0:
+            for sub in list(self._subs[ch]):
+                sub._resync(baseline)
+            return
+        pending = self._pending_acks.pop(req, None)
+        if pending is None:
+            return
+        fut, sub = pending
+        sub._start(baseline)
+        if not fut.done():
+            fut.set_result(None)
 
     def _dispatch(self, records: tuple) -> None:
         now = time.time()
@@ -298,7 +370,7 @@ class Link:
                 sub._put_many(recs, now)
 
     def _check_drained(self) -> None:
-        if self._queued == 0 and self._in_flight <= 0:
+        if self._queued == 0 and not self._unacked:
             waiters, self._drain_waiters = self._drain_waiters, []
             for fut in waiters:
                 wake_future(fut)
@@ -310,7 +382,7 @@ class Link:
             self._drain_waiters.append(fut)
             self._check_drained()
             await fut
-            if self._queued == 0 and self._in_flight <= 0:
+            if self._queued == 0 and not self._unacked:
                 return
 
     def _broken(self, comm: Comm, exc: BaseException | None) -> None:
@@ -319,12 +391,20 @@ class Link:
                 return
             self._comm = None
             self._up = False
-            lost = self._in_flight
-            self._in_flight = 0
+            # sent again first after the reconnect; the hub drops what it already has
+            unacked = self._unacked
+            resent = 0
+            while unacked:
+                batch = unacked.pop()
+                resent += len(batch)
+                for rec in reversed(batch):
+                    self._outbox[rec[0]].appendleft(rec)
+            self._queued += resent
+            self.breaks += 1
         comm.abort()
         self._wake.set()
         pending, self._pending_acks = self._pending_acks, {}
-        for fut in pending.values():
+        for fut, _ in pending.values():
             if not fut.done():
                 fut.set_exception(CommClosedError(f"Channels link to {self.address} closed"))
         if self._closed:
@@ -334,10 +414,10 @@ class Link:
             self._shutdown()
             return
         backlog = any(self._subs) or self._queued
-        logger.log(
-            logging.WARNING if lost else logging.INFO,
-            "Channels link %s -> %s closed (%s); %d batch(es) were in flight%s",
-            self.endpoint, self.address, exc, lost, "; reconnecting" if backlog else "",
+        logger.info(
+            "Channels link %s -> %s closed (%s); %d message(s) not acknowledged are queued "
+            "again%s", self.endpoint, self.address, exc, resent,
+            "; reconnecting" if backlog else "",
         )
         if backlog:
             task = asyncio.ensure_future(self._reconnect())
@@ -345,13 +425,18 @@ class Link:
             task.add_done_callback(self._tasks.discard)
 
     async def _reconnect(self) -> None:
-        delay = 0.1
+        # at once first (the hub queues for this process meanwhile, within its bounds),
+        # then backing off
+        delay = 0.0
         while not (self._closed or self._up) and self._alive() and (
             any(self._subs) or self._queued
         ):
             await asyncio.sleep(delay)
+            delay = max(delay, 0.05)
             try:
                 await self.started()
+            except FoundationNotInstalledError:
+                return  # logged once by _connect; publishing raises it
             except Exception as exc:
                 logger.info("Channels link %s: reconnect failed: %s", self.endpoint, exc)
                 delay = min(delay * 2, 5.0)
@@ -361,7 +446,7 @@ class Link:
         await self.started()
         fut = self.aloop.create_future()
         req = next(self._req)
-        self._pending_acks[req] = fut
+        self._pending_acks[req] = (fut, sub)
         with self._lock:
             subs = self._subs[sub._ch]
             subs.append(sub)
@@ -379,9 +464,14 @@ class Link:
         """Flush briefly, then close the comm and every subscription of this process."""
         if self._closed:
             return
-        if self._up and (self._queued or self._in_flight):
+        if self._up and (self._queued or self._unacked):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.drained(), flush_timeout)
+        comm = self._comm
+        if comm is not None:
+            # the hub forgets this process's state now, not when the process leaves
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(comm.write((self._owed, [("bye", -1, 0, 0)], [])), 1.0)
         self._shutdown()
 
     def _shutdown(self) -> None:
@@ -404,7 +494,7 @@ class Link:
         for task in list(self._tasks):
             if task is not current:
                 task.cancel()
-        for fut in list(self._pending_acks.values()) + self._drain_waiters:
+        for fut in [f for f, _ in self._pending_acks.values()] + self._drain_waiters:
             if not fut.done():
                 fut.cancel()
         self._pending_acks.clear()

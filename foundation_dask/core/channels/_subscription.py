@@ -5,6 +5,11 @@ A subscription belongs to one process's link (:mod:`._link`), which fills its bo
 buffer from the event loop; consumers take messages in any thread (:meth:`~Subscription.get`,
 iteration, a ``handler`` thread) or on an event loop (:meth:`~Subscription.aget`,
 ``async for``). Payloads are unpickled only when taken.
+
+A subscription keeps, per publisher, the sequence number of the last message that
+reached it: a message it already has (sent again after a link break) is dropped, and
+a gap (messages a full buffer dropped, at the publisher, at the scheduler or here) is
+counted in :attr:`Subscription.missed`, each message once.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from foundation_dask._html import html_repr
-from foundation_dask.core.channels._wire import CHANNELS, INDEX
+from foundation_dask.core.channels._wire import CHANNELS, CONTROL, INDEX
 from foundation_dask.errors import SubscriptionClosedError
 
 if TYPE_CHECKING:
@@ -50,7 +55,10 @@ class Message:
     timestamp
         ``time.time()`` in the publishing process when it was broadcast.
     missed
-        How many messages this subscription dropped right before this one (0 normally).
+        How many messages this subscription missed right before this one (0 normally):
+        messages of the same publisher on the channel that never reached it (dropped by
+        a full buffer at the publisher or the scheduler), and messages of any publisher
+        its own full buffer dropped.
     received
         ``time.time()`` in the subscribing process when the message reached it.
     trace
@@ -84,19 +92,26 @@ def wake_future(fut: asyncio.Future) -> None:
 class Subscription:
     """The messages of one channel, as received by this process.
 
-    Returned by :meth:`Channels.subscribe`. Holds at most ``buffer`` messages; when
-    full, the oldest is dropped and counted in :attr:`missed` and in the ``missed``
-    field of the next message returned. A subscription stays active until
-    :meth:`close` is called (also on leaving a ``with`` block).
+    Returned by :meth:`Channels.subscribe`. Holds at most ``buffer`` messages and
+    ``buffer_bytes`` bytes of serialised payloads; beyond either, the oldest are
+    dropped and counted in :attr:`missed` and in the ``missed`` field of the next
+    message returned (``control`` messages are never dropped for the byte bound).
+    Messages of one publisher arrive once each and in order, also across breaks of
+    the link. A subscription stays active until :meth:`close` is called (also on
+    leaving a ``with`` block).
 
     Attributes
     ----------
     channel
         The subscribed channel.
     buffer_size
-        Capacity of the buffer.
+        Capacity of the buffer, in messages.
+    buffer_bytes
+        Capacity of the buffer, in bytes of serialised payloads.
     missed
-        Total number of messages dropped for this subscription so far.
+        Total number of messages this subscription missed so far: every message
+        broadcast on its channel while it was active that it did not receive, or
+        received and dropped from its full buffer.
     received
         Number of messages that reached this subscription (delivered or dropped
         locally).
@@ -108,14 +123,21 @@ class Subscription:
         link: Link,
         buffer_size: int,
         handler: Callable[[Message], Any] | None = None,
+        buffer_bytes: int = 64 << 20,
     ):
         self.channel = channel
         self._ch = INDEX[channel]
         self._link = link
         self.buffer_size = buffer_size
+        self.buffer_bytes = buffer_bytes
         self.missed = 0
         self._pending_missed = 0
-        self._buf: deque[tuple[tuple, float]] = deque()
+        # (record, time received, messages of its publisher missed right before it)
+        self._buf: deque[tuple[tuple, float, int]] = deque()
+        self._nbytes = 0
+        # (publisher, incarnation) -> last sequence number that reached this subscription;
+        # None until the hub has acknowledged it (what arrives before is not for it)
+        self._last: dict[tuple[str, int], int] | None = None
         self._cond = threading.Condition(threading.Lock())
         self._async_waiters: list[asyncio.Future] = []
         self._closed = False
@@ -125,21 +147,66 @@ class Subscription:
 
     # -- delivery (event loop of the link) --------------------------------------------
 
+    def _start(self, baseline: list) -> None:
+        """Start receiving from where each publisher stood when the hub took it."""
+        with self._cond:
+            self._last = {(pub, inc): seq for pub, inc, seq in baseline}
+
+    def _resync(self, baseline: list) -> None:
+        """The hub starts afresh for this process: count what each publisher this
+        subscription heard from sent meanwhile that never came."""
+        with self._cond:
+            last = self._last
+            if last is None:
+                return
+            for pub, inc, seq in baseline:
+                key = (pub, inc)
+                prev = last.get(key)
+                if prev is None:
+                    last[key] = seq
+                elif seq > prev:
+                    self.missed += seq - prev
+                    self._pending_missed += seq - prev
+                    last[key] = seq
+
     def _put_many(self, records: list[tuple], received: float) -> None:
         with self._cond:
-            if self._closed:
+            last = self._last
+            if self._closed or last is None:
                 return
             buf = self._buf
-            limit = self.buffer_size
+            limit, limit_bytes = self.buffer_size, self.buffer_bytes
+            control = self._ch == CONTROL
+            n = 0
             for rec in records:
-                if rec[6]:
-                    self.missed += rec[6]
-                if len(buf) >= limit:
-                    old, _ = buf.popleft()
-                    self._pending_missed += old[6] + 1
+                key = (rec[1], rec[6])
+                seq = rec[2]
+                prev = last.get(key, -1)
+                if seq <= prev:
+                    continue  # already here: sent again after a link break
+                last[key] = seq
+                blob = rec[4]
+                if not blob:  # a gap marker (MARKER): the hub dropped up to seq
+                    gap = seq - prev
+                    self.missed += gap
+                    self._pending_missed += gap
+                    continue
+                gap = seq - prev - 1
+                if gap:
+                    self.missed += gap
+                n += 1
+                buf.append((rec, received, gap))
+                self._nbytes += len(blob)
+                while len(buf) > limit or (
+                    self._nbytes > limit_bytes and len(buf) > 1 and not control
+                ):
+                    old, _, old_gap = buf.popleft()
+                    self._nbytes -= len(old[4])
+                    self._pending_missed += old_gap + 1
                     self.missed += 1
-                buf.append((rec, received))
-            self.received += len(records)
+            if not n:
+                return
+            self.received += n
             self._cond.notify_all()
             waiters, self._async_waiters = self._async_waiters, []
         for fut in waiters:
@@ -153,8 +220,9 @@ class Subscription:
         # called with the lock held
         if not self._buf:
             return None
-        rec, received = self._buf.popleft()
-        missed = self._pending_missed + rec[6]
+        rec, received, gap = self._buf.popleft()
+        self._nbytes -= len(rec[4])
+        missed = self._pending_missed + gap
         self._pending_missed = 0
         return rec, missed, received
 
@@ -297,6 +365,11 @@ class Subscription:
         """Number of messages waiting in the buffer."""
         return len(self._buf)
 
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes of serialised payloads waiting in the buffer."""
+        return self._nbytes
+
     def __len__(self) -> int:
         return len(self._buf)
 
@@ -341,6 +414,7 @@ class Subscription:
                 return False
             self._closed = True
             self._buf.clear()
+            self._nbytes = 0
             self._cond.notify_all()
             waiters, self._async_waiters = self._async_waiters, []
         for fut in waiters:
@@ -388,6 +462,7 @@ class Subscription:
         return html_repr(repr(self), "Subscription", fields=[
             ("Channel", self.channel),
             ("Buffered", f"{self.buffered} / {self.buffer_size}"),
+            ("Buffered bytes", f"{self._nbytes:,} / {self.buffer_bytes:,}"),
             ("Missed", self.missed),
             ("Received", self.received),
             ("Handler", "none" if handler is None else getattr(handler, "__name__", repr(handler))),

@@ -12,13 +12,19 @@ Both directions of a link carry the same frame::
     (acked, control, records)
 
 ``acked`` counts the record-carrying frames of the other side processed since the
-last frame, ``control`` holds subscription changes ``("sub", request id, channel,
-number of subscriptions of the process)`` (process -> scheduler) or the request ids
-acknowledged (scheduler -> process), ``records`` the messages: ``(channel, seq,
-timestamp, pickled payload, trace, dropped)`` from a publisher (``dropped``: messages of
-that channel its outbox dropped since its previous record), ``(channel, publisher, seq,
-timestamp, pickled payload, trace, missed)`` to a subscriber. Payloads stay pickled
-bytes until a subscriber's :meth:`Subscription.get` unpickles them.
+last frame (the sender keeps each such frame until it is acknowledged, and queues its
+records again when the link breaks first). ``control`` holds subscription changes
+``("sub", request id, channel, number of subscriptions of the process)`` and
+``("bye", -1, 0, 0)`` (process -> scheduler), or ``(request id, channel, baseline)``
+acknowledgements (scheduler -> process; ``baseline``: ``(publisher, incarnation,
+seq)`` of the last message the hub received from each publisher of the channel).
+``records`` holds the messages: ``(channel, seq, timestamp, pickled payload, trace)``
+from a publisher, ``(channel, publisher, seq, timestamp, pickled payload, trace,
+incarnation)`` to a subscriber, where a payload of :data:`MARKER` (no message) says
+the hub dropped that publisher's messages up to ``seq``. A receiver drops what it
+already has by the publisher's sequence numbers and counts the gaps as missed.
+Payloads stay pickled bytes until a subscriber's :meth:`Subscription.get` unpickles
+them.
 """
 
 from __future__ import annotations
@@ -54,6 +60,9 @@ MAX_BATCH = 128
 #: Batches stop growing past this many payload bytes (a batch holds at least one message).
 MAX_BATCH_BYTES = 1 << 20
 
+#: The payload of a gap marker (a pickle is never empty).
+MARKER = b""
+
 #: The publisher of messages broadcast by scheduler-side code.
 SCHEDULER_PUBLISHER = "scheduler"
 
@@ -80,6 +89,12 @@ def setting(name: str) -> Any:
     return dask.config.get(
         f"foundation.channels.{name}", default=config.defaults["foundation"]["channels"][name]
     )
+
+
+def byte_setting(name: str) -> int:
+    """``foundation.channels.<name>`` as a number of bytes (``"64MiB"`` or an int)."""
+    raw = setting(name)
+    return int(raw) if isinstance(raw, int) else int(parse_bytes(raw))
 
 
 def connect_timeout() -> float:

@@ -6,8 +6,9 @@ publishing, workers subscribing, worker death) runs on a subprocess cluster.
 
 from __future__ import annotations
 
-import asyncio
+import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -18,8 +19,8 @@ from typing import Any
 import cloudpickle
 import dask
 import pytest
-from distributed import Client, Event
-from distributed.utils_test import gen_cluster
+from distributed import Client, Event, Variable
+from distributed.utils_test import captured_logger, gen_cluster
 
 import foundation_dask as fd
 from foundation_dask.core.channels import (
@@ -30,29 +31,18 @@ from foundation_dask.core.channels import (
     Subscription,
     SubscriptionClosedError,
 )
-from foundation_dask.core.plugin import extension as scheduler_extension
-
-from .conftest import wait_for, worker_names
+from foundation_dask.core.channels._link import Link, client_link
+from foundation_dask.core.plugin import extension
+from foundation_dask.errors import ClusterConnectionError, FoundationNotInstalledError
+from tests.support import async_wait_for, wait_for, worker_names
 
 # Worker processes of the subprocess cluster may not be able to import this module: ship the
 # functions below by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
-async def async_wait_for(predicate, timeout: float = 10.0) -> Any:
-    """Poll ``predicate`` on the event loop until it returns a truthy value."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"condition not met within {timeout}s (last value: {last!r})")
-
-
 def hub_of(s):
-    return scheduler_extension(s, "channels")
+    return extension(s, "channels")
 
 
 # -- functions run in tasks on workers --------------------------------------------------------
@@ -119,6 +109,78 @@ class Emitter:
         async with await fd.Channels.subscribe("control") as sub:
             await fd.Channels.broadcast("control", "ping")
             return (await sub.aget(timeout=5)).payload
+
+
+def publish_until(channel: str, n: int, event: str, size: int = 0) -> int:
+    """Publish ``(i, padding)`` for i = 0, 1, ... at a steady pace, at least ``n`` of
+    them and on until the distributed event ``event`` is set; return how many."""
+    from distributed import Event
+
+    done = Event(event)
+    pad = b"p" * size
+    i = 0
+    while i < n or not done.is_set():
+        for _ in range(10):
+            fd.Channels.broadcast(channel, (i, pad))
+            i += 1
+        time.sleep(0.002)  # pacing the publisher, so that the flow spans the link breaks
+    fd.Channels.flush(timeout=60)
+    return i
+
+
+def abort_worker_link(dask_worker) -> int:
+    """Run on a worker's event loop (``client.run``): abort its channel link's comm, as a
+    network failure does; return how often its link broke so far."""
+    link = extension(dask_worker, "channels").link
+    if link._comm is not None:
+        link._comm.abort()
+    return link.breaks
+
+
+def worker_link_breaks(dask_worker) -> int:
+    """How often the worker's channel link broke so far, once it is connected again."""
+    link = extension(dask_worker, "channels").link
+    return link.breaks if link._up else -1
+
+
+def abort_hub_links(endpoints: list[str], dask_scheduler=None) -> list[int]:
+    """Run on the scheduler (``client.run_on_scheduler``): abort the comms the hub holds
+    for ``endpoints``; return how often each link broke so far."""
+    hub = extension(dask_scheduler, "channels")
+    out = []
+    for endpoint in endpoints:
+        peer = hub.peers[endpoint]
+        if peer.comm is not None:
+            peer.comm.abort()
+        out.append(peer.breaks)
+    return out
+
+
+def publish_sized(channel: str, n: int, size: int) -> int:
+    pad = b"p" * size
+    for i in range(n):
+        fd.Channels.broadcast(channel, (i, pad))
+    fd.Channels.flush(timeout=60)
+    return n
+
+
+def collect_after(channel: str, event: str, total_event: str) -> tuple[list[int], int, int]:
+    """Subscribe, say so by setting the distributed event ``event``, then (once the event
+    ``total_event`` is set) take messages until every one of the publisher's is there or
+    counted as missed: return the sequence numbers, the total missed, the sum of the
+    messages' ``missed``."""
+    from distributed import Event, Variable
+
+    with fd.Channels.subscribe(channel, buffer=100_000, buffer_bytes="1GiB") as sub:
+        Event(event).set()
+        assert Event(total_event).wait(timeout=120)
+        total = Variable(total_event).get(timeout=10)
+        seqs, reported = [], 0
+        while len(seqs) + sub.missed < total:
+            msg = sub.get(timeout=60)
+            seqs.append(msg.seq)
+            reported += msg.missed
+        return seqs, sub.missed, reported
 
 
 def flood_then_control(n: int) -> None:
@@ -415,6 +477,117 @@ async def test_publisher_outbox_is_bounded_and_its_drops_are_counted(c, s, a, b)
     assert info["channels"]["control"]["dropped"] == 0
 
 
+@pytest.mark.timeout(60)
+@gen_cluster(client=True)
+async def test_buffer_argument_is_validated(c, s, a, b):
+    await fd.install_plugins(c)
+    hub = hub_of(s)
+    async with await fd.Channels.subscribe("events") as sub:
+        for bad in ("x", 2.7, True, None.__class__):
+            with pytest.raises(TypeError, match=r"buffer must be a positive int.*got"):
+                fd.Channels.subscribe("events", buffer=bad)
+        for bad in (0, -3):
+            with pytest.raises(ValueError, match=r"buffer must be a positive int.*got -?\d"):
+                fd.Channels.subscribe("events", buffer=bad)
+        with pytest.raises(TypeError, match="buffer_bytes must be a positive int"):
+            fd.Channels.subscribe("events", buffer_bytes=1.5)
+        with pytest.raises(ValueError, match="buffer_bytes must be a positive int or a size"):
+            fd.Channels.subscribe("events", buffer_bytes="lots")
+        # nothing was subscribed, and what was already there keeps working
+        assert hub.info()["channels"]["events"]["subscriptions"] == 1
+        await fd.Channels.broadcast("events", "still")
+        assert (await sub.aget(timeout=5)).payload == "still"
+    sized = await fd.Channels.subscribe("events", buffer=7, buffer_bytes="3MiB")
+    assert (sized.buffer_size, sized.buffer_bytes) == (7, 3 * 2**20)
+    sized.close()
+
+
+@pytest.mark.timeout(60)
+@gen_cluster(client=True, config={"foundation.channels.subscriber-buffer-bytes": "4MiB"})
+async def test_subscriber_buffer_is_bounded_in_bytes(c, s, a, b):
+    """A subscription that does not read holds at most subscriber-buffer-bytes of big
+    messages; the oldest go, counted exactly; control messages are never dropped."""
+    await fd.install_plugins(c)
+    big = 512 * 1024
+    data = await fd.Channels.subscribe("data")
+    ctl = await fd.Channels.subscribe("control")
+    try:
+        assert data.buffer_bytes == 4 * 2**20
+        n = 100
+        for i in range(n):
+            await fd.Channels.broadcast("data", (i, b"d" * big))
+        for i in range(12):
+            await fd.Channels.broadcast("control", (i, b"c" * big))
+        await async_wait_for(lambda: data.received == n and ctl.received == 12)
+        assert data.buffered_bytes <= 4 * 2**20
+        assert data.buffered == 7  # 7 * 512 KiB (plus pickle framing) fit in 4 MiB
+        assert data.missed == n - data.buffered
+        got = [await data.aget(timeout=5) for _ in range(data.buffered)]
+        assert [m.payload[0] for m in got] == list(range(n - 7, n))
+        assert got[0].missed == n - 7 and all(m.missed == 0 for m in got[1:])
+        assert data.missed + len(got) == n and data.buffered_bytes == 0
+        # control is kept whole, beyond the byte bound
+        assert ctl.buffered == 12 and ctl.buffered_bytes > 4 * 2**20
+        assert [(await ctl.aget(timeout=5)).payload[0] for _ in range(12)] == list(range(12))
+        assert ctl.missed == 0
+    finally:
+        data.close()
+        ctl.close()
+
+
+@pytest.mark.timeout(60)
+@gen_cluster(client=True)
+async def test_a_link_id_belongs_to_the_comm_that_opened_it(c, s, a, b):
+    """Client B opening a channel link under client A's id is refused; A's link stays."""
+    await fd.install_plugins(c)
+    hub = hub_of(s)
+    async with await fd.Channels.subscribe("events", client=c) as sub:
+        a_comm = hub.peers[c.id].comm
+        b_client = await Client(s.address, asynchronous=True)
+        try:
+            assert b_client.loop is not None
+            forged = Link(loop=b_client.loop, address=s.address,
+                          connection_args=b_client.security.get_connection_args("client"),
+                          endpoint=c.id, kind="client", alive=lambda: True)
+            with pytest.raises(ClusterConnectionError, match="held by another connection"):
+                await forged.started()
+            await forged.close()
+            assert hub.peers[c.id].comm is a_comm and not a_comm.closed()
+            # A's link still works, in both directions, and B's own link is its own
+            await fd.Channels.broadcast("events", "from A", client=c)
+            await fd.Channels.broadcast("events", "from B", client=b_client)
+            got = [await sub.aget(timeout=5), await sub.aget(timeout=5)]
+            assert [(m.payload, m.publisher) for m in got] == [
+                ("from A", c.id), ("from B", b_client.id)]
+            assert sub.missed == 0
+        finally:
+            await b_client.close()
+
+
+@pytest.mark.timeout(60)
+@gen_cluster(client=True)
+async def test_without_the_plugin_a_clear_error_and_no_scheduler_tracebacks(c, s, a, b):
+    """A plain Dask cluster (no foundation_dask.connect): Channels raise
+    FoundationNotInstalledError naming the fix, and the scheduler logs nothing."""
+    with captured_logger("distributed.core", level=logging.WARNING) as log:
+        for _ in range(20):
+            with pytest.raises(FoundationNotInstalledError, match=r"foundation_dask\.connect"):
+                await fd.Channels.broadcast("events", "x")
+        with pytest.raises(FoundationNotInstalledError, match="install_plugins") as err:
+            await fd.Channels.subscribe("events")
+        assert err.value.address == s.address
+        assert isinstance(err.value, RuntimeError)
+    assert "foundation_channels" not in log.getvalue()
+    assert "No handler" not in log.getvalue()
+    # once the plugins are there, the same client publishes and subscribes
+    await fd.install_plugins(c)
+    link = client_link(c)
+    link._not_installed = None  # what NOT_INSTALLED_RECHECK seconds do
+    async with await fd.Channels.subscribe("events") as sub:
+        await fd.Channels.broadcast("events", "now")
+        assert (await sub.aget(timeout=5)).payload == "now"
+
+
 # -- across processes ---------------------------------------------------------------------------
 
 
@@ -578,3 +751,140 @@ def test_subscriptions_of_a_killed_worker_are_removed(fd_client, subprocess_clus
     with fd.Channels.subscribe("events") as sub:
         fd.Channels.broadcast("events", "still here")
         assert sub.get(timeout=10).payload == "still here"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_nothing_lost_when_links_break_while_messages_flow(fd_client):
+    """The comms of a subscriber's link (this client) and of a publisher's link (a
+    worker) are aborted several times, from either end, while the publisher sends: every
+    message arrives once, in order, and nothing is missed."""
+    w0 = worker_names(fd_client)["w0"]
+    done = Event("channels-breaks-done", client=fd_client)
+    link = client_link(fd_client)
+    with fd.Channels.subscribe("events", buffer=1_000_000) as sub:
+        fut = fd_client.submit(publish_until, "events", 10_000, done.name,
+                               workers=[w0], pure=False)
+        wait_for(lambda: sub.received > 100, 60)
+        for _ in range(3):
+            # the subscriber's comm, aborted in this process
+            before = link.breaks
+            comm = link._comm
+            if comm is not None:
+                link.aloop.call_soon_threadsafe(comm.abort)
+            wait_for(lambda b=before: link.breaks > b and link._up, 30)
+            mark = sub.received
+            wait_for(lambda m=mark: sub.received > m + 50, 60)
+            # the publisher's comm, aborted in the worker
+            before = fd_client.run(abort_worker_link, workers=[w0])[w0]
+            wait_for(lambda b=before: fd_client.run(worker_link_breaks,
+                                                    workers=[w0])[w0] > b, 30)
+            mark = sub.received
+            wait_for(lambda m=mark: sub.received > m + 50, 60)
+            # both, aborted by the scheduler
+            fd_client.run_on_scheduler(abort_hub_links, [fd_client.id, w0])
+            mark = sub.received
+            wait_for(lambda m=mark: sub.received > m + 50, 60)
+        done.set()
+        total = fut.result(timeout=120)
+        msgs = [sub.get(timeout=60) for _ in range(total)]
+        with pytest.raises(TimeoutError):
+            sub.get(timeout=0.5)
+        assert sub.missed == 0
+    assert total >= 10_000
+    assert [m.seq for m in msgs] == list(range(total))
+    assert [m.payload[0] for m in msgs] == list(range(total))
+    assert all(m.missed == 0 for m in msgs)
+    assert link.breaks >= 6
+    info = fd.Channels.info()
+    assert info["peers"][w0]["breaks"] >= 6
+    assert info["channels"]["events"]["messages"] == total  # each once at the hub too
+    assert info["channels"]["events"]["dropped"] == 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_a_stopped_subscriber_misses_exactly_what_the_scheduler_could_not_keep(
+        subprocess_cluster):
+    """A subscribing worker is stopped (SIGSTOP) while 1,000 messages of 10 KiB flow to
+    it: the scheduler keeps at most subscriber-buffer-bytes for it and drops the oldest;
+    once it runs again (SIGCONT) it gets the newest, in order, and ``missed`` is exactly
+    the number it did not get, the same the scheduler counts."""
+    subprocess_cluster.env["DASK_FOUNDATION__CHANNELS__SUBSCRIBER_BUFFER_BYTES"] = "1MiB"
+    subprocess_cluster.start(2)
+    client = fd.connect(subprocess_cluster.address)
+    client.wait_for_workers(2, timeout=60)
+    names = worker_names(client)
+    w0, w1 = names["w0"], names["w1"]
+    n, size = 1000, 10 * 1024
+    subscribed = Event("channels-stopped-subscribed", client=client)
+    total = Event("channels-stopped-total", client=client)
+    fut = client.submit(collect_after, "telemetry", subscribed.name, total.name,
+                        workers=[w1], pure=False)
+    assert subscribed.wait(timeout=60)
+    proc = subprocess_cluster.workers["w1"]
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        assert client.submit(publish_sized, "telemetry", n, size, workers=[w0],
+                             pure=False).result(timeout=60) == n
+        info = wait_for(lambda: (i := fd.Channels.info())["channels"]["telemetry"]["messages"]
+                        == n and i, 60)
+        held = info["peers"][w1]
+    finally:
+        proc.send_signal(signal.SIGCONT)
+    assert held["queued_bytes"] <= 2**20  # bounded in bytes at the scheduler
+    assert held["queued"] < n
+    Variable(total.name, client=client).set(n)
+    total.set()
+    seqs, missed, reported = fut.result(timeout=120)
+    assert missed > 0
+    assert len(seqs) + missed == n  # every message delivered once or counted once
+    assert seqs == sorted(set(seqs)) and seqs[-1] == n - 1
+    assert reported == missed  # and told with the messages that follow each gap
+    assert fd.Channels.info()["channels"]["telemetry"]["dropped"] == missed
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_control_stays_ahead_of_telemetry_sent_again_after_a_break(subprocess_cluster):
+    """A subscribing worker is stopped while a telemetry flood and then a control message
+    queue at the scheduler for it; the scheduler's comm to it is aborted, so the batches
+    in flight go back to its queues. Once the worker runs again and links again, control
+    comes before everything but what was already in its socket, and telemetry arrives
+    complete, once, in order."""
+    subprocess_cluster.start(2)
+    client = fd.connect(subprocess_cluster.address)
+    client.wait_for_workers(2, timeout=60)
+    names = worker_names(client)
+    w0, w1 = names["w0"], names["w1"]
+    n = 5000
+    positions = client.submit(control_position, n, workers=[w1], pure=False)
+
+    def subscribed() -> bool:
+        ch = fd.Channels.info()["channels"]
+        return ch["control"]["subscriptions"] == 1 and ch["telemetry"]["subscriptions"] == 1
+
+    wait_for(subscribed, 60)
+    proc = subprocess_cluster.workers["w1"]
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        client.submit(flood_then_control, n, workers=[w0], pure=False).result(timeout=60)
+
+        def at_hub() -> dict | None:
+            info = fd.Channels.info()
+            ch = info["channels"]
+            done = ch["telemetry"]["messages"] == n and ch["control"]["messages"] == 1
+            return info["peers"][w1] if done else None
+
+        in_flight = wait_for(at_hub, 60)["in_flight"]
+        client.run_on_scheduler(abort_hub_links, [w1])
+        held = wait_for(lambda: (p := fd.Channels.info()["peers"][w1])["linked"] is False and p)
+    finally:
+        proc.send_signal(signal.SIGCONT)
+    before, seqs, missed = positions.result(timeout=120)
+    assert in_flight == WINDOW
+    assert held["queued"] == n + 1 and held["in_flight"] == 0  # all of it queued again
+    assert missed == 0
+    assert seqs == list(range(n))
+    assert before <= WINDOW * MAX_BATCH  # only what had reached the worker's socket
+    assert fd.Channels.info()["peers"][w1]["breaks"] >= 1
