@@ -29,30 +29,23 @@ __all__ = ["scheduler_profile", "scheduler_trace_data", "scheduler_traces"]
 _states: dict[str, tuple[tuple, dict[str, Any]]] = {}
 
 
-def _coordinator_state(rec: Any) -> dict[str, Any]:
+def _coordinator_state(supervisor: Any, rec: Any) -> dict[str, Any]:
     """What the supervisor knows of a trace coordinator: its last checkpointed state,
-    else its start arguments (cached per incarnation and checkpoint)."""
-    from distributed.protocol import pickle
-
+    else its start arguments (cached per incarnation and checkpoint). Both are decoded
+    as plain data by the supervisor: nothing of them is imported or run here."""
     token = (id(rec), rec.incarnation, rec.n_checkpoints)
     cached = _states.get(rec.key)
     if cached is not None and cached[0] == token:
         return cached[1]
-    state: dict[str, Any] = {}
-    if rec.checkpoint is not None:
-        try:
-            loaded, _ = pickle.loads(rec.checkpoint)
-            if isinstance(loaded, dict):
-                state = dict(loaded)
-        except Exception:  # results of user types the scheduler cannot import
-            state = {}
+    loaded = supervisor.checkpoint_state(rec)
+    state: dict[str, Any] = dict(loaded) if isinstance(loaded, dict) else {}
     if not state:
-        try:
-            _, args, kwargs = pickle.loads(rec.spec)
-            args = list(args) + [None] * 3
+        start = supervisor.start_args(rec)
+        if start is not None:
+            args = start[0] + [None] * 3
             state = {"trace_id": args[0], "scope": args[1], "options": args[2] or {},
                      "status": "active", "started_at": None, "completed_at": None}
-        except Exception:
+        else:
             state = {"status": "active"}
     state.pop("results", None)
     _states[rec.key] = (token, state)
@@ -90,7 +83,7 @@ def scheduler_traces(scheduler: distributed.Scheduler,
     for key in set(_states) - {rec.key for _, rec in records}:
         _states.pop(key, None)
     for name, rec in records:
-        state = _coordinator_state(rec)
+        state = _coordinator_state(supervisor, rec)
         status = state.get("status") or "active"
         if not include_completed and status != "active":
             continue

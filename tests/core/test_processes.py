@@ -20,8 +20,7 @@ from foundation_dask.core.processes import (
     name_key,
     scheduler_processes,
 )
-
-from .conftest import wait_for, worker_names
+from tests.support import wait_for, worker_names
 
 
 class Counter:
@@ -368,7 +367,7 @@ def test_replicated_reaches_workers_started_later(fd_client, subprocess_cluster)
 
 @pytest.mark.timeout(240)
 def test_checkpoint_dir_survives_a_whole_cluster_restart(tmp_path):
-    from .conftest import SubprocessCluster
+    from tests.support import SubprocessCluster
 
     ckpt = tmp_path / "checkpoints"
     first = SubprocessCluster(tmp_path / "one")

@@ -28,7 +28,7 @@ Calls that fail because the worker died are retried on the new incarnation with 
 same call id; the instance remembers the results of its recent calls (inside its
 checkpoint), so a call whose effect was checkpointed is not applied twice.
 
-Modules, by the process they run in: ``_names`` (any), ``_scheduler_plugin`` and
+Modules, by the process they run in: ``_names`` and ``_wire`` (any), ``_scheduler_plugin`` and
 ``_checkpoints`` (scheduler), ``_worker_plugin`` (worker), ``_handle`` (clients, and
 tasks on workers), ``_facade`` (clients).
 """

@@ -50,7 +50,17 @@ def _options(cls: type) -> tuple[str, float]:
             f"checkpoint mode {mode!r} of {cls.__qualname__} is not one of 'call', 'interval', "
             "'never' (class attribute foundation_checkpoint or foundation.processes.checkpoint)."
         )
-    return mode, config.get_seconds("processes.checkpoint-interval")
+    try:
+        interval = config.get_seconds("processes.checkpoint-interval")
+    except (TypeError, ValueError):
+        interval = -1.0
+    if not interval > 0:
+        raise ValueError(
+            f"foundation.processes.checkpoint-interval is "
+            f"{config.get('processes.checkpoint-interval')!r}: it must be a positive "
+            "duration, e.g. '1s' or '200ms'."
+        )
+    return mode, interval
 
 
 def _spec(cls: type, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:

@@ -19,6 +19,7 @@ from collections.abc import Generator, Hashable
 from typing import TYPE_CHECKING, Any
 
 from distributed.comm.core import CommClosedError
+from distributed.protocol.pickle import loads
 from distributed.protocol.serialize import to_serialize
 
 from foundation_dask import config
@@ -257,7 +258,7 @@ class SingletonHandle:
                 continue
             tag, value = resp["result"]
             if tag == "ok":
-                return value
+                return loads(value)
             if tag == "error":
                 raise value
             # stale or moving: a newer incarnation is (or will be) there

@@ -16,6 +16,7 @@ import asyncio
 import builtins
 import contextlib
 import logging
+import secrets
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Collection, Hashable
@@ -27,7 +28,13 @@ from distributed.comm.core import CommClosedError
 from foundation_dask.core.plugin import SchedulerExtension, extension
 from foundation_dask.core.processes._checkpoints import persist, persisted
 from foundation_dask.core.processes._names import MOVED_OP, name_from_key, name_key
-from foundation_dask.errors import ProcessLostError, ProcessNotFoundError, ProcessStartError
+from foundation_dask.core.processes._wire import plain_loads, plain_start_args
+from foundation_dask.errors import (
+    ProcessLostError,
+    ProcessNotFoundError,
+    ProcessPermissionError,
+    ProcessStartError,
+)
 
 if TYPE_CHECKING:
     import distributed
@@ -67,6 +74,9 @@ class _Record:
     checkpoint_incarnation: int = -1
     checkpoint_time: float | None = None
     n_checkpoints: int = 0
+    checkpoint_error: str | None = None  # what checkpoint() raised last, until one works
+    checkpoint_failures: int = 0
+    token: str = ""  # the secret of the current incarnation (its worker has it)
     restarts: int = 0
     started_at: float = field(default_factory=time.time)
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -94,8 +104,12 @@ class _Record:
             "worker": self.worker,
             "actor_key": self.actor_key,
             "incarnation": self.incarnation,
-            "state": self.state,
-            "error": self.error,
+            "state": (
+                "checkpoint failing"
+                if self.state == "running" and self.checkpoint_error else self.state
+            ),
+            "error": self.error or self.checkpoint_error,
+            "checkpoint_failures": self.checkpoint_failures,
             "restarts": self.restarts,
             "checkpoints": self.n_checkpoints,
             "checkpoint_age": (
@@ -237,6 +251,8 @@ class Supervisor(SchedulerExtension):
 
     async def _create_on(self, rec: _Record, worker: str) -> None:
         rec.actor_key = f"foundation-process-{uuid.uuid4().hex[:12]}-{rec.incarnation}"
+        rec.token = secrets.token_hex(16)
+        rec.checkpoint_error = None
         status = await self.scheduler.rpc(worker).foundation_process_create(
             actor_key=rec.actor_key,
             name_key=rec.key,
@@ -246,6 +262,7 @@ class Supervisor(SchedulerExtension):
             checkpoint=rec.checkpoint,
             mode=rec.mode,
             interval=rec.interval,
+            token=rec.token,
         )
         if status == "closing":
             raise OSError(f"worker {worker} is closing")
@@ -321,11 +338,11 @@ class Supervisor(SchedulerExtension):
         async with self._lock(rec.key):
             if self.records.get(rec.key) is not rec or rec.worker != worker:
                 return
-            old_key = rec.actor_key
+            old_key, old_token = rec.actor_key, rec.token
             rec.state = "moving"
             try:
                 final = await self.scheduler.rpc(worker).foundation_process_freeze(
-                    actor_key=old_key
+                    actor_key=old_key, token=old_token
                 )
                 if final is not None:
                     rec.checkpoint = final
@@ -338,7 +355,9 @@ class Supervisor(SchedulerExtension):
             await self._place(rec, exclude={worker})
             logger.info("Handed off %s from %s to %s", rec.display, worker, rec.worker)
         with contextlib.suppress(Exception):
-            await self.scheduler.rpc(worker).foundation_process_destroy(actor_key=old_key)
+            await self.scheduler.rpc(worker).foundation_process_destroy(
+                actor_key=old_key, token=old_token
+            )
 
     # -- hooks ---------------------------------------------------------------------------
 
@@ -386,6 +405,7 @@ class Supervisor(SchedulerExtension):
     ) -> dict[str, Any]:
         """Start the singleton ``name_key`` unless it runs; its info, with ``existed``
         (it ran already) and, for a new one, ``restored`` (from a checkpoint file)."""
+        _check_options(display, mode, interval)
         async with self._lock(name_key):
             rec = self.records.get(name_key)
             if rec is not None and rec.state not in ("failed", "stopped"):
@@ -437,12 +457,35 @@ class Supervisor(SchedulerExtension):
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(rec.changed.wait(), left)
 
-    def save_checkpoint(self, name_key: str, incarnation: int, state: bytes) -> str:
+    def save_checkpoint(self, name_key: str, incarnation: int, state: bytes | None,
+                        token: str | None = None, error: str | None = None) -> str:
         """Keep ``state`` as the checkpoint of ``name_key``; ``"stale"`` (and nothing
-        kept) when ``incarnation`` is not the running one."""
+        kept) when ``incarnation`` is not the running one. ``state=None`` with ``error``
+        reports a ``checkpoint()`` that raised.
+
+        Raises
+        ------
+        PermissionError
+            When ``token`` is not the one the supervisor gave the running instance: only
+            the worker hosting it may write its checkpoint.
+        """
         rec = self.records.get(name_key)
         if rec is None or rec.incarnation != incarnation or rec.state not in ("running",):
             return "stale"
+        if token is None or not secrets.compare_digest(token, rec.token):
+            raise ProcessPermissionError(
+                f"Only the instance of {rec.display} on {rec.worker} may write its "
+                "checkpoint; this one was refused and the process is unchanged.",
+                name=rec.display, worker=rec.worker,
+            )
+        if state is None:
+            self._checkpoint_failing(rec, error or "checkpoint() failed")
+            return "OK"
+        if rec.checkpoint_error is not None:
+            logger.info("Checkpoints of %s work again", rec.display)
+            self._publish_event(("checkpoint_recovered", {"name": rec.display,
+                                                          "worker": rec.worker}))
+            rec.checkpoint_error = None
         rec.checkpoint = state
         rec.checkpoint_incarnation = incarnation
         rec.checkpoint_time = time.time()
@@ -450,6 +493,38 @@ class Supervisor(SchedulerExtension):
         if rec.kind == "singleton":
             persist(name_key, state)
         return "OK"
+
+    def _checkpoint_failing(self, rec: _Record, error: str) -> None:
+        rec.checkpoint_failures += 1
+        if rec.checkpoint_error is None:
+            logger.warning("checkpoint() of %s on %s fails: %s; its calls are answered "
+                           "without checkpoints (foundation.processes.checkpoint-errors)",
+                           rec.display, rec.worker, error)
+            self._publish_event(("checkpoint_failing", {
+                "name": rec.display, "worker": rec.worker, "error": error}))
+        rec.checkpoint_error = error
+
+    def _publish_event(self, message: Any) -> None:
+        hub = extension(self.scheduler, "channels")
+        if hub is not None:
+            try:
+                hub.publish("events", message)
+            except Exception:
+                logger.exception("Could not publish %r on the events channel", message)
+
+    def checkpoint_state(self, rec: _Record) -> Any | None:
+        """The ``checkpoint()`` state of ``rec``'s last checkpoint as plain data, or
+        ``None`` (no checkpoint, or one that names classes or functions).
+
+        For readers inside the scheduler (dashboard pages): nothing of the checkpoint
+        is imported or run, only builtin containers and scalars are built.
+        """
+        return plain_loads(rec.checkpoint)
+
+    def start_args(self, rec: _Record) -> tuple[builtins.list[Any], dict[str, Any]] | None:
+        """The constructor arguments of ``rec`` as plain data, or ``None``; its class is
+        not imported (as for :meth:`checkpoint_state`)."""
+        return plain_start_args(rec.spec)
 
     async def stop(self, name_key: str) -> bool:
         """Stop the singleton, or every replica of the replicated process, ``name_key``;
@@ -469,7 +544,7 @@ class Supervisor(SchedulerExtension):
                 if worker in self.scheduler.workers:
                     with contextlib.suppress(Exception):
                         await self.scheduler.rpc(worker).foundation_process_destroy(
-                            actor_key=actor_key
+                            actor_key=actor_key, token=rec.token
                         )
         return bool(recs) or group is not None
 
@@ -509,6 +584,7 @@ class Supervisor(SchedulerExtension):
     ) -> dict[str, dict[str, Any]]:
         """Start the replicated process ``name_key`` on every running worker (and, from
         then on, on each worker that joins); ``{worker: info}`` of its replicas."""
+        _check_options(display, mode, interval)
         group = self.groups.get(name_key)
         if group is None:
             group = _Group(name_key, display, spec, class_name, mode, interval, methods,
@@ -542,6 +618,15 @@ class Supervisor(SchedulerExtension):
     def list(self) -> builtins.list[dict[str, Any]]:
         """The info of every supervised instance (singletons and replicas)."""
         return [rec.info() for rec in self.records.values()]
+
+
+def _check_options(display: str, mode: Any, interval: Any) -> None:
+    if mode not in ("call", "interval", "never"):
+        raise ValueError(f"checkpoint mode {mode!r} of {display} is not one of 'call', "
+                         "'interval', 'never'.")
+    if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not interval > 0:
+        raise ValueError(f"checkpoint interval {interval!r} of {display} must be a positive "
+                         "number of seconds.")
 
 
 def scheduler_processes(scheduler: distributed.Scheduler) -> list[dict[str, Any]]:

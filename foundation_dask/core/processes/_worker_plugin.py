@@ -23,6 +23,8 @@ from distributed.protocol.serialize import to_serialize
 from foundation_dask import config
 from foundation_dask._compat import run_in_actor_thread
 from foundation_dask.core.plugin import WorkerExtension
+from foundation_dask.core.processes._wire import join_checkpoint, split_checkpoint
+from foundation_dask.errors import ProcessError, ProcessPermissionError
 from foundation_dask.tracecontext import SpanScope, TraceContext, attach, detach
 
 if TYPE_CHECKING:
@@ -36,8 +38,8 @@ logger = logging.getLogger(__name__)
 #: How many recent call results an instance remembers (and checkpoints) for retries.
 APPLIED_CALLS_KEPT = 32
 
-#: A call's answer: ``("ok", result)``, ``("error", exception)``, or ``("stale", n)`` /
-#: ``("moving", n)`` with the incarnation ``n`` this host is.
+#: A call's answer: ``("ok", pickled result)``, ``("error", exception)``, or
+#: ``("stale", n)`` / ``("moving", n)`` with the incarnation ``n`` this host is.
 Reply = tuple[str, Any]
 
 
@@ -52,7 +54,7 @@ class _Host:
 
     def __init__(self, worker: distributed.Worker, instance: Any, actor_key: str,
                  name_key: str, display: str, incarnation: int, mode: str, interval: float,
-                 applied: OrderedDict[str, Any]):
+                 applied: OrderedDict[str, bytes], token: str):
         self._worker = worker
         self._instance = instance
         self._actor_key = actor_key
@@ -61,7 +63,10 @@ class _Host:
         self._incarnation = incarnation
         self._mode = mode if hasattr(instance, "checkpoint") else "never"
         self._interval = interval
-        self._applied: OrderedDict[str, Any] = applied
+        self._applied: OrderedDict[str, bytes] = applied  # call id -> pickled result
+        self._token = token  # what the supervisor gave this incarnation: its checkpoints
+        # carry it, and the supervisor's own requests (freeze, destroy) too
+        self._checkpoint_error: str | None = None
         self._stopped = False
         self._frozen = False
         self._inflight = 0
@@ -76,21 +81,53 @@ class _Host:
 
     def _snapshot(self) -> bytes:
         state = self._instance.checkpoint()
-        return pickle.dumps((state, list(self._applied.items())))
+        return join_checkpoint(pickle.dumps(state), pickle.dumps(list(self._applied.items())))
+
+    def _try_snapshot(self) -> bytes | BaseException:
+        try:
+            return self._snapshot()
+        except Exception as exc:
+            return exc
 
     async def _send_checkpoint(self, snap: bytes) -> bool:
-        if snap == self._last_sent:
+        if snap == self._last_sent and self._checkpoint_error is None:
             return True
         status = await self._worker.scheduler.foundation_process_checkpoint(
-            name_key=self._name_key, incarnation=self._incarnation, state=snap
+            name_key=self._name_key, incarnation=self._incarnation, state=snap,
+            token=self._token,
         )
         if status != "OK":
             self._stopped = True
             return False
+        self._checkpoint_error = None
         self._last_sent = snap
         self._last_checkpoint = time.monotonic()
         self._dirty = False
         return True
+
+    async def _checkpoint_failed(self, exc: BaseException) -> ProcessError | None:
+        """Report a ``checkpoint()`` (or its pickling) that raised to the supervisor; the
+        error a call returns under ``foundation.processes.checkpoint-errors: raise``."""
+        error = f"{type(exc).__name__}: {exc}"
+        if self._checkpoint_error is None:
+            logger.warning("checkpoint() of %s failed: %s", self._display, error)
+        self._checkpoint_error = error
+        try:
+            await self._worker.scheduler.foundation_process_checkpoint(
+                name_key=self._name_key, incarnation=self._incarnation, state=None,
+                token=self._token, error=error,
+            )
+        except Exception as report:  # the supervisor is unreachable: the log has it
+            logger.warning("Could not report the failing checkpoint of %s: %s",
+                           self._display, report)
+        if config.get("processes.checkpoint-errors") == "raise":
+            return ProcessError(
+                f"checkpoint() of {self._display} failed ({error}): the call was applied, "
+                "but its state is not checkpointed; fix checkpoint(), or set "
+                "foundation.processes.checkpoint-errors: warn to answer calls meanwhile.",
+                name=self._display, worker=self._worker.address,
+            )
+        return None
 
     def _in_actor_thread(self, func: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
         return run_in_actor_thread(self._worker, self._actor_key, func, *args)
@@ -111,38 +148,41 @@ class _Host:
             take = self._mode == "call"
             trace = TraceContext(*ctx) if ctx else None
             label = f"{type(self._instance).__name__}.{method}"
-            result: Any
+            result: bytes | None
             error: BaseException | None
-            snap: bytes | None
+            snap: bytes | BaseException | None
             if iscoroutinefunction(func):
                 token = attach(trace)
                 try:
                     with SpanScope(label, "actor", {"process": self._display}, trace):
-                        result, error = await func(*args, **kwargs), None
+                        result, error = self._remember(call_id, label,
+                                                       await func(*args, **kwargs))
                 except Exception as exc:
                     result, error = None, exc
                 finally:
                     detach(token)
-                self._remember(call_id, result, error)
-                snap = self._snapshot() if take else None
+                snap = self._try_snapshot() if take else None
             else:
-                def run() -> tuple[Any, BaseException | None, bytes | None]:
+                def run() -> tuple[bytes | None, BaseException | None,
+                                   bytes | BaseException | None]:
                     token = attach(trace)
-                    res: Any
+                    res: bytes | None
                     err: BaseException | None
                     try:
                         with SpanScope(label, "actor", {"process": self._display}, trace):
-                            res, err = func(*args, **kwargs), None
+                            res, err = self._remember(call_id, label, func(*args, **kwargs))
                     except Exception as exc:
                         res, err = None, exc
                     finally:
                         detach(token)
-                    self._remember(call_id, res, err)
-                    return res, err, (self._snapshot() if take else None)
+                    return res, err, (self._try_snapshot() if take else None)
 
                 result, error, snap = await self._in_actor_thread(run)
             self._dirty = True
-            if snap is not None and not await self._send_checkpoint(snap):
+            if isinstance(snap, BaseException):
+                failed = await self._checkpoint_failed(snap)
+                error = error or failed
+            elif snap is not None and not await self._send_checkpoint(snap):
                 return ("stale", self._incarnation)
             if error is not None:
                 return ("error", error)
@@ -152,18 +192,35 @@ class _Host:
             if self._inflight == 0:
                 self._drained.set()
 
-    def _remember(self, call_id: str, result: Any, error: BaseException | None) -> None:
-        if error is None:
-            self._applied[call_id] = result
-            while len(self._applied) > APPLIED_CALLS_KEPT:
-                self._applied.popitem(last=False)
+    def _remember(self, call_id: str, label: str,
+                  result: Any) -> tuple[bytes | None, BaseException | None]:
+        """The pickled ``result``, remembered for retries of ``call_id``; a result that
+        cannot be pickled is an error of this call alone (and not remembered)."""
+        try:
+            blob: bytes = pickle.dumps(result)
+        except Exception as exc:
+            return None, TypeError(
+                f"{label} returned a {type(result).__name__} that cannot be pickled ({exc}); "
+                "its effect was applied, but the result cannot be sent or checkpointed: "
+                "return picklable values (plain data, not locks, files or clients)."
+            )
+        self._applied[call_id] = blob
+        while len(self._applied) > APPLIED_CALLS_KEPT:
+            self._applied.popitem(last=False)
+        return blob, None
 
     async def _foundation_getattr(self, incarnation: int, attr: str) -> Reply:
         if self._stopped or incarnation != self._incarnation:
             return ("stale", self._incarnation)
         if self._frozen:
             return ("moving", self._incarnation)
-        return ("ok", getattr(self._instance, attr))
+        value = getattr(self._instance, attr)
+        try:
+            return ("ok", pickle.dumps(value))
+        except Exception as exc:
+            return ("error", TypeError(
+                f"attribute {attr!r} of {self._display} is a {type(value).__name__} that "
+                f"cannot be pickled ({exc}); read it through a method returning plain data."))
 
     async def _freeze(self) -> bytes | None:
         self._frozen = True
@@ -183,19 +240,24 @@ class _Host:
             and time.monotonic() - self._last_checkpoint >= self._interval
         ):
             self._dirty = False
-            snap = await self._in_actor_thread(self._snapshot)
-            await self._send_checkpoint(snap)
+            snap = await self._in_actor_thread(self._try_snapshot)
+            if isinstance(snap, BaseException):
+                await self._checkpoint_failed(snap)
+            else:
+                await self._send_checkpoint(snap)
 
 
-def _instantiate(spec: bytes, checkpoint: bytes | None) -> tuple[Any, OrderedDict[str, Any]]:
+def _instantiate(spec: bytes, checkpoint: bytes | None,
+                 ) -> tuple[Any, OrderedDict[str, bytes]]:
     """The instance of ``spec`` (pickled class and arguments), restored from
-    ``checkpoint`` when there is one, and its remembered call results."""
+    ``checkpoint`` when there is one, and its remembered (pickled) call results."""
     cls, args, kwargs = pickle.loads(spec)
     instance = cls(*args, **kwargs)
-    applied: OrderedDict[str, Any] = OrderedDict()
+    applied: OrderedDict[str, bytes] = OrderedDict()
     if checkpoint is not None:
-        state, applied_items = pickle.loads(checkpoint)
-        applied.update(applied_items)
+        state_blob, applied_blob = split_checkpoint(checkpoint)
+        applied.update(pickle.loads(applied_blob))
+        state = pickle.loads(state_blob)
         if hasattr(instance, "restore"):
             instance.restore(state)
         else:
@@ -247,12 +309,20 @@ class WorkerProcesses(WorkerExtension):
                 logger.exception("interval checkpoint of %s", host._display)
 
     async def create(self, actor_key: str, name_key: str, display: str, incarnation: int,
-                     spec: bytes, checkpoint: bytes | None, mode: str, interval: float) -> str:
+                     spec: bytes, checkpoint: bytes | None, mode: str, interval: float,
+                     token: str) -> str:
         """Instantiate (and restore) an instance here: ``"OK"``, or ``"closing"`` when
-        this worker is closing (the supervisor places it on another worker)."""
+        this worker is closing (the supervisor places it on another worker).
+
+        ``token`` is the supervisor's secret of this incarnation: its checkpoints carry
+        it, and only a request with it may freeze or destroy the instance.
+        """
         w = self.worker
         if w.status.name != "running":
             return "closing"
+        if actor_key in self.hosts:
+            raise ValueError(f"An instance {actor_key} runs here already; the supervisor "
+                             "names each instance it creates afresh.")
         try:
             instance, applied = await w.loop.run_in_executor(
                 w.executors["actor"], _instantiate, spec, checkpoint
@@ -262,7 +332,7 @@ class WorkerProcesses(WorkerExtension):
                 return "closing"
             raise
         host = _Host(w, instance, actor_key, name_key, display, incarnation, mode, interval,
-                     applied)
+                     applied, token)
         self.hosts[actor_key] = host
         return "OK"
 
@@ -273,20 +343,36 @@ class WorkerProcesses(WorkerExtension):
             return {"result": to_serialize(("stale", -1))}
         return {"result": to_serialize(await getattr(host, function)(*args))}
 
-    async def freeze(self, actor_key: str) -> bytes | None:
-        """Stop the host ``actor_key`` taking calls; its final checkpoint once the calls
-        in flight are done (``None`` without checkpoints)."""
+    def _supervised(self, actor_key: str, token: str | None, action: str) -> _Host | None:
         host = self.hosts.get(actor_key)
+        if host is not None and token != host._token:
+            raise ProcessPermissionError(
+                f"Only the supervisor may {action} {host._display} (the request did not carry "
+                "its token); stop it with ProcessManager.stop(name).",
+                name=host._display, worker=self.worker.address,
+            )
+        return host
+
+    async def freeze(self, actor_key: str, token: str | None = None) -> bytes | None:
+        """Stop the host ``actor_key`` taking calls; its final checkpoint once the calls
+        in flight are done (``None`` without checkpoints). Only the supervisor may
+        (``token``: the one given at :meth:`create`)."""
+        host = self._supervised(actor_key, token, "freeze")
         if host is None:
             return None
         return await host._freeze()
 
-    def destroy(self, actor_key: str) -> str:
-        """Forget the host ``actor_key``; it answers no call from now on."""
+    def destroy(self, actor_key: str, token: str | None = None) -> str:
+        """Forget the host ``actor_key``; it answers no call from now on. Only the
+        supervisor may (``token``: the one given at :meth:`create`)."""
+        if self._supervised(actor_key, token, "destroy") is not None:
+            self._forget(actor_key)
+        return "OK"
+
+    def _forget(self, actor_key: str) -> None:
         host = self.hosts.pop(actor_key, None)
         if host is not None:
             host._stopped = True
-        return "OK"
 
     def live(self) -> dict[str, tuple[str, int]]:
         """``{actor key: (name key, incarnation)}`` of the instances answering here."""
@@ -298,4 +384,4 @@ class WorkerProcesses(WorkerExtension):
         if self._pc is not None:
             self._pc.stop()
         for key in list(self.hosts):
-            self.destroy(key)
+            self._forget(key)

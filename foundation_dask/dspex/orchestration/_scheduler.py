@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from distributed.protocol import pickle as dask_pickle
-
 from foundation_dask.core.plugin import extension
 from foundation_dask.dspex.orchestration._names import COORDINATOR, summary_row
 
@@ -40,11 +38,8 @@ def scheduler_optimizations(scheduler: Scheduler) -> list[dict[str, Any]]:
         return []
     out = []
     for _, rec in supervisor.records_named(COORDINATOR):
-        if rec.checkpoint is None:
-            continue
-        try:
-            state, _ = dask_pickle.loads(rec.checkpoint)
-        except Exception:
+        state = supervisor.checkpoint_state(rec)  # plain data: nothing of it runs here
+        if not isinstance(state, dict):
             continue
         out.append({**summary_row(state), "history": state.get("history", []),
                     "evaluations": state.get("evaluations", {})})
