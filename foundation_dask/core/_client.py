@@ -23,18 +23,43 @@ def current_client() -> distributed.Client:
     -------
     distributed.Client
         The default client (``distributed.get_client()``) when there is one, the
-        worker's client inside a task; otherwise the client of
+        worker's client inside a task; otherwise, in a process that has had no client
+        (or called ``foundation_dask.close()``), the client of
         :func:`foundation_dask.connect`, which connects to the configured scheduler
         (``foundation.scheduler-address``, ``DASK_SCHEDULER_ADDRESS``) or starts the
-        embedded cluster, and installs the Foundation plugins.
-    """
-    try:
-        return distributed.get_client()
-    except ValueError:
-        from foundation_dask.core.cluster import connect
+        embedded cluster. A synchronous client's cluster gets the Foundation plugins
+        installed, as ``foundation_dask.connect()`` does, the first time.
 
+    Raises
+    ------
+    ClusterConnectionError
+        The default client, or the last client this process used, lost its
+        connection to the scheduler (its ``address``): no embedded cluster is started
+        in its place.
+    """
+    from foundation_dask.core.cluster import connect, lost_connection, use_client
+
+    try:
+        client: distributed.Client | None = distributed.get_client()
+    except ValueError:
+        client = None
+    lost = lost_connection(client)
+    if lost is not None:
+        raise lost
+    if client is None:
         logger.info("No Dask client yet: starting one with foundation_dask.connect()")
         return connect()
+    return use_client(client)
+
+
+def check_connected(client: distributed.Client) -> None:
+    """Raise :class:`~foundation_dask.errors.ClusterConnectionError` (naming the address)
+    when ``client`` has lost its connection to the scheduler."""
+    from foundation_dask.core.cluster import lost_connection
+
+    lost = lost_connection(client)
+    if lost is not None:
+        raise lost
 
 
 def worker_infos(client: distributed.Client) -> dict[str, dict[str, Any]]:

@@ -6,12 +6,20 @@ embedded :class:`distributed.LocalCluster` with worker processes, whose schedule
 preloads the modules of ``foundation.cluster.scheduler-preload`` (the Foundation
 pages of the Dask dashboard). Either way it installs the Foundation scheduler and
 worker plugins once. ``foundation_dask.cluster`` is the same module's public path.
+
+The embedded cluster's dashboard listens on ``127.0.0.1`` only
+(``foundation.cluster.dashboard-address``); it has no authentication, so binding it to
+another interface is an explicit setting. A process that has had a client never falls
+back to the embedded cluster on its own: once that client's connection is lost, the
+facades raise :class:`~foundation_dask.errors.ClusterConnectionError` until
+:func:`connect` (or :func:`close`) is called.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,14 +35,26 @@ from foundation_dask.core.plugin import (
     FoundationSchedulerPlugin,
     FoundationWorkerPlugin,
 )
-from foundation_dask.errors import FoundationNotInstalledError
+from foundation_dask.errors import ClusterConnectionError, FoundationNotInstalledError
 
-__all__ = ["FoundationNotInstalledError", "close", "connect", "get_cluster", "install_plugins"]
+__all__ = [
+    "ClusterConnectionError",
+    "FoundationNotInstalledError",
+    "close",
+    "connect",
+    "get_cluster",
+    "install_plugins",
+]
 
 logger = logging.getLogger(__name__)
 
 _default_client: Client | None = None
 _embedded_cluster: LocalCluster | None = None
+#: Scheduler address of the last client this process used (``None``: none yet, or
+#: :func:`close` was called since).
+_last_address: str | None = None
+#: Clients whose cluster has the Foundation plugins (installed or checked).
+_installed: weakref.WeakSet[Client] = weakref.WeakSet()
 
 
 def _configured_address() -> str | None:
@@ -105,7 +125,50 @@ async def _install(client: Client) -> dict[str, Any]:
             "Install foundation-dask in the environment of the scheduler and of every worker.",
             address=address,
         ) from exc
+    _installed.add(client)
     return info
+
+
+async def ensure_plugins(client: Client) -> None:
+    """Install the Foundation plugins on ``client``'s cluster (as :func:`connect` does)
+    unless this process installed or found them there already through ``client``."""
+    if client not in _installed:
+        logger.info("Installing the Foundation plugins on the cluster at %s",
+                    client.scheduler.address)
+        await _install(client)
+
+
+def use_client(client: Client) -> Client:
+    """``client``, noted as this process's (see :func:`lost_connection`), its cluster
+    given the Foundation plugins if it is synchronous and has not got them yet."""
+    note_client(client)
+    if client not in _installed and not client.asynchronous:
+        install_plugins(client)
+    return client
+
+
+def note_client(client: Client) -> None:
+    """Remember that this process used ``client`` (see :func:`lost_connection`)."""
+    global _last_address
+    _last_address = client.scheduler.address
+
+
+def lost_connection(client: Client | None = None) -> ClusterConnectionError | None:
+    """The error to raise when ``client`` (by default the last client this process used)
+    has lost its connection; ``None`` when it is connected, or when this process never
+    had a client (or called :func:`close` since)."""
+    if client is not None and client.status in ("running", "newly-created"):
+        return None
+    address = client.scheduler.address if client is not None else _last_address
+    if address is None:
+        return None
+    state = client.status if client is not None else "closed"
+    return ClusterConnectionError(
+        f"The connection to the Dask scheduler at {address} was lost (client {state}). "
+        "Connect again with foundation_dask.connect(address), or call "
+        "foundation_dask.close() then foundation_dask.connect() for an embedded cluster.",
+        address=address,
+    )
 
 
 def install_plugins(client: Client) -> Any:
@@ -189,6 +252,7 @@ def connect(
             )
         if address is None or _same_address(client.scheduler.address, address):
             install_plugins(client)
+            note_client(client)
             return client
     # Another cluster is asked for, or the previous client is no longer running:
     # release what the previous connect() opened before opening anything new.
@@ -205,14 +269,19 @@ def connect(
         # made temporary credentials that a second ``Security.temporary()`` would not match.
         client = Client(_embedded_cluster, set_as_default=True)
     _default_client = client
+    note_client(client)
     install_plugins(client)
     logger.info("Connected to %s (dashboard %s)", client.scheduler.address, client.dashboard_link)
     return client
 
 
 def close() -> None:
-    """Close the default client and, if ``connect()`` started one, the embedded cluster."""
-    global _default_client, _embedded_cluster
+    """Close the default client and, if ``connect()`` started one, the embedded cluster.
+
+    Afterwards a facade call with no client connects anew, as in a new process.
+    """
+    global _default_client, _embedded_cluster, _last_address
+    _last_address = None
     if _default_client is not None:
         _default_client.close()
         _default_client = None

@@ -39,6 +39,7 @@ SCHEDULER_EXTENSIONS = [
 
 #: The core's worker-side parts; those of ``foundation.extensions.worker`` follow.
 WORKER_EXTENSIONS = [
+    "foundation_dask.core.registry:RegistryWorker",
     "foundation_dask.core.channels:WorkerChannels",
     "foundation_dask.core.health:WorkerHealth",
     "foundation_dask.core.processes:WorkerProcesses",

@@ -9,6 +9,7 @@ import os
 import socket
 import ssl
 from pathlib import Path
+from urllib.parse import urlparse
 
 import dask
 import distributed
@@ -24,8 +25,8 @@ from distributed.security import Security
 import foundation_dask as fd
 from foundation_dask.core.cluster import get_cluster
 from foundation_dask.core.plugin import _load, extension_paths
-
-from .conftest import SubprocessCluster, wait_for
+from foundation_dask.errors import ClusterConnectionError
+from tests.support import SubprocessCluster, wait_for
 
 CORE_EXTENSIONS = {"channels", "health", "processes", "registry"}
 #: Every scheduler-side part the plugin is configured to start.
@@ -339,3 +340,60 @@ def test_connect_with_mutual_tls(tmp_path: Path):
     finally:
         fd.close()
         cluster.close()
+
+
+# -- dashboard binding, lost connections, plain Dask clusters ---------------------------
+
+
+@pytest.mark.timeout(120)
+def test_embedded_dashboard_listens_on_loopback_only(no_configured_address, closing):
+    import psutil
+
+    client = fd.connect(n_workers=1)
+    port = urlparse(client.dashboard_link).port
+    listening = [c.laddr for c in psutil.Process().net_connections(kind="tcp")
+                 if c.status == psutil.CONN_LISTEN and c.laddr.port == port]
+    assert listening and {addr.ip for addr in listening} == {"127.0.0.1"}, listening
+    assert "127.0.0.1" in client.dashboard_link
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_lost_scheduler_raises_instead_of_starting_an_embedded_cluster(
+        tmp_path: Path, no_configured_address):
+    for name in ("first", "second"):
+        (tmp_path / name).mkdir()
+    first = SubprocessCluster(tmp_path / "first").start(1)
+    second = SubprocessCluster(tmp_path / "second")
+    try:
+        # a plain Dask client: the first facade call installs the Foundation plugins
+        plain = distributed.Client(first.address)
+        plain.wait_for_workers(1, timeout=60)
+        fd.ProcessRegistry.register("before", 1)
+        assert ping(plain)["worker_plugin"]
+        address = plain.scheduler.address
+
+        first.scheduler.kill()
+        first.scheduler.wait(timeout=30)
+        wait_for(lambda: plain.status != "running", timeout=60)
+        for call in (fd.ProcessManager.list_processes,
+                     lambda: fd.ProcessRegistry.lookup("before"),
+                     lambda: fd.ProcessRegistry.register("after", 2)):
+            with pytest.raises(ClusterConnectionError, match=address) as info:
+                call()
+            assert info.value.address == address
+        assert get_cluster() is None
+        plain.close()
+        with pytest.raises(ClusterConnectionError, match=address):
+            fd.ProcessRegistry.select()
+        assert get_cluster() is None
+
+        second.start(1)
+        client = fd.connect(second.address)
+        client.wait_for_workers(1, timeout=60)
+        assert fd.ProcessRegistry.register("after", 2).owner == client.id
+        assert fd.ProcessManager.list_processes() is not None
+    finally:
+        fd.close()
+        second.close()
+        first.close()

@@ -11,7 +11,7 @@ import dask
 import pandas as pd
 import psutil
 import pytest
-from distributed.utils_test import gen_cluster
+from distributed.utils_test import captured_logger, gen_cluster
 
 import foundation_dask as fd
 from foundation_dask.core.health import (
@@ -19,8 +19,7 @@ from foundation_dask.core.health import (
     ClusterHealth,
     NodeHealth,
 )
-
-from .conftest import wait_for, worker_names
+from tests.support import wait_for, worker_names
 
 
 async def health_when(
@@ -221,3 +220,23 @@ def test_health_on_subprocess_cluster(fd_client, subprocess_cluster) -> None:
         lambda: (h := fd.HealthMonitor.get_cluster_health()).cluster.connected_nodes == 1 and h
     )
     assert [n.name for n in health.nodes] == ["w0"]
+
+
+@pytest.mark.timeout(60)
+@gen_cluster(client=True)
+async def test_bad_thresholds_are_clear_errors(c, s, a, b) -> None:
+    with pytest.raises(ValueError, match="degraded_cpu must be a number of percent.*'abc'"):
+        await fd.HealthMonitor.get_cluster_health(degraded_cpu="abc", client=c)
+    with pytest.raises(ValueError, match="unreachable_after must be a duration.*'soon'"):
+        await fd.HealthMonitor.get_cluster_health(unreachable_after="soon", client=c)
+    # a bad setting on the scheduler: named, and no traceback in the scheduler's log
+    with captured_logger("distributed.core") as log:
+        with dask.config.set({"foundation.health.degraded-cpu": "abc"}), \
+                pytest.raises(ValueError, match="setting foundation.health.degraded-cpu"):
+            await fd.HealthMonitor.get_cluster_health(client=c)
+        # a raw request with a bad value gets the message as data
+        reply = await c.scheduler.foundation_health(degraded_memory="lots")
+    assert "degraded_memory must be a number" in reply["error"]
+    assert "Exception while handling op" not in log.getvalue()
+    health = await fd.HealthMonitor.get_cluster_health(degraded_cpu=50, client=c)
+    assert health.thresholds["degraded_cpu"] == 50.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import threading
 import time
 from collections import namedtuple
 from collections.abc import Awaitable, Callable
@@ -12,18 +13,19 @@ from typing import Any
 import distributed
 import pandas as pd
 import pytest
-from distributed.utils_test import gen_cluster
+from distributed.protocol import pickle
+from distributed.utils_test import captured_logger, gen_cluster
 
 import foundation_dask as fd
 from foundation_dask.core.registry import (
     AlreadyRegisteredError,
+    NotOwnerError,
     NotRegisteredError,
     RegistryEntry,
     Service,
     canonical_key,
 )
-
-from .conftest import wait_for, worker_names
+from tests.support import wait_for, worker_names
 
 
 async def poll(check: Callable[[], Awaitable[Any]], timeout: float = 20.0) -> Any:
@@ -155,12 +157,16 @@ async def test_conflict_and_replace(c, s, a, b) -> None:
     assert c.id in str(info.value)
     assert (await fd.ProcessRegistry.lookup(key)).value == "first"
 
-    # a task on a worker takes it over with replace=True: owner changes
-    def take_over() -> str:
-        fd.ProcessRegistry.register(("singleton", "counter"), "second", replace=True)
+    # a task on a worker takes it over with replace=True and force=True: owner changes
+    def take_over(force: bool) -> str:
+        fd.ProcessRegistry.register(("singleton", "counter"), "second", replace=True,
+                                    force=force)
         return distributed.get_worker().address
 
-    address = await c.submit(take_over, workers=[b.address], pure=False)
+    with pytest.raises(NotOwnerError, match="force=True") as info:
+        await c.submit(take_over, False, workers=[b.address], pure=False)
+    assert info.value.owner == c.id
+    address = await c.submit(take_over, True, workers=[b.address], pure=False)
     entry = await fd.ProcessRegistry.lookup(key)
     assert (entry.value, entry.owner) == ("second", address)
     assert s.extensions["foundation"]["registry"].count_owned_by(c.id) == 0
@@ -202,8 +208,12 @@ async def test_bad_input_registers_nothing(c, s, a, b) -> None:
         await fd.ServiceMesh.register_service("svc", None, capabilities=["embed", 3])
     with pytest.raises(TypeError, match="metadata"):
         await fd.ServiceMesh.register_service("svc", None, metadata={"x": {"nested": 1}})
-    with pytest.raises(ValueError, match="neither a connected client nor a worker"):
+    with pytest.raises(ValueError, match="owner must be None .* or 'cluster'"):
         await fd.ProcessRegistry.register("k", 1, owner="tcp://127.0.0.1:1")
+    with pytest.raises(TypeError, match="registered under 'lock' cannot be pickled"):
+        await fd.ProcessRegistry.register("lock", threading.Lock())
+    with pytest.raises(TypeError, match="handle registered under 'svc' cannot be pickled"):
+        await fd.ServiceMesh.register_service("svc", threading.Lock())
 
     assert await fd.ProcessRegistry.select() == []
     assert await fd.ServiceMesh.discover_services() == []
@@ -345,3 +355,133 @@ def test_second_client_entries_vanish_when_it_closes(fd_client, subprocess_clust
     finally:
         c2.close()
     wait_for(lambda: fd.ProcessRegistry.lookup(("session", 2)) is None)
+
+
+# ------------------------------------------------------------------ owners
+
+
+@pytest.mark.timeout(90)
+@gen_cluster(client=True)
+async def test_clients_cannot_undo_each_other(c, s, a, b) -> None:
+    await fd.install_plugins(c)
+    reg, mesh = fd.ProcessRegistry, fd.ServiceMesh
+    client_a = await distributed.Client(s.address, asynchronous=True, set_as_default=False)
+    client_b = await distributed.Client(s.address, asynchronous=True, set_as_default=False)
+    try:
+        await reg.register("shared", "A's", client=client_a)
+        await mesh.register_service("svc", "A's handle", client=client_a)
+
+        # B can neither replace nor remove A's entry and service without force=True
+        with pytest.raises(NotOwnerError, match=f"owned by {client_a.id}") as info:
+            await reg.register("shared", "B's", replace=True, client=client_b)
+        assert info.value.owner == client_a.id
+        with pytest.raises(NotOwnerError, match=f"owned by {client_a.id}"):
+            await mesh.register_service("svc", "B's", replace=True, client=client_b)
+        with pytest.raises(NotOwnerError, match=f"registered by {client_a.id}.*force=True"):
+            await reg.unregister("shared", client=client_b)
+        with pytest.raises(NotOwnerError, match=f"registered by {client_a.id}.*force=True"):
+            await mesh.deregister_service("svc", client=client_b)
+        assert (await reg.lookup("shared")).value == "A's"
+
+        # nor register in A's name: the owner in a request body is refused
+        reply = await client_b.scheduler.foundation_registry_register(
+            kind="entry", key_id="'forged'", key=pickle.dumps("forged"),
+            value=pickle.dumps(1), owner=client_a.id)
+        assert "cannot name its owner" in reply["error"]["message"]
+        reply = await client_b.scheduler.foundation_registry_register(
+            kind="entry", key_id="'forged'", key=pickle.dumps("forged"), value=pickle.dumps(1),
+            token="made-up")
+        assert reply["identify"] and await reg.lookup("forged") is None
+
+        # A may replace its own entry; B takes both over with force=True
+        await reg.register("shared", "A's again", replace=True, client=client_a)
+        entry = await reg.register("shared", "B's", replace=True, force=True, client=client_b)
+        assert entry.owner == client_b.id
+        await mesh.register_service("svc", "B's", replace=True, force=True, client=client_b)
+        with pytest.raises(NotOwnerError, match=f"registered by {client_b.id}"):
+            await reg.unregister("shared", client=client_a)
+
+        # A leaves: what B took over stays; B leaves: it goes
+        await client_a.close()
+        await poll(lambda: asyncio.sleep(0, result=client_a.id not in s.clients))
+        assert (await reg.lookup("shared")).owner == client_b.id
+        [svc] = await mesh.discover_services(name="svc")
+        assert (svc.handle, svc.owner) == ("B's", client_b.id)
+        await client_b.close()
+
+        async def gone() -> bool:
+            return (await reg.lookup("shared") is None
+                    and await mesh.discover_services(name="svc") == [])
+
+        await poll(gone)
+    finally:
+        await client_a.close()
+        await client_b.close()
+
+
+@pytest.mark.timeout(60)
+@gen_cluster(client=True)
+async def test_cluster_owned_entry_outlives_its_client(c, s, a, b) -> None:
+    await fd.install_plugins(c)
+    async with distributed.Client(s.address, asynchronous=True, set_as_default=False) as c2:
+        entry = await fd.ProcessRegistry.register("config", {"v": 1}, owner="cluster",
+                                                  client=c2)
+        assert entry.owner == "cluster"
+    await poll(lambda: asyncio.sleep(0, result=c2.id not in s.clients))
+    assert (await fd.ProcessRegistry.lookup("config")).value == {"v": 1}
+    with pytest.raises(NotOwnerError, match="owned by cluster"):
+        await fd.ProcessRegistry.register("config", {"v": 2}, replace=True)
+    with pytest.raises(NotOwnerError, match="registered by cluster"):
+        await fd.ProcessRegistry.unregister("config")
+    await fd.ProcessRegistry.unregister("config", force=True)
+    assert await fd.ProcessRegistry.lookup("config") is None
+
+
+# ------------------------------------------------------------------ values that cannot be read
+
+
+def _refuse_to_load() -> None:
+    raise RuntimeError("this value cannot be loaded here")
+
+
+class LoadsNowhere:
+    """Pickles fine, fails when unpickled."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_refuse_to_load, ())
+
+
+@pytest.mark.timeout(60)
+@gen_cluster(client=True)
+async def test_one_unreadable_value_does_not_break_discovery(c, s, a, b) -> None:
+    await fd.install_plugins(c)
+    await fd.ServiceMesh.register_service("good", ("tcp", 1), capabilities=["x"])
+    await fd.ServiceMesh.register_service("bad", LoadsNowhere(), capabilities=["x"])
+    await fd.ProcessRegistry.register("good-entry", 1)
+    await fd.ProcessRegistry.register("bad-entry", LoadsNowhere())
+
+    with pytest.warns(RuntimeWarning, match="'bad'.*cannot be unpickled"):
+        good, bad = await fd.ServiceMesh.discover_services(capabilities=["x"])
+    assert (good.name, good.handle) == ("good", ("tcp", 1))
+    assert bad.name == "bad" and isinstance(bad.handle, fd.core.registry.UnreadableValue)
+    assert "cannot be loaded here" in bad.handle.error
+    with pytest.warns(RuntimeWarning, match="'bad'"):
+        frame = await fd.ServiceMesh.services_frame()
+    assert frame["name"].tolist() == ["good", "bad"]
+    with pytest.warns(RuntimeWarning, match="'bad-entry'"):
+        entries = await fd.ProcessRegistry.select()
+    assert [e.key for e in entries] == ["good-entry", "bad-entry"]
+    assert entries[0].value == 1
+
+
+@pytest.mark.timeout(60)
+@gen_cluster(client=True)
+async def test_raw_request_with_unknown_kind_is_a_clear_error(c, s, a, b) -> None:
+    await fd.install_plugins(c)
+    with captured_logger("distributed.core") as log:
+        reply = await c.scheduler.foundation_registry_lookup(kind="bogus", key_id="'x'")
+        select = await c.scheduler.foundation_registry_select(kind=3)
+    assert reply["error"]["type"] == "ValueError"
+    assert "kind must be one of ['entry', 'service'], got 'bogus'" in reply["error"]["message"]
+    assert "got 3" in select["error"]["message"]
+    assert "Exception while handling op" not in log.getvalue()

@@ -12,12 +12,17 @@ from typing import Any
 
 import distributed
 
-from foundation_dask.core._client import current_client
+from foundation_dask.core._client import check_connected, current_client
+from foundation_dask.core.cluster import ensure_plugins
 from foundation_dask.core.health._results import ClusterHealth
+from foundation_dask.core.health._scheduler_plugin import check_thresholds
 
 
 async def _get_health(client: distributed.Client, kwargs: dict[str, Any]) -> ClusterHealth:
+    await ensure_plugins(client)
     reply = await client.scheduler.foundation_health(**kwargs)
+    if "error" in reply:
+        raise ValueError(f"the scheduler's health report failed: {reply['error']}")
     return ClusterHealth.from_dict(reply)
 
 
@@ -53,16 +58,19 @@ class HealthMonitor:
         -------
         ClusterHealth
             Blocks on a synchronous client; an awaitable on an asynchronous one.
+
+        Raises
+        ------
+        ValueError
+            A threshold (argument, or the scheduler's ``foundation.health`` setting) is
+            not a number or duration; the message names it.
         """
-        kwargs = {
-            k: v
-            for k, v in {
-                "degraded_cpu": degraded_cpu,
-                "degraded_memory": degraded_memory,
-                "degraded_event_loop_lag": degraded_event_loop_lag,
-                "unreachable_after": unreachable_after,
-            }.items()
-            if v is not None
-        }
+        kwargs = check_thresholds(
+            degraded_cpu=degraded_cpu,
+            degraded_memory=degraded_memory,
+            degraded_event_loop_lag=degraded_event_loop_lag,
+            unreachable_after=unreachable_after,
+        )
         client = client or current_client()
+        check_connected(client)
         return client.sync(_get_health, client, kwargs)

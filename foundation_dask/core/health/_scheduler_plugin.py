@@ -123,6 +123,47 @@ class RateWindow:
 # --------------------------------------------------------------------------- the report
 
 
+_THRESHOLDS = {
+    "degraded_cpu": ("degraded-cpu", "percent"),
+    "degraded_memory": ("degraded-memory", "percent"),
+    "degraded_event_loop_lag": ("degraded-event-loop-lag", "duration"),
+    "unreachable_after": ("unreachable-after", "duration"),
+}
+
+
+def _threshold(value: Any, name: str, source: str) -> float:
+    """``value`` of threshold ``name`` as a float; a ``ValueError`` naming ``source``
+    (the argument or the setting) otherwise."""
+    kind = _THRESHOLDS[name][1]
+    if kind == "percent":
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value:
+            return float(value)
+        raise ValueError(f"{source} must be a number of percent (such as 90), got {value!r}")
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value:
+        return float(value)
+    try:
+        if isinstance(value, str):
+            return float(parse_timedelta(value, "s"))
+    except (ValueError, KeyError, TypeError):
+        pass
+    raise ValueError(
+        f"{source} must be a duration in seconds or a string such as '1s', got {value!r}"
+    )
+
+
+def check_thresholds(**given: Any) -> dict[str, float]:
+    """The thresholds ``given`` (``None`` ones left out) as floats.
+
+    Raises
+    ------
+    ValueError
+        A value is not a number (``degraded_cpu``, ``degraded_memory``) or a duration
+        (``degraded_event_loop_lag``, ``unreachable_after``); the message names it.
+    """
+    return {name: _threshold(value, name, name) for name, value in given.items()
+            if value is not None}
+
+
 def health_thresholds(
     degraded_cpu: float | None = None,
     degraded_memory: float | None = None,
@@ -136,24 +177,28 @@ def health_thresholds(
     dict
         ``degraded_cpu``, ``degraded_memory`` (percent), ``degraded_event_loop_lag``,
         ``unreachable_after`` (seconds).
+
+    Raises
+    ------
+    ValueError
+        An argument or a ``foundation.health`` setting is not a number or duration; the
+        message names it.
     """
-
-    def pick(value: Any, key: str) -> Any:
-        return config.get(f"health.{key}") if value is None else value
-
-    def seconds(value: Any) -> float:
-        if isinstance(value, (int, float)):
-            return float(value)
-        return float(parse_timedelta(value, "s"))
-
-    return {
-        "degraded_cpu": float(pick(degraded_cpu, "degraded-cpu")),
-        "degraded_memory": float(pick(degraded_memory, "degraded-memory")),
-        "degraded_event_loop_lag": seconds(
-            pick(degraded_event_loop_lag, "degraded-event-loop-lag")
-        ),
-        "unreachable_after": seconds(pick(unreachable_after, "unreachable-after")),
+    given = {
+        "degraded_cpu": degraded_cpu,
+        "degraded_memory": degraded_memory,
+        "degraded_event_loop_lag": degraded_event_loop_lag,
+        "unreachable_after": unreachable_after,
     }
+    out = {}
+    for name, value in given.items():
+        if value is None:
+            setting = _THRESHOLDS[name][0]
+            out[name] = _threshold(config.get(f"health.{setting}"), name,
+                                   f"the setting foundation.health.{setting}")
+        else:
+            out[name] = _threshold(value, name, name)
+    return out
 
 
 def node_health(ws: WorkerState, thresholds: Mapping[str, float], now: float,
@@ -423,8 +468,15 @@ class HealthExtension(SchedulerExtension):
         degraded_event_loop_lag: float | str | None = None,
         unreachable_after: float | str | None = None,
     ) -> dict[str, Any]:
-        """The whole report as plain ``dict`` s (the ``foundation_health`` handler)."""
-        limits = health_thresholds(
-            degraded_cpu, degraded_memory, degraded_event_loop_lag, unreachable_after
-        )
+        """The whole report as plain ``dict`` s (the ``foundation_health`` handler).
+
+        A threshold that is not a number or duration gives ``{"error": message}``
+        instead (no traceback on the scheduler).
+        """
+        try:
+            limits = health_thresholds(
+                degraded_cpu, degraded_memory, degraded_event_loop_lag, unreachable_after
+            )
+        except ValueError as exc:
+            return {"error": str(exc)}
         return health_report(self.scheduler, limits, self.rates())

@@ -3,8 +3,10 @@
 :class:`ProcessRegistry` maps keys to values (a name service in the style of
 ``Horde.Registry``); :class:`ServiceMesh` keeps named services with a handle,
 capabilities and metadata and finds them by those. Both live in the scheduler
-extension :class:`RegistryExtension`; an entry disappears with the client or worker
-that registered it. Keys: see :func:`canonical_key`.
+extension :class:`RegistryExtension`; an entry belongs to the client or worker that
+registered it (the scheduler decides who that is) and disappears with it, unless it
+was registered with ``owner="cluster"``. Replacing or removing another owner's entry
+needs ``force=True``. Keys: see :func:`canonical_key`.
 
 >>> import foundation_dask as fd
 >>> fd.ProcessRegistry.register(("cache", 1), {"size": 10}, metadata={"kind": "cache"})
@@ -18,8 +20,10 @@ that registered it. Keys: see :func:`canonical_key`.
 """
 
 from foundation_dask.core.registry._core import (
+    CLUSTER_OWNER,
     RegistryEntry,
     Service,
+    UnreadableValue,
     canonical_key,
     check_capabilities,
     check_metadata,
@@ -27,17 +31,22 @@ from foundation_dask.core.registry._core import (
 )
 from foundation_dask.core.registry._facade import ProcessRegistry, ServiceMesh, caller_owner
 from foundation_dask.core.registry._scheduler_plugin import EVENT_TOPIC, RegistryExtension
-from foundation_dask.errors import AlreadyRegisteredError, NotRegisteredError
+from foundation_dask.core.registry._worker_plugin import RegistryWorker
+from foundation_dask.errors import AlreadyRegisteredError, NotOwnerError, NotRegisteredError
 
 __all__ = [
+    "CLUSTER_OWNER",
     "EVENT_TOPIC",
     "AlreadyRegisteredError",
+    "NotOwnerError",
     "NotRegisteredError",
     "ProcessRegistry",
     "RegistryEntry",
     "RegistryExtension",
+    "RegistryWorker",
     "Service",
     "ServiceMesh",
+    "UnreadableValue",
     "caller_owner",
     "canonical_key",
     "check_capabilities",

@@ -20,6 +20,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import reprlib
+import warnings
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import datetime
@@ -27,12 +28,19 @@ from typing import TYPE_CHECKING, Any
 
 from distributed.protocol import pickle
 
-from foundation_dask.errors import AlreadyRegisteredError, NotRegisteredError
+from foundation_dask.errors import AlreadyRegisteredError, NotOwnerError, NotRegisteredError
 
 if TYPE_CHECKING:
     import pandas as pd
 
 _EXACT_SCALARS = (str, int, float, bool, bytes, type(None))
+
+#: Owner of the records meant to outlive every client (``owner="cluster"``).
+CLUSTER_OWNER = "cluster"
+
+#: ``op`` of the message that brings a client or a worker its identity token, on its
+#: own batched stream only.
+IDENTITY_OP = "foundation_registry_identity"
 
 
 # --------------------------------------------------------------------------- keys and values
@@ -281,11 +289,90 @@ def services_to_frame(services: Iterable[Service]) -> pd.DataFrame:
     return frame
 
 
+class UnreadableValue:
+    """Stands for a registered value (or handle) that cannot be unpickled here.
+
+    :meth:`ProcessRegistry.select <foundation_dask.ProcessRegistry.select>`,
+    :meth:`ServiceMesh.discover_services <foundation_dask.ServiceMesh.discover_services>`
+    and the other reads return it in place of such a value, so that the other entries
+    still come back; they also warn, naming the entry.
+
+    Attributes
+    ----------
+    key
+        The entry's key (or its text form, if the key cannot be unpickled either).
+    error
+        What unpickling raised, as ``"TypeName: message"``.
+    """
+
+    def __init__(self, key: Any, error: str) -> None:
+        self.key = key
+        self.error = error
+
+    def __repr__(self) -> str:
+        return f"UnreadableValue(key={self.key!r}, error={self.error!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, UnreadableValue)
+                and (self.key, self.error) == (other.key, other.error))
+
+    def __hash__(self) -> int:
+        return hash((UnreadableValue, self.error))
+
+
+def dumps_value(key: Hashable, value: Any, what: str = "value") -> bytes:
+    """``value`` pickled for the scheduler; a ``TypeError`` naming ``key`` if it cannot be.
+
+    Parameters
+    ----------
+    key
+        The entry's key or service name (named in the error).
+    value
+        The value or handle.
+    what
+        ``"value"`` or ``"handle"``, for the message.
+    """
+    try:
+        return pickle.dumps(value)
+    except Exception as exc:
+        raise TypeError(
+            f"the {what} registered under {key!r} cannot be pickled ({type(exc).__name__}: "
+            f"{exc}); register a picklable object (nothing was registered)"
+        ) from exc
+
+
+def _unpickled(record: Mapping[str, Any], what: str) -> tuple[Any, Any]:
+    """The key and value of ``record``: a key that cannot be unpickled is its text form,
+    a value that cannot be is an :class:`UnreadableValue`; either warns, naming it."""
+    problems: list[str] = []
+    try:
+        key = pickle.loads(record["key"])
+    except Exception as exc:
+        key = record["key_id"]
+        problems.append(f"key: {type(exc).__name__}: {exc}")
+    try:
+        value = pickle.loads(record["value"])
+    except Exception as exc:
+        value = UnreadableValue(key, f"{type(exc).__name__}: {exc}")
+        problems.append(f"{what}: {value.error}")
+    if problems:
+        warnings.warn(
+            f"the {what} registered under {record['key_id']} (owner {record['owner']}) "
+            f"cannot be unpickled in this process ({'; '.join(problems)}); the other "
+            "entries are returned as usual",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return key, value
+
+
 def entry_of(record: Mapping[str, Any]) -> RegistryEntry:
-    """The :class:`RegistryEntry` of a scheduler record (key and value unpickled here)."""
+    """The :class:`RegistryEntry` of a scheduler record (key and value unpickled here;
+    one that cannot be is an :class:`UnreadableValue`, with a ``RuntimeWarning``)."""
+    key, value = _unpickled(record, "value")
     return RegistryEntry(
-        key=pickle.loads(record["key"]),
-        value=pickle.loads(record["value"]),
+        key=key,
+        value=value,
         metadata=dict(record["metadata"]),
         owner=record["owner"],
         registered_at=record["registered_at"],
@@ -293,10 +380,12 @@ def entry_of(record: Mapping[str, Any]) -> RegistryEntry:
 
 
 def service_of(record: Mapping[str, Any]) -> Service:
-    """The :class:`Service` of a scheduler record (name and handle unpickled here)."""
+    """The :class:`Service` of a scheduler record (name and handle unpickled here; one
+    that cannot be is an :class:`UnreadableValue`, with a ``RuntimeWarning``)."""
+    name, handle = _unpickled(record, "service handle")
     return Service(
-        name=pickle.loads(record["key"]),
-        handle=pickle.loads(record["value"]),
+        name=name,
+        handle=handle,
         capabilities=list(record["capabilities"]),
         metadata=dict(record["metadata"]),
         owner=record["owner"],
@@ -307,8 +396,9 @@ def service_of(record: Mapping[str, Any]) -> Service:
 # --------------------------------------------------------------------------- errors on the wire
 
 #: Errors raised again with the caller's key as their ``key`` attribute.
-_KEYED_ERRORS: dict[str, type[AlreadyRegisteredError] | type[NotRegisteredError]] = {
+_KEYED_ERRORS: dict[str, type[AlreadyRegisteredError | NotOwnerError | NotRegisteredError]] = {
     "AlreadyRegisteredError": AlreadyRegisteredError,
+    "NotOwnerError": NotOwnerError,
     "NotRegisteredError": NotRegisteredError,
 }
 _PLAIN_ERRORS: dict[str, type[Exception]] = {"TypeError": TypeError, "ValueError": ValueError}
@@ -317,7 +407,11 @@ _PLAIN_ERRORS: dict[str, type[Exception]] = {"TypeError": TypeError, "ValueError
 def error_reply(exc: Exception) -> dict[str, Any]:
     """The reply of a handler that failed in an expected way (``exc``), for
     :func:`raise_if_error` in the caller's process."""
-    return {"error": {"type": type(exc).__name__, "message": str(exc)}}
+    error: dict[str, Any] = {"type": type(exc).__name__, "message": str(exc)}
+    owner = getattr(exc, "owner", None)
+    if owner is not None:
+        error["owner"] = owner
+    return {"error": error}
 
 
 def raise_if_error(reply: Mapping[str, Any], key: Hashable | None = None) -> None:
@@ -333,8 +427,9 @@ def raise_if_error(reply: Mapping[str, Any], key: Hashable | None = None) -> Non
 
     Raises
     ------
-    AlreadyRegisteredError, NotRegisteredError, TypeError, ValueError
+    AlreadyRegisteredError, NotOwnerError, NotRegisteredError, TypeError, ValueError
         The error of the reply; another type of error is raised as a ``RuntimeError``.
+        A registry error of a record of another owner has that ``owner`` as attribute.
     """
     error = reply.get("error")
     if not error:
@@ -342,5 +437,7 @@ def raise_if_error(reply: Mapping[str, Any], key: Hashable | None = None) -> Non
     kind, message = error["type"], error["message"]
     keyed = _KEYED_ERRORS.get(kind)
     if keyed is not None:
+        if "owner" in error:
+            raise keyed(message, key=key, owner=error["owner"])
         raise keyed(message, key=key)
     raise _PLAIN_ERRORS.get(kind, RuntimeError)(message)

@@ -8,23 +8,39 @@ from tasks and actors on workers (through the worker's client).
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+import dask.config
 import distributed
+from dask.utils import parse_timedelta
+from distributed.comm.core import CommClosedError
 from distributed.protocol import pickle
 
-from foundation_dask.core._client import current_client
+from foundation_dask._compat import add_client_stream_handler
+from foundation_dask.core._client import check_connected, current_client
+from foundation_dask.core.cluster import ensure_plugins
+from foundation_dask.core.plugin import extension
 from foundation_dask.core.registry._core import (
+    CLUSTER_OWNER,
+    IDENTITY_OP,
     RegistryEntry,
     Service,
     canonical_key,
     check_capabilities,
     check_metadata,
+    dumps_value,
     entry_of,
     raise_if_error,
     service_of,
     services_to_frame,
+)
+from foundation_dask.errors import (
+    ClusterConnectionError,
+    FoundationError,
+    FoundationNotInstalledError,
 )
 
 if TYPE_CHECKING:
@@ -32,18 +48,120 @@ if TYPE_CHECKING:
 
 
 def caller_owner(client: distributed.Client) -> str:
-    """Who owns what the caller registers: its worker's address in a task, else ``client.id``."""
+    """Who owns what the caller registers: its worker's address in a task, else ``client.id``.
+
+    The scheduler decides this itself (from the stream on which it sent the caller its
+    identity token); this is what it will decide, for display.
+    """
+    worker = _calling_worker()
+    return worker.address if worker is not None else client.id
+
+
+def _calling_worker() -> distributed.Worker | None:
+    """The worker running the calling task or actor, if any (from the calling thread)."""
     try:
-        return distributed.get_worker().address
+        return distributed.get_worker()
     except ValueError:
-        return client.id
+        return None
+
+
+#: Identity tokens of this process's clients, and the requests for them under way.
+_tokens: weakref.WeakKeyDictionary[distributed.Client, str] = weakref.WeakKeyDictionary()
+_pending: weakref.WeakKeyDictionary[distributed.Client, asyncio.Future[str]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def _client_identity(client: distributed.Client) -> str:
+    """``client``'s identity token: the scheduler sends it on the client's own stream
+    (a message :data:`IDENTITY_OP` on the client's batched stream), once per client."""
+    token = _tokens.get(client)
+    if token is not None:
+        return token
+    pending = _pending.get(client)
+    if pending is None:
+        pending = _pending[client] = asyncio.get_running_loop().create_future()
+        future = pending
+
+        def receive(token: str) -> None:
+            if not future.done():
+                future.set_result(token)
+
+        add_client_stream_handler(client, IDENTITY_OP, receive)
+        try:
+            reply = await client.scheduler.foundation_registry_identify(client=client.id)
+            raise_if_error(reply)
+            timeout = parse_timedelta(dask.config.get("distributed.comm.timeouts.connect"), "s")
+            token = await asyncio.wait_for(asyncio.shield(future), timeout)
+        except BaseException:
+            _pending.pop(client, None)
+            if not future.done():
+                future.cancel()
+            raise
+        _tokens[client] = token
+        _pending.pop(client, None)
+        return token
+    return await asyncio.shield(pending)
+
+
+async def _identity(client: distributed.Client, worker: distributed.Worker | None) -> str:
+    if worker is None:
+        return await _client_identity(client)
+    ext = extension(worker, "registry")
+    if ext is None:
+        raise FoundationNotInstalledError(
+            f"The worker {worker.address} has no Foundation registry; install the plugins "
+            "with foundation_dask.connect() (or foundation_dask.install_plugins(client)).",
+            address=client.scheduler.address,
+        )
+    token: str = await ext.identity(client)
+    return token
+
+
+def _forget_identity(client: distributed.Client, worker: distributed.Worker | None) -> None:
+    if worker is None:
+        _tokens.pop(client, None)
+    else:
+        ext = extension(worker, "registry")
+        if ext is not None:
+            ext.forget()
+
+
+async def _send(client: distributed.Client, op: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The reply of the registry handler ``op``; a lost scheduler is a
+    :class:`~foundation_dask.errors.ClusterConnectionError` naming its address."""
+    try:
+        reply: dict[str, Any] = await getattr(client.scheduler, op)(**kwargs)
+    except FoundationError:  # an answer of the handler (NotOwnerError is an OSError too)
+        raise
+    except (OSError, CommClosedError) as exc:  # Dask's connect timeouts are plain OSErrors
+        raise ClusterConnectionError(
+            f"The Dask scheduler at {client.scheduler.address} cannot be reached ({exc}).",
+            address=client.scheduler.address,
+        ) from exc
+    return reply
 
 
 async def _rpc(client: distributed.Client, op: str, *, error_key: Hashable | None = None,
                **kwargs: Any) -> dict[str, Any]:
     """Call the registry handler ``op``; raise its error (with ``error_key`` as the
     error's ``key``)."""
-    reply: dict[str, Any] = await getattr(client.scheduler, op)(**kwargs)
+    reply = await _send(client, op, kwargs)
+    raise_if_error(reply, error_key)
+    return reply
+
+
+async def _owned_rpc(client: distributed.Client, worker: distributed.Worker | None, op: str,
+                     *, error_key: Hashable, **kwargs: Any) -> dict[str, Any]:
+    """:func:`_rpc` for a request made in the caller's name: it carries the caller's
+    identity token (asked for again once if the scheduler no longer knows it)."""
+    for attempt in range(2):
+        token = await _identity(client, worker)
+        reply = await _send(client, op, {**kwargs, "token": token})
+        if reply.get("identify") and attempt == 0:
+            _forget_identity(client, worker)
+            continue
+        break
     raise_if_error(reply, error_key)
     return reply
 
@@ -51,9 +169,16 @@ async def _rpc(client: distributed.Client, op: str, *, error_key: Hashable | Non
 def _run(client: distributed.Client | None,
          coro_fn: Callable[[distributed.Client], Awaitable[Any]]) -> Any:
     """Run ``coro_fn(client)`` through ``client`` (by default the current client):
-    its result on a synchronous client, an awaitable on an asynchronous one."""
+    its result on a synchronous client, an awaitable on an asynchronous one. The
+    cluster gets the Foundation plugins first, as :func:`foundation_dask.connect` does."""
     client = client or current_client()
-    return client.sync(coro_fn, client)
+    check_connected(client)
+
+    async def run(client: distributed.Client) -> Any:
+        await ensure_plugins(client)
+        return await coro_fn(client)
+
+    return client.sync(run, client)
 
 
 def _register_message(
@@ -63,16 +188,24 @@ def _register_message(
     metadata: Mapping[str, Any] | None,
     capabilities: Iterable[str] | None,
     replace: bool,
-    owner: str,
+    force: bool,
+    owner: str | None,
 ) -> dict[str, Any]:
+    if owner is not None and owner != CLUSTER_OWNER:
+        raise ValueError(
+            f"owner must be None (the caller owns the entry) or {CLUSTER_OWNER!r} (an entry "
+            f"that outlives its client), got {owner!r}; the scheduler, not the caller, "
+            "decides who the caller is"
+        )
     msg: dict[str, Any] = {
         "kind": kind,
         "key_id": canonical_key(key),
         "key": pickle.dumps(key),
-        "value": pickle.dumps(value),
+        "value": dumps_value(key, value, "handle" if kind == "service" else "value"),
         "metadata": check_metadata(metadata),
-        "owner": owner,
         "replace": bool(replace),
+        "force": bool(force),
+        "cluster": owner == CLUSTER_OWNER,
     }
     if kind == "service":
         msg["capabilities"] = check_capabilities(capabilities)
@@ -99,6 +232,7 @@ class ProcessRegistry:
         metadata: Mapping[str, Any] | None = None,
         *,
         replace: bool = False,
+        force: bool = False,
         owner: str | None = None,
         client: distributed.Client | None = None,
     ) -> RegistryEntry | Awaitable[RegistryEntry]:
@@ -114,10 +248,15 @@ class ProcessRegistry:
             Simple values (``str``, ``int``, ``float``, ``bool``, ``None``) by ``str``
             key, matched by :meth:`select`.
         replace
-            Take over ``key`` if it is registered already (the owner changes to the caller).
+            Replace the entry if ``key`` is registered already by the caller.
+        force
+            With ``replace``: take over an entry of another owner (a client, a worker or
+            the cluster); the entry becomes the caller's, and goes when the caller goes.
         owner
-            A connected client id or worker address owning the entry; by default the
-            worker running the calling task or actor, else the client.
+            ``None``: the caller owns the entry (the worker running the calling task or
+            actor, else the client), and it goes when the caller goes. ``"cluster"``:
+            the entry outlives every client (removed with ``force=True`` only). The
+            scheduler decides who the caller is.
         client
             Client to act through; by default the default client (the worker's inside
             a task), else the one :func:`foundation_dask.connect` opens.
@@ -130,17 +269,21 @@ class ProcessRegistry:
         Raises
         ------
         AlreadyRegisteredError
-            (a ``ValueError``) ``key`` is registered and ``replace`` is false; the
-            message names the current owner, its ``key`` attribute is ``key``.
+            (a ``ValueError``) ``key`` is registered and ``replace`` is false, or it is
+            another owner's and ``force`` is false; the message names the current owner
+            (its ``owner`` attribute), its ``key`` attribute is ``key``.
         TypeError
-            ``key`` is not hashable or ``metadata`` is not a dict of simple values.
+            ``key`` is not hashable, ``value`` cannot be pickled (the message names
+            ``key``) or ``metadata`` is not a dict of simple values.
+        ValueError
+            ``owner`` is neither ``None`` nor ``"cluster"``.
         """
-        client = client or current_client()
-        owner = owner or caller_owner(client)
-        msg = _register_message("entry", key, value, metadata, None, replace, owner)
+        msg = _register_message("entry", key, value, metadata, None, replace, force, owner)
+        worker = _calling_worker()
 
         async def run(client: distributed.Client) -> RegistryEntry:
-            reply = await _rpc(client, "foundation_registry_register", error_key=key, **msg)
+            reply = await _owned_rpc(client, worker, "foundation_registry_register",
+                                     error_key=key, **msg)
             return RegistryEntry(key, value, msg["metadata"], reply["owner"],
                                  reply["registered_at"])
 
@@ -174,13 +317,16 @@ class ProcessRegistry:
         return _run(client, run)
 
     @staticmethod
-    def unregister(key: Hashable, *, client: distributed.Client | None = None) -> Any:
+    def unregister(key: Hashable, *, force: bool = False,
+                   client: distributed.Client | None = None) -> Any:
         """Remove the entry under ``key``.
 
         Parameters
         ----------
         key
             The key of the entry.
+        force
+            Remove it even if another client, worker or the cluster owns it.
         client
             Client to act through; by default the default client (the worker's inside
             a task), else the one :func:`foundation_dask.connect` opens.
@@ -190,12 +336,16 @@ class ProcessRegistry:
         NotRegisteredError
             (a ``KeyError``) nothing is registered under ``key`` (its ``key``
             attribute).
+        AlreadyRegisteredError
+            (a ``ValueError``) another owner's entry and ``force`` is false; the message
+            names the owner (its ``owner`` attribute).
         """
         key_id = canonical_key(key)
+        worker = _calling_worker()
 
         async def run(client: distributed.Client) -> None:
-            await _rpc(client, "foundation_registry_unregister", error_key=key, kind="entry",
-                       key_id=key_id)
+            await _owned_rpc(client, worker, "foundation_registry_unregister", error_key=key,
+                             kind="entry", key_id=key_id, force=bool(force))
 
         return _run(client, run)
 
@@ -256,6 +406,7 @@ class ServiceMesh:
         metadata: Mapping[str, Any] | None = None,
         *,
         replace: bool = False,
+        force: bool = False,
         owner: str | None = None,
         client: distributed.Client | None = None,
     ) -> Service | Awaitable[Service]:
@@ -273,9 +424,13 @@ class ServiceMesh:
         metadata
             Simple values by ``str`` key.
         replace
-            Take over ``name`` if it is registered already.
+            Replace the service if ``name`` is registered already by the caller.
+        force
+            With ``replace``: take over another owner's service; it becomes the
+            caller's, and goes when the caller goes.
         owner
-            Client id or worker address owning the service; default the caller.
+            ``None`` (the caller) or ``"cluster"`` (outlives every client), as for
+            :meth:`ProcessRegistry.register`.
         client
             Client to act through; by default the default client (the worker's inside
             a task), else the one :func:`foundation_dask.connect` opens.
@@ -287,16 +442,19 @@ class ServiceMesh:
         Raises
         ------
         AlreadyRegisteredError
-            ``name`` is registered and ``replace`` is false (its ``key`` attribute).
+            ``name`` is registered and ``replace`` is false, or it is another owner's
+            and ``force`` is false (its ``key`` and ``owner`` attributes).
         TypeError
-            Bad ``capabilities`` or ``metadata``; nothing is registered.
+            Bad ``capabilities`` or ``metadata``, or a ``handle`` that cannot be pickled
+            (named); nothing is registered.
         """
-        client = client or current_client()
-        owner = owner or caller_owner(client)
-        msg = _register_message("service", name, handle, metadata, capabilities, replace, owner)
+        msg = _register_message("service", name, handle, metadata, capabilities, replace,
+                                force, owner)
+        worker = _calling_worker()
 
         async def run(client: distributed.Client) -> Service:
-            reply = await _rpc(client, "foundation_registry_register", error_key=name, **msg)
+            reply = await _owned_rpc(client, worker, "foundation_registry_register",
+                                     error_key=name, **msg)
             return Service(name, handle, list(msg["capabilities"]), msg["metadata"],
                            reply["owner"], reply["registered_at"])
 
@@ -341,13 +499,16 @@ class ServiceMesh:
         return _run(client, run)
 
     @staticmethod
-    def deregister_service(name: Hashable, *, client: distributed.Client | None = None) -> Any:
+    def deregister_service(name: Hashable, *, force: bool = False,
+                           client: distributed.Client | None = None) -> Any:
         """Remove the service ``name``.
 
         Parameters
         ----------
         name
             The service name.
+        force
+            Remove it even if another client, worker or the cluster owns it.
         client
             Client to act through; by default the default client (the worker's inside
             a task), else the one :func:`foundation_dask.connect` opens.
@@ -356,12 +517,16 @@ class ServiceMesh:
         ------
         NotRegisteredError
             (a ``KeyError``) no service has that name (its ``key`` attribute).
+        AlreadyRegisteredError
+            (a ``ValueError``) another owner's service and ``force`` is false (its
+            ``owner`` attribute).
         """
         key_id = canonical_key(name)
+        worker = _calling_worker()
 
         async def run(client: distributed.Client) -> None:
-            await _rpc(client, "foundation_registry_unregister", error_key=name,
-                       kind="service", key_id=key_id)
+            await _owned_rpc(client, worker, "foundation_registry_unregister", error_key=name,
+                             kind="service", key_id=key_id, force=bool(force))
 
         return _run(client, run)
 
