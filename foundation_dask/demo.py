@@ -196,8 +196,8 @@ def _dspex_tour(client: Any, p: _Printer, summary: dict[str, Any], n_workers: in
     candidates = 4 if quick else 12
     train, dev, test = load_sentiment(n_train=sizes[0], n_dev=sizes[1], n_test=sizes[2])
     lm = dspex.LocalLM(cache=False)
+    dspex.configure(lm=lm)  # as a DSPy user does: the setting travels with every task
     program = dspex.Predict(dspex.Signature("review -> sentiment", SENTIMENT_INSTRUCTIONS))
-    program.lm = lm
     p.header(f"DSPEx: sentiment task with the local model {lm.model} "
              f"({len(train)} train / {len(dev)} validation / {len(test)} test)")
     evaluate = dspex.Evaluate(devset=test, metric=sentiment_metric, display_progress=True)
@@ -272,7 +272,7 @@ def _dspex_tour(client: Any, p: _Printer, summary: dict[str, Any], n_workers: in
     p.header("Hottest code across the cluster (profiling during the optimization)")
     report = scope.analyze_cluster_performance(wait=False)
     for r in report.code_hotspots.head(5).itertuples():
-        p.line(f"{r.self_time_s:7.2f} s  {r.function}")
+        p.line(f"{r.self_time_s:7.2f} s CPU  ({r.self_wall_s:.2f} s wall)  {r.function}")
     summary["top_hotspot"] = (report.code_hotspots["function"].iloc[0]
                               if len(report.code_hotspots) else None)
 

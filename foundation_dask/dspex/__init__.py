@@ -19,9 +19,9 @@ first use.
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from foundation_dask._lazy import attach
 from foundation_dask.dspex.adapters import (
     Adapter,
     AdapterParseError,
@@ -121,16 +121,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is not None:
-        value = getattr(import_module(module), name)
-        globals()[name] = value
-        return value
-    if name in _SUBMODULES:
-        return import_module(f"{__name__}.{name}")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(__all__) | set(_LAZY))
+__getattr__, __dir__ = attach(__name__, _LAZY, _SUBMODULES)

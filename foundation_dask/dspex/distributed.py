@@ -5,32 +5,5 @@ this module only re-exports :mod:`~foundation_dask.dspex.orchestration`, so exis
 imports and checkpoints of coordinators pickled under this path keep working.
 """
 
-from foundation_dask.dspex.orchestration import (
-    CAPABILITIES,
-    OPTIMIZATION_COLUMNS,
-    AdaptiveOptimizer,
-    CapacityPlan,
-    DistributedOptimizer,
-    OptimizationCoordinator,
-    OptimizationResult,
-    calculate_optimal_distribution,
-    list_optimizations,
-    optimization_history,
-    scale_cluster,
-    scheduler_optimizations,
-)
-
-__all__ = [
-    "CAPABILITIES",
-    "OPTIMIZATION_COLUMNS",
-    "AdaptiveOptimizer",
-    "CapacityPlan",
-    "DistributedOptimizer",
-    "OptimizationCoordinator",
-    "OptimizationResult",
-    "calculate_optimal_distribution",
-    "list_optimizations",
-    "optimization_history",
-    "scale_cluster",
-    "scheduler_optimizations",
-]
+from foundation_dask.dspex.orchestration import *  # noqa: F403
+from foundation_dask.dspex.orchestration import __all__ as __all__

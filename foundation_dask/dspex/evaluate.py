@@ -8,10 +8,15 @@ examples one after the other in a worker process (where a local LM is loaded onc
 and returns one record per example. Progress (done, running score, rate, ETA) goes
 out on the ``telemetry`` channel and to a progress line as chunks finish.
 
-Failures: a program or metric that raises is recorded for that example with its
-error and scored ``failure_score``; ``max_errors`` stops the run with the first
-failures listed. A worker that dies mid-evaluation loses nothing: Dask re-runs its
-chunks on the other workers (``distributed.scheduler.allowed-failures``).
+Settings: what ``dspex.configure`` and the enclosing ``dspex.context`` blocks set where
+the evaluation is called (the LM, adapter, cache switch...) travels with every chunk and
+is in effect while the chunk runs on its worker (:mod:`~foundation_dask.dspex.snapshot`).
+
+Failures: a program or metric that raises, or a metric that returns NaN or an
+infinite value, is recorded for that example with its error and scored
+``failure_score``; ``max_errors`` stops the run with the first failures listed. A
+worker that dies mid-evaluation loses nothing: Dask re-runs its chunks on the other
+workers (``distributed.scheduler.allowed-failures``), with the same settings.
 
 :class:`Evaluate` and :func:`evaluate_many` run on the client; ``_evaluate_chunk`` is the
 task that runs on the workers.
@@ -35,6 +40,7 @@ from foundation_dask._html import html_repr
 from foundation_dask.core._client import current_client, worker_infos
 from foundation_dask.core.channels import Channels
 from foundation_dask.dspex.settings import context
+from foundation_dask.dspex.snapshot import SettingsSnapshot, snapshot_settings
 from foundation_dask.errors import EvaluationError
 from foundation_dask.tracecontext import SpanScope
 
@@ -58,8 +64,10 @@ class EvaluationRecord:
 
 
 def _evaluate_chunk(program: Any, examples: list[tuple[int, Any]], metric: Callable,
-                    failure_score: float, lm: Any = None) -> list[EvaluationRecord]:
-    """Runs on a worker: evaluate ``examples`` (index, example) with ``program``."""
+                    failure_score: float, lm: Any = None,
+                    carried: SettingsSnapshot | None = None) -> list[EvaluationRecord]:
+    """Runs on a worker: evaluate ``examples`` (index, example) with ``program``, under
+    the settings ``carried`` from where the evaluation was called."""
     try:
         from distributed import get_worker
 
@@ -67,9 +75,8 @@ def _evaluate_chunk(program: Any, examples: list[tuple[int, Any]], metric: Calla
     except ValueError:
         worker = "local"
     pid = os.getpid()
-    settings_ctx = _lm_context(lm)
     out = []
-    with settings_ctx:
+    with _carried_context(carried), _lm_context(lm):
         for index, example in examples:
             start = time.time()
             t0 = time.perf_counter()
@@ -78,7 +85,7 @@ def _evaluate_chunk(program: Any, examples: list[tuple[int, Any]], metric: Calla
             with SpanScope("evaluate_example", "span", attrs):
                 try:
                     prediction = program(**_inputs(example))
-                    score = float(metric(example, prediction))
+                    score = checked_score(metric(example, prediction), metric, index)
                 except Exception as exc:
                     score = failure_score
                     error = "".join(traceback.format_exception_only(type(exc), exc)).strip()
@@ -86,6 +93,22 @@ def _evaluate_chunk(program: Any, examples: list[tuple[int, Any]], metric: Calla
             out.append(EvaluationRecord(index, prediction, score, error, worker, pid, start,
                                         time.perf_counter() - t0))
     return out
+
+
+def checked_score(value: Any, metric: Callable, index: int) -> float:
+    """``float(value)``; a NaN or infinite score raises ``ValueError`` naming the metric
+    and the example (the example is then counted as failed, like a metric that raises)."""
+    score = float(value)
+    if not math.isfinite(score):
+        name = getattr(metric, "__name__", None) or repr(metric)
+        raise ValueError(f"metric {name} returned {value!r} for example {index}: a score "
+                         "must be a finite number")
+    return score
+
+
+def _carried_context(carried: SettingsSnapshot | None) -> AbstractContextManager[Any]:
+    """The settings carried from the client, or nothing."""
+    return contextlib.nullcontext() if carried is None else carried.applied()
 
 
 def _lm_context(lm: Any) -> AbstractContextManager[Any]:
@@ -213,7 +236,9 @@ class Evaluate:
     workers
         Restrict evaluation to these worker addresses (capacity-aware placement).
     lm
-        Run the program under ``dspex.context(lm=lm)`` on the workers.
+        Run the program under ``dspex.context(lm=lm)`` on the workers (by default the
+        program runs under the settings in effect where the evaluator is called:
+        ``dspex.configure(lm=...)``, ``with dspex.context(lm=...)``).
     num_threads
         Accepted for DSPy compatibility; the cluster decides parallelism.
     client
@@ -262,13 +287,14 @@ class Evaluate:
             raise TypeError("Evaluate needs a metric: Evaluate(devset=..., metric=fn)")
         if not devset:
             raise ValueError("Evaluate got an empty devset: pass at least one Example")
+        carried = snapshot_settings()
         client = client or self.client or current_client()
         return evaluate_many(
             client, [program], devset, metric, failure_score=self.failure_score,
             max_errors=self.max_errors, chunk_size=self.chunk_size,
             display_progress=kwargs.get("display_progress", self.display_progress),
             workers=self.workers, lm=self.lm, progress_channel=self.progress_channel,
-            label=self.label,
+            label=self.label, carried=carried,
         )[0]
 
 
@@ -280,15 +306,19 @@ def evaluate_many(client: distributed.Client, programs: Sequence[Any], devset: S
                   label: str = "Evaluate", on_record: Callable | None = None,
                   on_chunk: Callable | None = None, on_records: Callable | None = None,
                   done: dict[tuple[int, int], EvaluationRecord] | None = None,
-                  eval_id: str | None = None) -> list[EvaluationResult]:
+                  eval_id: str | None = None,
+                  carried: SettingsSnapshot | None = None) -> list[EvaluationResult]:
     """Evaluate several programs on one devset with every (program, chunk) in flight at once.
 
     This is what optimizers use to evaluate all their candidates together instead of
-    one after another. Returns one :class:`EvaluationResult` per program.
+    one after another. Returns one :class:`EvaluationResult` per program. ``carried``
+    is the settings every chunk runs under (default: those in effect here,
+    :func:`~foundation_dask.dspex.snapshot.snapshot_settings`).
     """
     from distributed import as_completed
 
     eval_id = eval_id or uuid.uuid4().hex[:12]
+    carried = carried if carried is not None else snapshot_settings()
     n_workers = len(workers) if workers else max(1, len(worker_infos(client)))
     size = (auto_chunk_size(len(devset) * len(programs), n_workers)
             if chunk_size == "auto" else int(chunk_size))
@@ -301,7 +331,7 @@ def evaluate_many(client: distributed.Client, programs: Sequence[Any], devset: S
         chunks = [todo[i:i + size] for i in range(0, len(todo), size)]
         for c, chunk in enumerate(chunks):
             fut = client.submit(
-                _evaluate_chunk, program, chunk, metric, failure_score, lm,
+                _evaluate_chunk, program, chunk, metric, failure_score, lm, carried,
                 key=f"evaluate-{eval_id}-{p}-{c}", workers=workers,
                 allow_other_workers=workers is not None, pure=False, retries=0,
             )

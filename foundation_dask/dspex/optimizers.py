@@ -12,6 +12,12 @@
   runs are shared between candidates (they do not depend on the candidate), so the
   trainset is bootstrapped once.
 
+Settings: what ``dspex.configure`` and the enclosing ``dspex.context`` blocks set where
+``compile`` is called (the LM, adapter, cache switch...) is in effect in every teacher
+run and evaluation on the workers (:mod:`~foundation_dask.dspex.snapshot`);
+``teacher_settings`` apply on top of them in the teacher runs. A metric that returns
+NaN or an infinite value fails that run or evaluation (counted in its errors).
+
 Every optimizer is seeded: the same seed gives the same best program. ``compile`` runs
 on the client; the teacher runs (``_teacher_chunk``) and the evaluations are tasks on
 the workers.
@@ -24,18 +30,21 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from foundation_dask.core._client import current_client, worker_infos
 from foundation_dask.dspex.evaluate import (
     EvaluationResult,
+    _carried_context,
     _inputs,
     _lm_context,
     auto_chunk_size,
+    checked_score,
     evaluate_many,
 )
 from foundation_dask.dspex.primitives import Example
 from foundation_dask.dspex.settings import context
+from foundation_dask.dspex.snapshot import SettingsSnapshot, snapshot_settings
 from foundation_dask.errors import EvaluationError, OptimizationStopped
 
 if TYPE_CHECKING:
@@ -114,11 +123,13 @@ def _as_dict(prediction: Any) -> dict[str, Any]:
 
 def _teacher_chunk(teacher: Any, examples: list[tuple[int, Any]], metric: Callable,
                    metric_threshold: float | None, lm: Any,
-                   settings: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """Runs on a worker: the teacher on each example, its own demo excluded, under
-    ``dspex.context(**settings)`` (the optimizer's ``teacher_settings``)."""
+                   settings: SettingsSnapshot | None = None,
+                   carried: SettingsSnapshot | None = None) -> list[dict[str, Any]]:
+    """Runs on a worker: the teacher on each example, its own demo excluded, under the
+    settings ``carried`` from where ``compile`` was called, then ``settings`` (the
+    optimizer's ``teacher_settings``)."""
     out = []
-    with _lm_context(lm), context(**(settings or {})):
+    with _carried_context(carried), _lm_context(lm), _carried_context(settings):
         for index, example in examples:
             program = teacher.deepcopy()
             for _, pred in program.named_predictors():
@@ -126,8 +137,10 @@ def _teacher_chunk(teacher: Any, examples: list[tuple[int, Any]], metric: Callab
             t0 = time.perf_counter()
             try:
                 prediction, calls = _capture(program, _inputs(example))
-                score = metric(example, prediction, calls)
-                ok = (score >= metric_threshold) if metric_threshold is not None else bool(score)
+                value = metric(example, prediction, calls)
+                if isinstance(value, float):
+                    value = checked_score(value, metric, index)
+                ok = (value >= metric_threshold) if metric_threshold is not None else bool(value)
                 error = None
             except Exception as exc:
                 ok, calls, error = False, [], f"{type(exc).__name__}: {exc}"
@@ -140,12 +153,14 @@ def run_teacher(teacher: Any, trainset: Sequence[Any], metric: Callable, *,
                 metric_threshold: float | None = None, runtime: Runtime | None = None,
                 max_errors: int | None = None, label: str = "bootstrap",
                 settings: dict[str, Any] | None = None,
-                client: distributed.Client | None = None) -> list[dict[str, Any]]:
+                client: distributed.Client | None = None,
+                carried: SettingsSnapshot | None = None) -> list[dict[str, Any]]:
     """Run the teacher on every trainset example on the cluster; results in trainset order.
 
-    ``settings`` are DSPEx settings (``lm=``, ``adapter=``...) the teacher runs under;
-    ``client`` is the Dask client to run on (default: the runtime's, else the current
-    one).
+    ``carried`` is the settings the runs start from (default: those in effect here);
+    ``settings`` are DSPEx settings (``lm=``, ``adapter=``...) the teacher runs under on
+    top of them; ``client`` is the Dask client to run on (default: the runtime's, else
+    the current one).
     """
     from distributed import as_completed
 
@@ -154,10 +169,12 @@ def run_teacher(teacher: Any, trainset: Sequence[Any], metric: Callable, *,
     n_workers = len(runtime.workers or worker_infos(client)) or 1
     size = (auto_chunk_size(len(trainset), n_workers) if runtime.chunk_size == "auto"
             else int(runtime.chunk_size))
+    carried = carried if carried is not None else snapshot_settings()
+    teacher_settings = SettingsSnapshot(settings) if settings else None
     indexed = [(i, ex) for i, ex in enumerate(trainset) if i not in runtime.done_teacher]
     futures = [
         client.submit(_teacher_chunk, teacher, indexed[i:i + size], metric, metric_threshold,
-                      runtime.lm, settings, workers=runtime.workers,
+                      runtime.lm, teacher_settings, carried, workers=runtime.workers,
                       allow_other_workers=runtime.workers is not None, pure=False)
         for i in range(0, len(indexed), size)
     ]
@@ -355,6 +372,7 @@ class BootstrapFewShot(Teleprompter):
                 self._teacher(student, teacher, trainset), trainset, self.metric,
                 metric_threshold=self.metric_threshold, runtime=self.runtime,
                 max_errors=self.max_errors, settings=self.teacher_settings, client=client,
+                carried=snapshot_settings(),
             )
         order = list(order) if order is not None else list(range(len(trainset)))
         program = _assign_demos(student, trainset, teacher_runs, order,
@@ -434,8 +452,10 @@ class BootstrapFewShotWithRandomSearch(Teleprompter):
     def candidate_programs(self, student: Any, trainset: Sequence[Any],
                            teacher: Any | None = None,
                            teacher_runs: list[dict[str, Any]] | None = None,
-                           client: distributed.Client | None = None) -> list[Candidate]:
-        """Build every candidate (one shared, parallel teacher pass over the trainset)."""
+                           client: distributed.Client | None = None,
+                           carried: SettingsSnapshot | None = None) -> list[Candidate]:
+        """Build every candidate (one shared, parallel teacher pass over the trainset), the
+        teacher running under ``carried`` (default: the settings in effect here)."""
         trainset = list(trainset)
         boot = BootstrapFewShot(
             self.metric, metric_threshold=self.metric_threshold,
@@ -448,6 +468,7 @@ class BootstrapFewShotWithRandomSearch(Teleprompter):
                 boot._teacher(student, teacher, trainset), trainset, self.metric,
                 metric_threshold=self.metric_threshold, runtime=self.runtime,
                 max_errors=self.max_errors, settings=boot.teacher_settings, client=client,
+                carried=carried,
             )
         self.teacher_runs = teacher_runs
         candidates = [
@@ -493,12 +514,13 @@ class BootstrapFewShotWithRandomSearch(Teleprompter):
         if not trainset:
             raise ValueError("BootstrapFewShotWithRandomSearch needs a non-empty trainset")
         valset = list(valset) if valset is not None else trainset
+        carried = snapshot_settings()
         runtime = self.runtime
         client = client or runtime.get_client()
-        self.candidates = self.candidate_programs(student, trainset, teacher, client=client)
+        self.candidates = self.candidate_programs(student, trainset, teacher, client=client,
+                                                  carried=carried)
         history: list[dict[str, Any]] = []
         self.history = history
-        best: dict[str, Any] = {"score": -1.0}
 
         per_candidate: dict[int, list[float]] = {}
 
@@ -529,13 +551,15 @@ class BootstrapFewShotWithRandomSearch(Teleprompter):
             max_errors=self.max_errors, chunk_size=runtime.chunk_size,
             display_progress=runtime.display_progress, workers=runtime.workers, lm=runtime.lm,
             label="random search", on_record=on_record, on_chunk=on_progress,
-            on_records=runtime.on_evaluations, done=runtime.done_evals,
+            on_records=runtime.on_evaluations, done=runtime.done_evals, carried=carried,
         )
+        chosen: Candidate | None = None
         for cand, res in zip(self.candidates, results, strict=True):
             cand.score, cand.evaluation = res.score, res
-            if res.score > best["score"]:
-                best = {"score": res.score, "candidate": cand}
-        chosen: Candidate = best["candidate"]
+            # the highest score, the first candidate on ties (as DSPy); scores may be < 0
+            if chosen is None or res.score > cast(float, chosen.score):
+                chosen = cand
+        assert chosen is not None  # there are always the three fixed candidates
         program = chosen.program
         program.candidate_programs = [
             {"seed": c.seed, "kind": c.kind, "score": c.score} for c in self.candidates

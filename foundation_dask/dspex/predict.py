@@ -2,8 +2,9 @@
 :class:`ChainOfThought`.
 
 A program runs where it is called: in the client's process, or in a Dask worker's when
-it is shipped there (an evaluation, an optimizer's teacher runs) with the LMs set on
-its predictors.
+it is shipped there (an evaluation, an optimizer's teacher runs), under the settings in
+effect where that work was started. A predictor's LM is, in DSPy's order, the ``lm=``
+of the call, then ``predictor.lm``, then ``dspex.settings.lm``.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ class Predict(Module, Parameter):
         Few-shot examples (:class:`Example`) put in the prompt.
     lm
         An LM used instead of ``dspex.settings.lm`` (shipped along when the program is
-        pickled to Dask workers).
+        pickled to Dask workers); by default None, the configured LM.
     config
         LM keyword arguments.
 

@@ -8,12 +8,11 @@ code inside a ``with`` block, in the current thread (or asyncio task) only, thro
 
 On Dask workers
 ---------------
-A program shipped to a worker carries the LMs set on its predictors (``predictor.lm``).
-A predictor without one falls back to the worker process's settings: call
-``dspex.configure(lm=...)`` in that process (for example through ``client.run``), or,
-better, pass the LM explicitly with the task and run the program under
-``with dspex.context(lm=lm): ...`` there. That is what an evaluator should do: LMs are
-small picklable objects (a local model is loaded once per worker process on first use).
+What ``configure`` and the enclosing ``context`` blocks set where ``Evaluate``, an
+optimizer's ``compile`` or a distributed optimization is called travels with its tasks
+(:mod:`foundation_dask.dspex.snapshot`) and is in effect inside every task on every
+worker, also on workers that join later. An LM set on a predictor (``predictor.lm``)
+still wins over the configured one, as in DSPy.
 """
 
 from __future__ import annotations
@@ -46,6 +45,7 @@ class Settings:
 
     def __init__(self) -> None:
         object.__setattr__(self, "_global", dict(_DEFAULTS))
+        object.__setattr__(self, "_configured", set())
         object.__setattr__(self, "_lock", threading.Lock())
 
     def get(self, key: str, default: Any = None) -> Any:
@@ -81,6 +81,7 @@ class Settings:
         """
         with self._lock:
             self._global.update(kwargs)
+            self._configured.update(kwargs)
 
     @contextmanager
     def context(self, **kwargs: Any) -> Iterator[Settings]:
@@ -100,11 +101,23 @@ class Settings:
         out.update(_overrides.get() or {})
         return out
 
+    def explicit(self) -> dict[str, Any]:
+        """The settings set by :meth:`configure` and the enclosing :meth:`context` blocks.
+
+        Defaults never set are left out: this is what travels with work sent to Dask
+        workers (:func:`foundation_dask.dspex.snapshot.snapshot_settings`).
+        """
+        with self._lock:
+            out = {k: self._global[k] for k in self._configured}
+        out.update(_overrides.get() or {})
+        return out
+
     def reset(self) -> None:
         """Restore the process-wide defaults (context overrides are left alone)."""
         with self._lock:
             self._global.clear()
             self._global.update(_DEFAULTS)
+            self._configured.clear()
 
     def __repr__(self) -> str:
         items = ", ".join(f"{k}={v!r}" for k, v in self.as_dict().items())

@@ -165,6 +165,11 @@ def test_completion_and_chat_requests(server):
     assert lm.generate(prompt="again").cached_prompt_tokens == 8
     assert "sk-test-secret" not in repr(lm) and "sk-test-secret" not in json.dumps(
         lm.dump_state())
+    # rebuilt from its state (as on a worker when the LM does not pickle): same settings,
+    # the cache switch included, no key
+    rebuilt = type(chat).from_state(chat.dump_state())
+    assert (rebuilt.cache, rebuilt.model_type, rebuilt.dump_state()) == (
+        False, "chat", chat.dump_state())
     with pytest.raises(TypeError, match="exactly one of"):
         lm()
 

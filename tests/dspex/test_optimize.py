@@ -8,7 +8,6 @@ least two demos (like a small model that needs examples); zero-shot it always sa
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 
@@ -16,68 +15,19 @@ import foundation_dask as fd
 from foundation_dask import dspex
 from foundation_dask.dspex.evaluate import EvaluationError, auto_chunk_size
 from foundation_dask.dspex.optimizers import Runtime
-
-from .conftest import wait_for, worker_names
-
-POSITIVE = ["great", "wonderful", "loved", "superb", "delightful", "excellent", "brilliant"]
-NEGATIVE = ["awful", "boring", "hated", "dreadful", "terrible", "dull", "clumsy"]
-
-
-def make_examples(n: int, offset: int = 0) -> list:
-    out = []
-    for i in range(offset, offset + n):
-        positive = i % 2 == 0
-        word = (POSITIVE if positive else NEGATIVE)[i % 7]
-        out.append(dspex.Example(review=f"review {i}: it was {word}",
-                                 sentiment="positive" if positive else "negative")
-                   .with_inputs("review"))
-    return out
-
-
-def needs_demos(prompt: str, delay: float = 0.0) -> str:
-    """Correct with >= 2 demos in the prompt, else always 'positive'."""
-    if delay:
-        time.sleep(delay)
-    demos = prompt.count("Sentiment:") - 1
-    last = prompt.rsplit("Review:", 1)[-1]
-    if demos >= 2:
-        return "negative" if any(w in last for w in NEGATIVE) else "positive"
-    return "positive"
-
-
-def slow_needs_demos(prompt: str) -> str:
-    return needs_demos(prompt, delay=0.01)
-
-
-def metric(example, prediction, trace=None) -> bool:
-    return example.sentiment == prediction.sentiment.strip().lower()
-
-
-def raising_metric(example, prediction, trace=None) -> bool:
-    if "review 3:" in example.review or "review 5:" in example.review:
-        raise ValueError(f"cannot score {example.review!r}")
-    return metric(example, prediction)
-
-
-class Classify(dspex.Signature):
-    """Classify the sentiment of a review as positive or negative."""
-
-    review: str = dspex.InputField()
-    sentiment: str = dspex.OutputField()
-
-
-def program(lm_fn=needs_demos):
-    prog = dspex.Predict(Classify)
-    prog.lm = dspex.DummyLM(lm_fn)
-    return prog
-
-
-@pytest.fixture(scope="module")
-def cluster_client():
-    client = fd.connect(n_workers=2, threads_per_worker=1)
-    client.wait_for_workers(2, timeout=60)
-    yield client
-    fd.close()
+from tests._helpers import (
+    NEGATIVE,
+    RESUME_KWARGS,
+    Classify,
+    counted_needs_demos,
+    lm_calls_on_workers,
+    make_examples,
+    metric,
+    program,
+    raising_metric,
+    slow_needs_demos,
+)
+from tests.support import wait_for, worker_names
 
 
 @pytest.mark.timeout(120)
@@ -459,29 +409,11 @@ def test_traced_optimization_with_a_killed_worker(subprocess_cluster):
 # ----------------------------------------------------------------------------------------
 # resumable optimizations: the client process is killed for real
 
-LM_CALLS = 0
-
-
-def counted_needs_demos(prompt: str) -> str:
-    global LM_CALLS
-    LM_CALLS += 1
-    return needs_demos(prompt, delay=0.01)
-
-
-def lm_calls_on_workers(client) -> int:
-    import tests.test_dspex_optimize as mod
-
-    return sum(client.run(lambda: mod.LM_CALLS).values())
-
-
-RESUME_KWARGS = dict(num_candidate_programs=4, max_bootstrapped_demos=3, max_labeled_demos=3,
-                     seed=5, display_progress=False)
-
 CLIENT_SCRIPT = """
 import sys
 import foundation_dask as fd
 from foundation_dask import dspex
-import tests.test_dspex_optimize as t
+import tests._helpers as t
 fd.connect(sys.argv[1])
 dspex.DistributedOptimizer.optimize_program_distributed(
     t.program(t.counted_needs_demos), t.make_examples(20), t.metric,
@@ -554,3 +486,43 @@ def test_teacher_settings_and_unsupported_options(cluster_client):
         dspex.BootstrapFewShotWithRandomSearch(metric, stop_at_score=90)
     with pytest.raises(ValueError, match="max_rounds"):
         dspex.BootstrapFewShotWithRandomSearch(metric, max_rounds=2)
+
+
+# ----------------------------------------------------------------------------------------
+# scores that are not plain fractions: NaN is an error of its example, negatives work
+
+
+@pytest.mark.timeout(120)
+def test_a_nan_score_is_an_error_of_its_example(cluster_client):
+    def nan_metric(example, prediction, trace=None):
+        return float("nan") if "review 3:" in example.review else metric(example, prediction)
+
+    devset = make_examples(10)
+    result = dspex.Evaluate(devset=devset, metric=nan_metric)(program())
+    assert [r.index for r in result.errors] == [3]
+    assert "nan_metric" in result.errors[0].error and "example 3" in result.errors[0].error
+    assert "nan" in result.errors[0].error
+    assert result.score == 50.0  # zero-shot: the 5 positives (example 3 is negative)
+    with pytest.raises(EvaluationError, match="nan_metric returned nan for example 3"):
+        dspex.Evaluate(devset=devset, metric=nan_metric, max_errors=0)(program())
+
+    search = dspex.BootstrapFewShotWithRandomSearch(
+        nan_metric, num_candidate_programs=2, max_bootstrapped_demos=3, max_labeled_demos=3)
+    best = search.compile(program(), trainset=make_examples(8), valset=devset)
+    assert best.score == 90.0  # every example right with demos but example 3
+    failed = search.history_frame().dropna(subset=["error"])
+    assert set(failed["index"]) == {3} and len(failed) == 5  # once per candidate
+    assert [r["index"] for r in search.teacher_runs if r["error"]] == [3]
+
+
+@pytest.mark.timeout(120)
+def test_random_search_with_negative_scores_keeps_the_best(cluster_client):
+    def penalty(example, prediction, trace=None):  # -0.5 when right, -1 when wrong
+        return -0.5 if metric(example, prediction) else -1.0
+
+    search = dspex.BootstrapFewShotWithRandomSearch(
+        penalty, num_candidate_programs=2, max_bootstrapped_demos=3, max_labeled_demos=3)
+    best = search.compile(program(), trainset=make_examples(8), valset=make_examples(10, 40))
+    scores = {c["kind"]: c["score"] for c in best.candidate_programs}
+    assert scores["zero-shot"] == -75.0
+    assert best.score == -50.0 == max(scores.values()) and best.demos

@@ -145,14 +145,16 @@ class OpenAICompatibleLM(BaseLM):
     def dump_state(self) -> dict[str, Any]:
         return {"type": type(self).__name__, "model": self.model, "api_base": self.api_base,
                 "model_type": self.model_type, "timeout": self.timeout,
-                "max_retries": self.max_retries, "kwargs": dict(self.kwargs)}
+                "max_retries": self.max_retries, "cache": self.cache,
+                "kwargs": dict(self.kwargs)}
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> OpenAICompatibleLM:
-        """The client described by ``state`` (:meth:`dump_state` output; no API key)."""
+        """The client described by ``state`` (:meth:`dump_state` output: no API key and no
+        headers, which may hold credentials; the key is read from ``OPENAI_API_KEY``)."""
         return cls(state["model"], state.get("api_base"), model_type=state.get("model_type"),
                    timeout=state.get("timeout", 30.0), max_retries=state.get("max_retries", 5),
-                   **dict(state.get("kwargs") or {}))
+                   cache=state.get("cache", True), **dict(state.get("kwargs") or {}))
 
     def _generate(self, prompt: str | None, messages: list[dict[str, Any]] | None,
                   kwargs: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:

@@ -162,14 +162,14 @@ class LocalLM(BaseLM):
     def dump_state(self) -> dict[str, Any]:
         return {"type": "LocalLM", "model": self.model, "model_path": self.model_path,
                 "n_ctx": self.n_ctx, "n_threads": self.n_threads, "seed": self.seed,
-                "kwargs": dict(self.kwargs)}
+                "cache": self.cache, "kwargs": dict(self.kwargs)}
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> LocalLM:
         """The LM described by ``state`` (:meth:`dump_state` output)."""
         return cls(state.get("model_path"), n_ctx=state.get("n_ctx", 2048),
                    n_threads=state.get("n_threads", 1), seed=state.get("seed", 0),
-                   **dict(state.get("kwargs") or {}))
+                   cache=state.get("cache", True), **dict(state.get("kwargs") or {}))
 
     def _generate(self, prompt: str | None, messages: list[dict[str, Any]] | None,
                   kwargs: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:

@@ -8,6 +8,11 @@ its evaluation workers in the service mesh (capabilities ``dspy_evaluation`` and
 workers, reports progress on the ``telemetry`` channel and honours ``stop`` /
 ``scale`` requests from ``control``. ``DistributedOptimizer.resume`` continues an
 interrupted optimization from what its coordinator kept.
+
+The DSPEx settings in effect where the optimization is called (``dspex.configure``,
+``with dspex.context``) are in effect in every one of its tasks, on every worker; the
+coordinator's resume spec keeps them, so a resumed optimization runs under them too
+(with the settings set where ``resume`` is called on top).
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ from foundation_dask.dspex.orchestration._plan import (
     calculate_optimal_distribution,
 )
 from foundation_dask.dspex.orchestration._scaling import scale_cluster
+from foundation_dask.dspex.settings import context, settings
+from foundation_dask.dspex.snapshot import SettingsSnapshot, snapshot_settings
 from foundation_dask.errors import OptimizationStopped, ProcessNotFoundError
 from foundation_dask.scope.tracing import trace as scope_trace
 from foundation_dask.tracecontext import current as current_trace
@@ -116,7 +123,9 @@ class DistributedOptimizer:
             A teleprompter (default :class:`BootstrapFewShotWithRandomSearch` with
             ``num_candidate_programs`` and ``seed``); its ``runtime`` is replaced.
         lm
-            Run the programs under ``dspex.context(lm=lm)`` on the workers.
+            Run the programs under ``dspex.context(lm=lm)`` on the workers (by default
+            they run under the settings in effect here: ``dspex.configure(lm=...)``,
+            ``with dspex.context(lm=...)``).
         trace
             Trace the whole optimization with ElixirScope (``result.trace_id``): the
             coordinator, every evaluation chunk and example, every LM call (latency,
@@ -170,6 +179,7 @@ class DistributedOptimizer:
         if not trainset:
             raise ValueError("optimize_program_distributed needs a non-empty trainset")
         valset = list(valset) if valset is not None else trainset
+        carried = snapshot_settings()  # a setting that cannot travel fails here, first
         health = cast("ClusterHealth", HealthMonitor.get_cluster_health(client=client))
         n_candidates = 3 + num_candidate_programs
         total = len(trainset) + n_candidates * len(valset)
@@ -203,7 +213,7 @@ class DistributedOptimizer:
                 max_bootstrapped_demos=max_bootstrapped_demos,
                 max_labeled_demos=max_labeled_demos, max_workers=max_workers,
                 min_workers_per_node=min_workers_per_node, timeout=timeout, lm=lm,
-                optimizer=optimizer,
+                optimizer=optimizer, settings=carried,
             )
         if spec is not None:
             coordinator.set_spec(spec).result()
@@ -318,9 +328,11 @@ class DistributedOptimizer:
         Works after the client's kernel restarted (the coordinator kept its state in the
         cluster) and, when ``foundation.processes.checkpoint-dir`` is configured on the
         scheduler, after the whole cluster restarted (the coordinator comes back from its
-        checkpoint file). ``overrides`` replace arguments of the original call (e.g.
-        ``display_progress=False``); ``client`` is the Dask client to run on (by default
-        the current one).
+        checkpoint file). It runs under the DSPEx settings of the original call (kept
+        by the coordinator), with those set where ``resume`` is called
+        (``dspex.configure``, ``with dspex.context``) on top. ``overrides`` replace
+        arguments of the original call (e.g. ``display_progress=False``); ``client`` is
+        the Dask client to run on (by default the current one).
 
         Raises
         ------
@@ -343,8 +355,11 @@ class DistributedOptimizer:
                 name=name,
             )
         kwargs = {**cloudpickle.loads(spec), **overrides}
-        return DistributedOptimizer.optimize_program_distributed(
-            optimization_id=optimization_id, client=client, **kwargs)
+        carried: SettingsSnapshot | None = kwargs.pop("settings", None)
+        values = {**(carried.values if carried is not None else {}), **settings.explicit()}
+        with context(**values):
+            return DistributedOptimizer.optimize_program_distributed(
+                optimization_id=optimization_id, client=client, **kwargs)
 
 
 def _spec_bytes(**kwargs: Any) -> bytes | None:
