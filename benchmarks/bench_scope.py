@@ -13,6 +13,10 @@ Run: ``python benchmarks/bench_scope.py [--spans 200000] [--tasks 1000] [--colle
    scheduler, the workers and the client used per run, which shows where tracing costs
    (less sensitive to other work on the machine).
 3. Collection time of a trace of 100k spans recorded on 2 workers.
+4. Cost of one tick of the profiling sampler on a worker running a CPU-bound task:
+   CPU seconds of the ticks on the worker's event loop (``sampler_cpu_s``) per sample,
+   reading each sampled thread's CPU clock (hotspots by CPU time) against the same
+   sampler with the CPU clocks off (wall time only), windows in alternating order.
 """
 
 from __future__ import annotations
@@ -91,12 +95,50 @@ def record_many(n: int) -> int:
     return n
 
 
+def spin_for(seconds: float) -> int:
+    """Pure-Python CPU work for ``seconds`` of wall time."""
+    deadline = time.perf_counter() + seconds
+    n = 0
+    while time.perf_counter() < deadline:
+        n += 1
+    return n
+
+
+def set_thread_cpu_clocks(on: bool) -> bool:
+    """Run on the workers: whether the next profiling windows read thread CPU clocks."""
+    from foundation_dask.scope.profiling import _sampler
+
+    _sampler.THREAD_CPU_CLOCKS = on and scope.profiling.THREAD_CPU_CLOCKS
+    return _sampler.THREAD_CPU_CLOCKS
+
+
+def sampler_tick_costs(client, windows: int, window_ms: int = 1500) -> dict[str, list[float]]:
+    """Microseconds of sampler CPU per sample, with and without thread CPU clocks."""
+    worker = sorted(client.scheduler_info()["workers"])[0]
+    out: dict[str, list[float]] = {"cpu": [], "wall": []}
+    try:
+        for r in range(windows):
+            for clock in (("cpu", "wall") if r % 2 else ("wall", "cpu")):
+                client.run(set_thread_cpu_clocks, clock == "cpu")
+                session = scope.start_cluster_profiling(window_ms)
+                fut = client.submit(spin_for, window_ms / 1000, workers=[worker], pure=False)
+                report = scope.analyze_cluster_performance(session)
+                fut.result()
+                assert report.cluster_overview["hotspot_clock"] == clock
+                samples = report.cluster_overview["samples"]
+                out[clock].append(1e6 * report.cluster_overview["sampler_cpu_s"] / samples)
+    finally:
+        client.run(set_thread_cpu_clocks, True)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spans", type=int, default=200_000)
     parser.add_argument("--tasks", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--collect", type=int, default=100_000)
+    parser.add_argument("--windows", type=int, default=4)
     args = parser.parse_args()
 
     client = fd.connect(n_workers=2, threads_per_worker=1)
@@ -179,6 +221,12 @@ def main() -> None:
         print(f"3. collection of a trace of {data.summary['spans']} spans over 2 workers: "
               f"{took:.2f} s ({data.summary['spans'] / took:,.0f} spans/s)")
         scope.forget_trace(tr.trace_id)
+
+        costs = sampler_tick_costs(client, args.windows)
+        cpu, wall = statistics.median(costs["cpu"]), statistics.median(costs["wall"])
+        print(f"4. profiling sampler, CPU per tick on a worker running a CPU-bound task "
+              f"({args.windows} pairs of windows, medians): CPU clocks {cpu:.1f} us, wall "
+              f"time only {wall:.1f} us; ratio {cpu / wall:.2f}x (+{cpu - wall:.1f} us)")
     finally:
         fd.close()
 

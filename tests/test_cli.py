@@ -54,7 +54,7 @@ def test_full_demo_in_quick_mode(tmp_path):
     lost = int(re.search(r"re-run elsewhere: (\d+) evaluation tasks", out).group(1))
     assert lost >= 1  # the killed worker's evaluations ran again
     assert "critical path:" in out and "slow example" in out
-    assert re.search(r"\d+\.\d+ s  \S+", out)  # hotspots printed
+    assert re.search(r"\d+\.\d+ s CPU  \(\d+\.\d+ s wall\)  \S+", out)  # hotspots printed
     html = (out_dir / "report.html").read_text()
     assert "Bokeh" in html and "cdn.bokeh.org" not in html
     trace = json.loads((out_dir / "trace.json").read_text())

@@ -3,8 +3,10 @@
 Records a span for every traced task as it finishes (which worker, which thread,
 compute and transfer intervals measured on the worker, errors) from the task's trace
 annotation, and hands them out (``foundation_scope_scheduler_spans``) with the
-scheduler's clock (``foundation_scope_clock``) when a trace is collected. The worker
-side is :class:`~foundation_dask.scope._worker_plugin.ScopeWorker`.
+scheduler's clock (``foundation_scope_clock``) when a trace is collected; drops what it
+keeps of a trace, and the spans the scheduler's process recorded for it, when the trace
+is forgotten (``foundation_scope_forget``). The worker side is
+:class:`~foundation_dask.scope._worker_plugin.ScopeWorker`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from dask.utils import key_split
 
 from foundation_dask.core.plugin import SchedulerExtension
-from foundation_dask.tracecontext import context_from_annotations, task_span_id
+from foundation_dask.tracecontext import context_from_annotations, recorder, task_span_id
 
 if TYPE_CHECKING:
     import distributed
@@ -50,10 +52,20 @@ class ScopeExtension(SchedulerExtension):
         return {
             "foundation_scope_scheduler_spans": self.scheduler_spans,
             "foundation_scope_clock": self.clock,
+            "foundation_scope_forget": self.forget,
         }
 
     def clock(self) -> int:
         return time.time_ns()
+
+    def forget(self, trace_id: str) -> dict[str, int]:
+        """Drop the traced tasks of ``trace_id`` and the spans this process recorded for
+        it; returns how many of each were dropped."""
+        tasks = self.tasks.pop(trace_id, None)
+        spans = recorder.buffers.get(trace_id)
+        dropped = {"tasks": len(tasks or ()), "spans": len(spans or ())}
+        recorder.forget(trace_id)
+        return dropped
 
     def remove_worker(self, worker: str, **kwargs: Any) -> None:
         self.removed_workers[worker] = time.time()

@@ -255,6 +255,11 @@ def stop_trace(trace_id: str, results: Any = None, status: str = "completed", *,
 def forget_trace(trace_id: str, *, client: distributed.Client | None = None) -> None:
     """Stop the trace's coordinator and drop its spans from the cluster's buffers.
 
+    Every worker and this process drop the spans they recorded for the trace; the
+    scheduler drops its record of the trace's tasks and the spans its process recorded.
+    Tasks of the trace that finish afterwards are recorded again (forget a trace once
+    its work is done).
+
     Parameters
     ----------
     trace_id
@@ -271,6 +276,7 @@ def forget_trace(trace_id: str, *, client: distributed.Client | None = None) -> 
     client = client or current_client()
     coordinator(trace_id, client)
     client.run(_forget_local, trace_id)
+    client.sync(client.scheduler.foundation_scope_forget, trace_id=trace_id)
     recorder.forget(trace_id)
     ProcessManager.stop(coordinator_name(trace_id), client=client)
 

@@ -39,8 +39,8 @@ if TYPE_CHECKING:
 
 #: Columns of the hotspots source.
 HOTSPOT_COLUMNS = [
-    "label", "function", "location", "self_time_s", "total_time_s", "samples",
-    "total_samples", "calls", "nodes", "n_nodes",
+    "label", "function", "location", "self_time_s", "total_time_s", "self_wall_s",
+    "total_wall_s", "samples", "total_samples", "calls", "nodes", "n_nodes",
 ]
 #: Columns of the flame graph source.
 FLAME_COLUMNS = [
@@ -138,6 +138,8 @@ def hotspot_columns(frame: pd.DataFrame) -> dict[str, Any]:
         "location": locations,
         "self_time_s": float_column(raw["self_time_s"]),
         "total_time_s": float_column(raw["total_time_s"]),
+        "self_wall_s": float_column(raw["self_wall_s"]),
+        "total_wall_s": float_column(raw["total_wall_s"]),
         "samples": float_column(raw["samples"]),
         "total_samples": float_column(raw["total_samples"]),
         "calls": float_column(raw["calls"]),
@@ -191,6 +193,7 @@ class HotspotsView(View):
         fig.add_tools(HoverTool(renderers=[bars], tooltips=[
             ("function", "@function"), ("location", "@location"),
             ("self time", "@self_time_s{0.000} s"), ("total time", "@total_time_s{0.000} s"),
+            ("wall time", "@self_wall_s{0.000} s"),
             ("samples", "@samples (total @total_samples)"), ("calls", "@calls{0,0}"),
             ("nodes", "@nodes"),
         ]))

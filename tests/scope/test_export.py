@@ -69,13 +69,6 @@ class Tally:
         return self.total
 
 
-@pytest.fixture(scope="module")
-def cluster_client():
-    client = fd.connect(n_workers=2, threads_per_worker=1)
-    client.wait_for_workers(2, timeout=60)
-    yield client
-    fd.close()
-
 
 @pytest.fixture(scope="module")
 def real_trace(cluster_client):

@@ -3,6 +3,9 @@ on a real cluster of two single-thread worker processes."""
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +18,7 @@ import pytest
 
 import foundation_dask as fd
 from foundation_dask import scope
+from foundation_dask.core.plugin import extension
 from foundation_dask.scope.profiling import (
     HOTSPOT_COLUMNS,
     NODE_COLUMNS,
@@ -22,8 +26,7 @@ from foundation_dask.scope.profiling import (
     count_innermost_frames,
     function_stats,
 )
-
-from .conftest import SubprocessCluster, wait_for, worker_names
+from tests.support import SubprocessCluster, wait_for, worker_names
 
 WINDOW_MS = 3000
 
@@ -44,25 +47,16 @@ def nap(seconds: float) -> float:
 def destroy_profiler(dask_worker: distributed.Worker) -> int:
     """Make this worker's profiler stop answering (its host is dropped, the supervisor
     still lists it): calls to it hang until the caller's timeout."""
-    procs = dask_worker.extensions["foundation"].extensions["processes"]
-    keys = [k for k, h in procs.hosts.items() if type(h._instance).__name__ == "NodeProfiler"]
-    for key in keys:
-        procs.destroy(key)
-    return len(keys)
+    procs = extension(dask_worker, "processes")
+    hosts = {k: h for k, h in procs.hosts.items() if type(h._instance).__name__ == "NodeProfiler"}
+    for key, host in hosts.items():
+        procs.destroy(key, host._token)  # as the supervisor would: with the host's token
+    return len(hosts)
 
 
 def idle(client: distributed.Client) -> bool:
     return not any(client.processing().values())
 
-
-@pytest.fixture(scope="module")
-def cluster_client() -> Iterator[distributed.Client]:
-    c = fd.connect(n_workers=2, threads_per_worker=1)
-    c.wait_for_workers(2, timeout=60)
-    try:
-        yield c
-    finally:
-        fd.close()
 
 
 @pytest.fixture(scope="module")
@@ -71,12 +65,24 @@ def workers(cluster_client: distributed.Client) -> tuple[str, str]:
     return busy, quiet
 
 
-@pytest.fixture(scope="module")
-def busy_window(cluster_client: distributed.Client,
-                workers: tuple[str, str]) -> dict[str, Any]:
-    """One profiling window with work pinned to one worker; analysed three ways."""
-    c = cluster_client
-    busy, quiet = workers
+@contextlib.contextmanager
+def busy_loops(n: int = 2) -> Iterator[list[subprocess.Popen]]:
+    """``n`` processes spinning in a pure-Python loop: a machine busy with other work."""
+    procs: list[subprocess.Popen] = []
+    try:
+        for _ in range(n):
+            procs.append(subprocess.Popen([sys.executable, "-c", "while True: pass"]))
+        yield procs
+    finally:
+        for p in procs:
+            p.kill()
+        for p in procs:
+            p.wait(timeout=30)
+
+
+def profile_naps_then_spins(c: distributed.Client, busy: str) -> dict[str, Any]:
+    """A profiling window where ``busy`` first sleeps in ``nap`` (0.68 s in 9 tasks),
+    then runs ``hot_spin``; analysed right away (waiting for the window's end)."""
     c.gather(c.submit(hot_spin, 10, workers=[busy], pure=False))  # warm up
     with fd.Channels.subscribe("control") as control:
         t0 = time.monotonic()
@@ -92,6 +98,17 @@ def busy_window(cluster_client: distributed.Client,
             announced = control.get(timeout=10).payload
     c.cancel(spins + naps)
     wait_for(lambda: idle(c), timeout=60)
+    return {"session": session, "report": report, "elapsed": elapsed, "announced": announced}
+
+
+@pytest.fixture(scope="module")
+def busy_window(cluster_client: distributed.Client,
+                workers: tuple[str, str]) -> dict[str, Any]:
+    """One profiling window with work pinned to one worker; analysed three ways."""
+    c = cluster_client
+    busy, quiet = workers
+    window = profile_naps_then_spins(c, busy)
+    session, report = window["session"], window["report"]
     # a threshold between the two nodes' CPU (how much CPU the busy worker gets depends
     # on what else runs on the machine)
     cpu = report.node_details.set_index("node")["cpu"]
@@ -100,8 +117,7 @@ def busy_window(cluster_client: distributed.Client,
         low_cpu = session.analyze()
     with dask.config.set({"foundation.scope.bottleneck-cpu": 10_000}):
         high_cpu = session.analyze()
-    return {"session": session, "report": report, "elapsed": elapsed, "low_cpu": low_cpu,
-            "high_cpu": high_cpu, "announced": announced, "cpu_threshold": threshold}
+    return {**window, "low_cpu": low_cpu, "high_cpu": high_cpu, "cpu_threshold": threshold}
 
 
 @pytest.mark.timeout(180)
@@ -154,17 +170,43 @@ def test_top_hotspot_is_the_hot_function(busy_window: dict[str, Any],
     assert len(hotspots) <= 20
     top = hotspots.iloc[0]
     assert top["name"] == "hot_spin"
-    assert top["function"] == "tests.test_profiling.hot_spin"
+    assert top["function"] == "tests.scope.test_profiling.hot_spin"
     assert top["location"] == f"{__file__}:{hot_spin.__code__.co_firstlineno}"
     assert top["samples"] > 0
-    assert top["self_time_s"] > 0.5
+    assert top["self_time_s"] > 0 and top["self_wall_s"] > 0
     assert top["total_time_s"] >= top["self_time_s"]
+    assert top["total_wall_s"] >= top["self_wall_s"]
     assert top["nodes"] == [busy]
     assert top["calls"] >= 1
     assert hotspots["self_time_s"].is_monotonic_decreasing
+    # ranked by CPU time, wall time beside it: the sleeping function's 0.68 s are wall
+    assert hotspots.attrs["clock"] == busy_window["report"].cluster_overview["hotspot_clock"]
+    assert hotspots.attrs["clock"] == "cpu"
     naps = hotspots[hotspots["name"] == "nap"]
     assert len(naps) == 1 and naps.iloc[0]["calls"] == 9
-    assert naps.iloc[0]["self_time_s"] == pytest.approx(0.68, abs=0.25)
+    assert naps.iloc[0]["self_wall_s"] == pytest.approx(0.68, abs=0.25)
+    assert naps.iloc[0]["self_time_s"] < naps.iloc[0]["self_wall_s"] / 2
+    overview = busy_window["report"].cluster_overview
+    assert 0 < overview["profiled_cpu_s"] <= overview["window_s"] * 1.5
+    assert 0 < overview["sampler_cpu_s"] < overview["profiled_cpu_s"]
+
+
+@pytest.mark.timeout(240)
+def test_hot_function_ranks_first_on_a_loaded_machine(cluster_client: distributed.Client,
+                                                       workers: tuple[str, str],
+                                                       busy_window: dict[str, Any]):
+    # two processes compete for the CPU with the workers: the sleeping function gets a
+    # sampler running on time, the CPU-bound one a starved one; CPU time still ranks
+    busy, _ = workers
+    with busy_loops(2):
+        report = profile_naps_then_spins(cluster_client, busy)["report"]
+    hotspots = report.code_hotspots
+    assert hotspots.iloc[0]["name"] == "hot_spin", hotspots.head(5)
+    naps = hotspots[hotspots["name"] == "nap"]
+    assert len(naps) == 1 and naps.iloc[0]["calls"] == 9
+    assert naps.iloc[0]["self_wall_s"] == pytest.approx(0.68, abs=0.25)
+    assert naps.iloc[0]["self_time_s"] < naps.iloc[0]["self_wall_s"] / 2
+    assert report.cluster_overview["hotspot_clock"] == "cpu"
 
 
 @pytest.mark.timeout(180)
@@ -240,6 +282,10 @@ def test_dask_profile_source(cluster_client: distributed.Client, workers: tuple[
     c.cancel(spins)
     wait_for(lambda: idle(c), timeout=60)
     assert report.cluster_overview["profile_source"] == "dask"
+    # Dask's profiler has no CPU times: its hotspots rank by the wall time of busy threads
+    assert report.cluster_overview["hotspot_clock"] == "wall"
+    assert any("'dask' source has no CPU times" in note for note in report.notes)
+    assert report.code_hotspots["self_time_s"].equals(report.code_hotspots["self_wall_s"])
     top = report.code_hotspots.iloc[0]
     assert top["name"] == "hot_spin"
     assert top["samples"] > 0 and top["nodes"] == [busy]

@@ -13,16 +13,10 @@ from distributed import worker_client
 import foundation_dask as fd
 from foundation_dask import scope
 from foundation_dask.scope.tracing import TraceNotFoundError
+from tests.support import wait_for, worker_names
 
-from .conftest import wait_for, worker_names
-
-
-@pytest.fixture(scope="module")
-def cluster_client():
-    client = fd.connect(n_workers=2, threads_per_worker=2)
-    client.wait_for_workers(2, timeout=60)
-    yield client
-    fd.close()
+#: threads per worker of the module's cluster_client (nested tasks need a second one)
+CLUSTER_THREADS = 2
 
 
 @scope.traced
@@ -232,3 +226,52 @@ def test_trace_coordinator_survives_sigkill(fd_client, subprocess_cluster):
     assert after == info  # restored from its checkpoint on the other worker
     assert t.coordinator.info()["worker"] != pid_addr
     assert t.stop()["status"] == "completed"
+
+
+def span_here(trace_id: str, span_id: int) -> int:
+    """Record one span of the trace in this process (run on the scheduler)."""
+    with scope.continue_trace((trace_id, span_id)), scope.span("on-scheduler"):
+        pass
+    return 1
+
+
+def held_for(trace_id: str, dask_scheduler=None, dask_worker=None) -> list[str]:
+    """What the scheduler or worker this runs on still keeps for ``trace_id``."""
+    from foundation_dask.core.plugin import extension
+    from foundation_dask.scope.tracing import TraceCoordinator
+    from foundation_dask.tracecontext import recorder
+
+    host = dask_scheduler if dask_scheduler is not None else dask_worker
+    held = [f"recorder.{name}" for name in ("buffers", "dropped")
+            if trace_id in getattr(recorder, name)]
+    if trace_id in getattr(extension(host, "scope"), "tasks", {}):
+        held.append("ScopeExtension.tasks")
+    hosts = getattr(extension(host, "processes"), "hosts", {}) if dask_worker else {}
+    held += [
+        "coordinator" for h in list(hosts.values())
+        if isinstance(h._instance, TraceCoordinator)
+        and h._instance.state["trace_id"] == trace_id
+    ]
+    return held
+
+
+@pytest.mark.timeout(180)
+def test_forget_trace_frees_the_scheduler_and_the_workers(fd_client):
+    c = fd_client
+    with scope.trace("forgotten") as t:
+        c.gather(c.map(leaf, range(20), pure=False))
+        root = scope.current()
+        assert c.run_on_scheduler(span_here, t.trace_id, root.span_id) == 1
+    workers = sorted(c.scheduler_info()["workers"])
+    assert "ScopeExtension.tasks" in c.run_on_scheduler(held_for, t.trace_id)
+    assert "recorder.buffers" in c.run_on_scheduler(held_for, t.trace_id)
+    on_workers = c.run(held_for, t.trace_id)
+    assert sum("recorder.buffers" in held for held in on_workers.values()) >= 1
+    assert sum(held.count("coordinator") for held in on_workers.values()) == 1
+
+    scope.forget_trace(t.trace_id)
+    assert c.run_on_scheduler(held_for, t.trace_id) == []
+    assert c.run(held_for, t.trace_id) == {w: [] for w in workers}
+    assert fd.ProcessManager.lookup(("trace_coordinator", t.trace_id)) is None
+    with pytest.raises(TraceNotFoundError):
+        scope.collect_trace_data(t.trace_id)

@@ -40,7 +40,17 @@ not sampled. Two sources are available (option ``source``):
 
 Self time of a function is its count minus the counts of its children, summed over
 every place the function appears in the tree and over nodes; total time counts each
-sample once even for recursive functions. A sampler only runs when the event loop gets
+sample once even for recursive functions. Hotspots rank by CPU time: with the
+``sampler`` source on Linux, each sample also carries the CPU seconds its thread used
+since the thread's previous reading (the thread's CPU-time clock, read by its kernel
+thread id at every tick, a few microseconds), so a task that sleeps or waits for a lock,
+a file or the network ranks by what it computes, however late the sampler's ticks
+come on a loaded machine. ``self_time_s`` / ``total_time_s`` are then CPU seconds and
+``self_wall_s`` / ``total_wall_s`` the wall seconds of the same samples. The ``dask``
+source has no CPU times (Dask's profiler samples every thread running a task, whether
+it computes or sleeps): its hotspots rank by wall time of busy threads, as do those of
+workers without per-thread CPU clocks (not Linux); ``cluster_overview["hotspot_clock"]``
+says which, and a note says why. A sampler only runs when the event loop gets
 the CPU and the GIL, so on a busy machine it runs less often than its interval: a sample
 of the ``sampler`` source stands for the time since the previous sampling tick (at most
 :data:`MAX_SAMPLE_INTERVALS` intervals), and a sample of the ``dask`` source for the
@@ -95,6 +105,7 @@ from foundation_dask.scope.profiling._analysis import (
     code_hotspots,
     count_innermost_frames,
     function_stats,
+    hotspot_clock,
     stragglers,
     thresholds_from_config,
 )
@@ -115,12 +126,18 @@ from foundation_dask.scope.profiling._names import (
     UNREACHABLE,
 )
 from foundation_dask.scope.profiling._report import PerformanceReport
-from foundation_dask.scope.profiling._sampler import NodeProfiler, add_sample
+from foundation_dask.scope.profiling._sampler import (
+    THREAD_CPU_CLOCKS,
+    NodeProfiler,
+    add_sample,
+    thread_cpu_clock,
+)
 
 __all__ = [
     "HOTSPOT_COLUMNS", "IDLE_FRAMES", "MAX_DEPTH", "MAX_SAMPLE_INTERVALS", "NODE_COLUMNS",
-    "PROFILER_NAME", "RPC_FAILED", "SOURCES", "SUCCESS", "THRESHOLD_KEYS", "UNREACHABLE",
-    "NodeProfiler", "PerformanceReport", "ProfilingSession", "add_sample",
+    "PROFILER_NAME", "RPC_FAILED", "SOURCES", "SUCCESS", "THREAD_CPU_CLOCKS", "THRESHOLD_KEYS",
+    "UNREACHABLE", "NodeProfiler", "PerformanceReport", "ProfilingSession", "add_sample",
     "analyze_cluster_performance", "build_report", "code_hotspots", "count_innermost_frames",
-    "function_stats", "start_cluster_profiling", "stragglers", "thresholds_from_config",
+    "function_stats", "hotspot_clock", "start_cluster_profiling", "stragglers",
+    "thread_cpu_clock", "thresholds_from_config",
 ]

@@ -1,8 +1,9 @@
 """Any process: the analysis of a profiling window, pure functions without cluster access.
 
 Call trees in Dask's format (from :class:`~._sampler.NodeProfiler` or Dask's worker
-profile) become per-function self and total times (:func:`function_stats`) and the
-cluster's code hotspots (:func:`code_hotspots`); task durations of the window give the
+profile) become per-function self and total times, CPU and wall (:func:`function_stats`),
+and the cluster's code hotspots ranked by CPU time where the trees carry it
+(:func:`code_hotspots`, :func:`hotspot_clock`); task durations of the window give the
 stragglers (:func:`stragglers`); :func:`build_report` applies the thresholds of
 ``foundation.scope.*`` (:func:`thresholds_from_config`) and assembles the
 :class:`~foundation_dask.scope.profiling.PerformanceReport`. See
@@ -96,18 +97,20 @@ def function_stats(tree: dict[str, Any],
     Parameters
     ----------
     tree
-        A call tree in Dask's format; nodes may carry ``time`` (seconds), else their
-        time is ``count * interval``.
+        A call tree in Dask's format; nodes may carry ``time`` (wall seconds), else
+        their time is ``count * interval``, and ``cpu`` (CPU seconds).
     interval
         Seconds per sample of nodes without ``time``.
 
     Returns
     -------
     dict
-        ``{(filename, name): {"self", "total", "self_s", "total_s", "entry",
-        "description", "first_line"}}``: self samples and seconds (the node's minus its
-        children's, summed over every place of the function), total samples and seconds
-        (each sample once, also for recursive functions), whether the function was
+        ``{(filename, name): {"self", "total", "self_s", "total_s", "self_cpu_s",
+        "total_cpu_s", "entry", "description", "first_line"}}``: self samples and wall
+        seconds (the node's minus its children's, summed over every place of the
+        function), total samples and wall seconds (each sample once, also for recursive
+        functions), the same in CPU seconds (0 for trees without ``cpu``), whether the
+        function was
         called by Dask's task machinery (a task's function), the description of its
         first node and the first line of its code.
     """
@@ -134,13 +137,18 @@ def function_stats(tree: dict[str, Any],
                 tail = str(node.get("identifier", "")).rpartition(";")[2]
                 first = int(tail) if tail.isdigit() else desc.get("line_number")
             entry = stats[key] = {"self": 0.0, "total": 0.0, "self_s": 0.0, "total_s": 0.0,
-                                  "entry": False, "description": desc, "first_line": first}
+                                  "self_cpu_s": 0.0, "total_cpu_s": 0.0, "entry": False,
+                                  "description": desc, "first_line": first}
         children = node["children"].values()
+        cpu = float(node.get("cpu") or 0.0)
         entry["self"] += max(0.0, node["count"] - sum(c["count"] for c in children))
         entry["self_s"] += max(0.0, seconds(node) - sum(seconds(c) for c in children))
+        entry["self_cpu_s"] += max(0.0, cpu - sum(float(c.get("cpu") or 0.0)
+                                                   for c in children))
         if key not in path:
             entry["total"] += node["count"]
             entry["total_s"] += seconds(node)
+            entry["total_cpu_s"] += cpu
         parent_file = parent.get("filename", "") if parent else ""
         if (parent is None or parent_file.endswith(TASK_SPEC_FILE)) and not (
             key[0].endswith(TASK_SPEC_FILE)
@@ -152,9 +160,17 @@ def function_stats(tree: dict[str, Any],
 
 
 HOTSPOT_COLUMNS = [
-    "function", "name", "location", "self_time_s", "total_time_s", "samples",
-    "total_samples", "calls", "nodes", "filename", "line",
+    "function", "name", "location", "self_time_s", "total_time_s", "self_wall_s",
+    "total_wall_s", "samples", "total_samples", "calls", "nodes", "filename", "line",
 ]
+
+
+def hotspot_clock(profiles: dict[str, dict[str, Any]]) -> str:
+    """``"cpu"`` when every profile carries CPU times (the ``sampler`` source where
+    threads have CPU clocks), else ``"wall"``: the time :func:`code_hotspots` ranks by."""
+    if profiles and all(r.get("profile_clock") == "cpu" for r in profiles.values()):
+        return "cpu"
+    return "wall"
 
 NODE_COLUMNS = [
     "node", "name", "status", "error", "health", "cpu", "memory", "memory_bytes",
@@ -167,7 +183,8 @@ NODE_COLUMNS = [
 def code_hotspots(profiles: dict[str, dict[str, Any]], top: int = 20,
                   task_counts: dict[str, dict[str, int]] | None = None,
                   ) -> tuple[pd.DataFrame, float, dict[str, str | None]]:
-    """Top functions by self time summed over the cluster.
+    """Top functions by self time summed over the cluster: CPU time when every profile
+    carries it (:func:`hotspot_clock`), else the wall time of busy threads.
 
     Parameters
     ----------
@@ -183,11 +200,15 @@ def code_hotspots(profiles: dict[str, dict[str, Any]], top: int = 20,
     Returns
     -------
     (DataFrame, float, dict)
-        The hotspots (columns :data:`HOTSPOT_COLUMNS`), the seconds spent in idle waits
-        (left out of the table) and the top function of each node.
+        The hotspots (columns :data:`HOTSPOT_COLUMNS`: ``self_time_s`` and
+        ``total_time_s`` in the time ranked by, ``self_wall_s`` and ``total_wall_s`` in
+        wall time; ``frame.attrs["clock"]`` is :func:`hotspot_clock`), the wall seconds
+        spent in idle waits (left out of the table) and the top function of each node.
     """
     import pandas as pd
 
+    clock = hotspot_clock(profiles)
+    by_cpu = clock == "cpu"
     merged: dict[tuple[str, str], dict[str, Any]] = {}
     idle = 0.0
     node_top: dict[str, str | None] = {}
@@ -214,25 +235,29 @@ def code_hotspots(profiles: dict[str, dict[str, Any]], top: int = 20,
                     "function": f"{module}.{qualname}" if module else qualname,
                     "name": name,
                     "location": f"{filename}:{line}",
-                    "self_time_s": 0.0, "total_time_s": 0.0, "samples": 0.0,
-                    "total_samples": 0.0, "calls": None, "nodes": set(),
-                    "filename": filename, "line": line,
+                    "self_time_s": 0.0, "total_time_s": 0.0, "self_wall_s": 0.0,
+                    "total_wall_s": 0.0, "samples": 0.0, "total_samples": 0.0,
+                    "calls": None, "nodes": set(), "filename": filename, "line": line,
                 }
             row["samples"] += st["self"]
             row["total_samples"] += st["total"]
-            row["self_time_s"] += st["self_s"]
-            row["total_time_s"] += st["total_s"]
+            row["self_wall_s"] += st["self_s"]
+            row["total_wall_s"] += st["total_s"]
+            self_s = st["self_cpu_s"] if by_cpu else st["self_s"]
+            row["self_time_s"] += self_s
+            row["total_time_s"] += st["total_cpu_s"] if by_cpu else st["total_s"]
             if st["total"] > 0:
                 row["nodes"].add(node)
             if st["entry"] and task_counts is not None:
                 calls = (task_counts.get(node) or {}).get(name)
                 if calls:
                     row["calls"] = (row["calls"] or 0) + calls
-            if st["self"] > 0 and (best is None or st["self"] > best[0]):
-                best = (st["self"], row["function"])
+            if st["self"] > 0 and (best is None or self_s > best[0]):
+                best = (self_s, row["function"])
         node_top[node] = best[1] if best else None
     rows = sorted(
-        merged.values(), key=lambda r: (-r["self_time_s"], -r["total_time_s"], r["function"])
+        merged.values(),
+        key=lambda r: (-r["self_time_s"], -r["total_time_s"], -r["self_wall_s"], r["function"]),
     )
     rows = [r for r in rows if r["samples"] > 0][:top]
     for r in rows:
@@ -241,6 +266,7 @@ def code_hotspots(profiles: dict[str, dict[str, Any]], top: int = 20,
             r[k] = int(round(r[k])) if float(r[k]).is_integer() else round(r[k], 2)
     frame = pd.DataFrame(rows, columns=HOTSPOT_COLUMNS)
     frame["calls"] = frame["calls"].astype("Int64")
+    frame.attrs["clock"] = clock
     return frame, idle, node_top
 
 
@@ -357,6 +383,19 @@ def build_report(session: dict[str, Any], nodes: dict[str, dict[str, Any]],
     for t in tasks:
         task_counts[t["node"]][t["prefix"]] += 1
     hotspots, idle_s, node_top = code_hotspots(ok, top=top, task_counts=task_counts)
+    clock = hotspot_clock(ok)
+    if ok and clock == "wall":
+        sources = {m.get("profile_source") for m in ok.values()}
+        notes.append(
+            "code hotspots ranked by the wall time of busy threads (a sleeping or waiting "
+            "task counts as much as a computing one): "
+            + ("the 'dask' source has no CPU times" if sources == {"dask"}
+               else "some workers have no per-thread CPU clocks")
+        )
+    clock_errors = sum(int(m.get("cpu_clock_errors") or 0) for m in ok.values())
+    if clock_errors:
+        notes.append(f"{clock_errors} samples counted with 0 CPU seconds: their thread's "
+                     "CPU clock could not be read (the thread exited)")
 
     rows = []
     for node in sorted(nodes):
@@ -535,6 +574,10 @@ def build_report(session: dict[str, Any], nodes: dict[str, dict[str, Any]],
             m["profile"].get("time", (m.get("samples") or 0) * (m.get("profile_interval") or 0))
             for m in ok.values()
         )),
+        "profiled_cpu_s": float(sum(float(m["profile"].get("cpu") or 0.0)
+                                    for m in ok.values())),
+        "hotspot_clock": clock,
+        "sampler_cpu_s": float(sum(float(m.get("sampler_cpu_s") or 0.0) for m in ok.values())),
         "idle_wait_s": idle_s,
         "profile_source": session.get("options", {}).get("source", "sampler"),
     }

@@ -46,8 +46,11 @@ class PerformanceReport:
         messages counted by the scheduler from the session's start to the analysis,
         ``message_window_s`` seconds), ``tasks_executed`` and ``tasks_per_sec`` over the
         window,
-        ``window_s``, ``started_at`` (ms), ``samples``, ``profiled_time_s``,
-        ``idle_wait_s``, ``profile_source``.
+        ``window_s``, ``started_at`` (ms), ``samples``, ``profiled_time_s`` (wall
+        seconds the samples stand for), ``profiled_cpu_s`` (CPU seconds of the sampled
+        threads, 0 without CPU clocks), ``hotspot_clock`` (``"cpu"`` or ``"wall"``: what
+        ``code_hotspots`` ranks by), ``sampler_cpu_s`` (CPU seconds the samplers took
+        on the workers' event loops), ``idle_wait_s``, ``profile_source``.
     node_details
         One row per node (columns :data:`~foundation_dask.scope.profiling.NODE_COLUMNS`):
         ``status`` is ``success``, ``rpc_failed`` (with ``error``) or ``unreachable``;
@@ -66,9 +69,12 @@ class PerformanceReport:
     code_hotspots
         Top functions by self time summed over the cluster (columns
         :data:`~foundation_dask.scope.profiling.HOTSPOT_COLUMNS`): ``function``
-        (``module.qualname``), ``location`` (``file:first line``), ``self_time_s``,
-        ``total_time_s``, ``samples`` (self), ``total_samples``, ``calls`` (tasks of the
-        window, for functions of tasks), ``nodes``.
+        (``module.qualname``), ``location`` (``file:first line``), ``self_time_s`` and
+        ``total_time_s`` (the time ranked by: CPU seconds of the sampled threads when
+        ``cluster_overview["hotspot_clock"]`` is ``"cpu"``, else wall seconds),
+        ``self_wall_s`` and ``total_wall_s`` (wall seconds of busy threads, waits in
+        the function included), ``samples`` (self), ``total_samples``, ``calls`` (tasks
+        of the window, for functions of tasks), ``nodes``.
     thresholds
         The thresholds applied.
     notes
@@ -130,10 +136,12 @@ class PerformanceReport:
             lines.append(f"  bottleneck: {line}")
         for s in self.optimization_suggestions:
             lines.append(f"  suggestion [{s['kind']}]: {s['message']}")
+        clock = self.cluster_overview.get("hotspot_clock", "wall")
         for h in self.code_hotspots.head(5).itertuples():
+            wall = f" (wall {h.self_wall_s:.2f}s)" if clock == "cpu" else ""
             lines.append(
-                f"  hotspot: {h.function} ({h.location}) self {h.self_time_s:.2f}s "
-                f"total {h.total_time_s:.2f}s on {', '.join(h.nodes)}"
+                f"  hotspot: {h.function} ({h.location}) self {h.self_time_s:.2f}s {clock}"
+                f"{wall} total {h.total_time_s:.2f}s on {', '.join(h.nodes)}"
             )
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
@@ -149,8 +157,8 @@ class PerformanceReport:
         nodes["memory_bytes"] = nodes["memory_bytes"].map(lambda v: _fmt(v, "bytes"))
         nodes["event_loop_lag"] = nodes["event_loop_lag"].map(lambda v: _fmt(v, "s"))
         hot = self.code_hotspots.head(10)[
-            ["function", "location", "self_time_s", "total_time_s", "samples", "calls",
-             "nodes"]
+            ["function", "location", "self_time_s", "total_time_s", "self_wall_s", "samples",
+             "calls", "nodes"]
         ]
 
         def items(lines: list[str]) -> Safe:

@@ -5,8 +5,10 @@ One :class:`NodeProfiler` per worker (the replicated Foundation process
 the start and end of a profiling window (process CPU time, tasks executed), measures
 the event-loop lag during the window and samples the call stacks of the worker's busy
 threads (``Worker.active_threads``: task threads and the actor thread) into a call
-tree in Dask's format, or cuts the worker's own profile history at the window's ends
-(source ``"dask"``). See :mod:`foundation_dask.scope.profiling` for the whole picture.
+tree in Dask's format, each sample weighted by the wall time it stands for and by the
+CPU time its thread used since the thread's previous reading (the thread's CPU clock),
+or cuts the worker's own profile history at the window's ends (source ``"dask"``).
+See :mod:`foundation_dask.scope.profiling` for the whole picture.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ import linecache
 import os
 import socket
 import sys
+import threading
 import time
+from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +40,31 @@ from foundation_dask.scope.profiling._names import (
 
 if TYPE_CHECKING:
     import distributed
+
+#: Whether threads have CPU-time clocks that can be read by their kernel thread id
+#: (Linux): the ``sampler`` source then weighs samples by CPU time.
+THREAD_CPU_CLOCKS = sys.platform.startswith("linux") and hasattr(time, "clock_gettime")
+
+
+
+def _no_thread_clocks(clk_id: int) -> float:
+    raise OSError("threads have no CPU-time clocks on this platform")
+
+
+_clock_gettime: Callable[[int], float] = getattr(time, "clock_gettime", _no_thread_clocks)
+_thread_time = time.thread_time
+_monotonic = time.monotonic
+
+
+def thread_cpu_clock(native_id: int) -> int:
+    """The clock id of the CPU-time clock of the thread ``native_id`` of this process.
+
+    Linux encodes a thread's CPU clock as ``(~tid << 3) | CPUCLOCK_PERTHREAD |
+    CPUCLOCK_SCHED``: what ``pthread_getcpuclockid`` returns, but made from the kernel
+    thread id (``Thread.native_id``) instead of a ``pthread_t``, so reading the clock
+    of a thread that has exited raises ``OSError`` instead of reading freed memory.
+    """
+    return ((~native_id) << 3) | 6
 
 
 def _hosts(worker: distributed.Worker) -> dict[str, Any]:
@@ -79,12 +108,14 @@ def _frame_description(frame: Any) -> dict[str, Any]:
     }
 
 
-def add_sample(tree: dict[str, Any], frame: Any, seconds: float) -> bool:
+def add_sample(tree: dict[str, Any], frame: Any, seconds: float,
+               cpu: float | None = None) -> bool:
     """Add one stack sample (innermost ``frame``) to a call tree in Dask's format.
 
     Unlike :func:`distributed.profile.process` as the worker calls it, the innermost
     frame is counted, so a node's count minus its children's counts is its self time.
-    Every node also sums ``time``: the ``seconds`` each sample stands for. Frames of
+    Every node also sums ``time``: the wall ``seconds`` each sample stands for, and,
+    when ``cpu`` is given, ``cpu``: the CPU seconds the sampled thread used. Frames of
     :mod:`distributed.worker` and above are left out (as Dask does); samples passing
     through the modules of cluster profiling (the profiler itself) are dropped.
 
@@ -113,6 +144,8 @@ def add_sample(tree: dict[str, Any], frame: Any, seconds: float) -> bool:
     node = tree
     node["count"] += 1
     node["time"] = node.get("time", 0.0) + seconds
+    if cpu is not None:
+        node["cpu"] = node.get("cpu", 0.0) + cpu
     for f in reversed(stack):
         code = f.f_code
         ident = f"{code.co_name};{code.co_filename};{code.co_firstlineno}"
@@ -127,6 +160,8 @@ def add_sample(tree: dict[str, Any], frame: Any, seconds: float) -> bool:
             }
         child["count"] += 1
         child["time"] += seconds
+        if cpu is not None:
+            child["cpu"] = child.get("cpu", 0.0) + cpu
         node = child
     return True
 
@@ -161,6 +196,10 @@ class NodeProfiler:
         self._callback: Any = None
         self._end_handle: asyncio.TimerHandle | None = None
         self._done: asyncio.Event | None = None
+        # CPU clocks of the sampled threads: ident -> kernel thread id, and kernel thread
+        # id -> (CPU seconds, monotonic time) of the thread's latest reading
+        self._native_ids: dict[int, int] = {}
+        self._cpu_last: dict[int, tuple[float, float]] = {}
 
     # -- window
 
@@ -182,8 +221,14 @@ class NodeProfiler:
         if source == "dask":
             worker.cycle_profile()  # the history is cut exactly at the window's start
         self._tree = _empty_tree()
+        clock = "cpu" if source == "sampler" and THREAD_CPU_CLOCKS else "wall"
+        if clock == "cpu":
+            self._cpu_baseline()
         self._window = {
             "source": source,
+            "clock": clock,
+            "cpu_clock_errors": 0,
+            "sampler_cpu_s": 0.0,
             "interval": interval,
             "duration_ms": float(duration_ms),
             "session_started_at_ms": started_at_ms,
@@ -198,6 +243,7 @@ class NodeProfiler:
             "lag_max": 0.0,
             "lag_sum": 0.0,
             "last_tick": time.monotonic(),
+            "monotonic_start": time.monotonic(),
         }
         self._done = asyncio.Event()
         self._callback = PeriodicCallback(self._tick, interval * 1000)
@@ -205,6 +251,43 @@ class NodeProfiler:
         loop = asyncio.get_running_loop()
         self._end_handle = loop.call_later(duration_ms / 1000, self._finish)
         return self._window_info()
+
+    def _refresh_native_ids(self) -> None:
+        self._native_ids = {
+            t.ident: t.native_id for t in threading.enumerate()
+            if t.ident is not None and t.native_id is not None
+        }
+
+    def _cpu_baseline(self) -> None:
+        """Read the CPU clock of every thread of the process at the window's start."""
+        self._refresh_native_ids()
+        now = _monotonic()
+        self._cpu_last = {}
+        for tid in self._native_ids.values():
+            with contextlib.suppress(OSError):  # the thread exited meanwhile
+                self._cpu_last[tid] = (_clock_gettime(thread_cpu_clock(tid)), now)
+
+    def _thread_cpu(self, ident: int, now: float, since: float) -> float | None:
+        """CPU seconds the thread ``ident`` used since its previous reading (``None``
+        when its clock cannot be read: counted in ``cpu_clock_errors``)."""
+        tid = self._native_ids.get(ident)
+        for attempt in (0, 1):
+            if tid is not None:
+                try:
+                    cpu = _clock_gettime(thread_cpu_clock(tid))
+                    break
+                except OSError:  # exited; its ident may now name another thread
+                    pass
+            if attempt == 0:
+                self._refresh_native_ids()
+                tid = self._native_ids.get(ident)
+        else:
+            return None
+        last = self._cpu_last.get(tid)
+        self._cpu_last[tid] = (cpu, now)
+        if last is None:  # a thread started during the window: its clock started at 0
+            return min(cpu, now - since)
+        return max(0.0, cpu - last[0])
 
     def _snapshot(self) -> dict[str, Any]:
         times = self._process.cpu_times()
@@ -233,16 +316,28 @@ class NodeProfiler:
         worker = self._worker
         if not worker.active_threads:
             return
+        t0 = _thread_time()
         with worker.active_threads_lock:
             idents = list(worker.active_threads)
         frames = sys._current_frames()
         # a sample stands for the time since the previous one (longer than the interval
-        # when the event loop waited for the GIL or the CPU), up to MAX_SAMPLE_INTERVALS
+        # when the event loop waited for the GIL or the CPU), up to MAX_SAMPLE_INTERVALS;
+        # its CPU time is what the thread's CPU clock counted since its previous reading,
+        # not bounded: on a loaded machine ticks come late, the CPU clock stays exact
         seconds = min(gap, MAX_SAMPLE_INTERVALS * win["interval"])
+        cpu_clock = win["clock"] == "cpu"
         for ident in idents:
             frame = frames.get(ident)
-            if frame is not None:
-                add_sample(self._tree, frame, seconds)
+            if frame is None:
+                continue
+            cpu = None
+            if cpu_clock:
+                cpu = self._thread_cpu(ident, now, win["monotonic_start"])
+                if cpu is None:
+                    win["cpu_clock_errors"] += 1
+                    cpu = 0.0
+            add_sample(self._tree, frame, seconds, cpu)
+        win["sampler_cpu_s"] += _thread_time() - t0
 
     def _alive(self) -> bool:
         return any(
@@ -346,9 +441,14 @@ class NodeProfiler:
             ``nthreads``, ``tasks_executed`` (in the window), ``tasks_executing``,
             ``tasks_ready`` (now), ``event_loop_lag`` (longest delay of the event loop
             in the window, seconds), ``event_loop_lag_mean``, ``profile`` (call tree),
-            ``profile_source``, ``profile_interval`` (seconds a sample stands for: the
+            ``profile_source``, ``profile_clock`` (``"cpu"``: the nodes of
+            ``profile`` carry the CPU seconds of their samples; ``"wall"``: only wall
+            seconds), ``profile_interval`` (seconds a sample stands for: the
             window's length over the sampling ticks that ran, at least
-            ``sampling_interval``), ``sampling_interval``, ``ticks``, ``samples``.
+            ``sampling_interval``), ``sampling_interval``, ``ticks``, ``samples``,
+            ``cpu_clock_errors`` (samples whose thread's CPU clock could not be read,
+            counted with 0 CPU seconds), ``sampler_cpu_s`` (CPU seconds the sampler's
+            ticks took on the event loop).
         """
         import psutil
 
@@ -408,6 +508,7 @@ class NodeProfiler:
             "event_loop_lag_mean": win["lag_sum"] / ticks,
             "profile": tree,
             "profile_source": win["source"],
+            "profile_clock": win["clock"],
             # seconds a sample stands for on average: the window over the ticks that ran
             # (more than the nominal interval when the busy event loop skipped ticks);
             # samples of the "sampler" source carry their own time
@@ -416,6 +517,8 @@ class NodeProfiler:
             "sampling_interval": win["interval"],
             "ticks": win["ticks"],
             "samples": int(tree["count"]),
+            "cpu_clock_errors": win["cpu_clock_errors"],
+            "sampler_cpu_s": win["sampler_cpu_s"],
         }
 
 
