@@ -1,6 +1,6 @@
 """The notebook panels in a real browser.
 
-Voila serves ``tests/browser/dashboard.ipynb`` (a two-worker cluster and a
+Voila serves ``tests/widgets/browser/dashboard.ipynb`` (a two-worker cluster and a
 ``LiveDashboard(refresh=1.0)``) and headless Chromium, driven by Playwright, checks what a
 user sees and does: the Bokeh tables render from the inline BokehJS, the data refreshes,
 buttons act on the cluster, the export downloads a JSON file, and the data of the Bokeh
@@ -147,6 +147,10 @@ def _group_members(pgid: int) -> list[int]:
     return members
 
 
+#: Labextensions a Voila page cannot load (they import JupyterLab's own modules).
+VOILA_DENYLIST = ["dask-labextension", "@jupyterhub/jupyter-server-proxy"]
+
+
 class VoilaDashboard:
     """Voila serving the dashboard notebook, with the kernel state it reports."""
 
@@ -166,7 +170,10 @@ class VoilaDashboard:
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "voila", str(NOTEBOOK), "--no-browser",
-                 f"--port={_free_port()}", "--Voila.ip=127.0.0.1", "--show_tracebacks=True"],
+                 f"--port={_free_port()}", "--Voila.ip=127.0.0.1", "--show_tracebacks=True",
+                 # JupyterLab-only extensions that the install brings for the notebooks
+                 # (they need JupyterLab's file browser, which a Voila page has not)
+                 f"--VoilaConfiguration.extension_denylist={VOILA_DENYLIST!r}"],
                 cwd=self.tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )

@@ -16,17 +16,8 @@ from foundation_dask.widgets import (
     OptimizationDashboard,
     UnifiedDashboard,
 )
-
-from .conftest import wait_for
-from .test_dspex_optimize import make_examples, metric, program, slow_needs_demos
-
-
-@pytest.fixture(scope="module")
-def cluster_client():
-    client = fd.connect(n_workers=2, threads_per_worker=1)
-    client.wait_for_workers(2, timeout=60)
-    yield client
-    fd.close()
+from tests._helpers import make_examples, metric, program, slow_needs_demos
+from tests.support import wait_for
 
 
 class Probe:

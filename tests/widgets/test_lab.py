@@ -1,0 +1,384 @@
+"""The notebook panels in a real JupyterLab, while the kernel is busy.
+
+The test starts JupyterLab (a token, a free port, a temporary root folder holding a
+notebook the test writes), opens the notebook in Debian's headless Chromium through
+Playwright and runs its cells as a user does: one cell shows an ``OptimizationDashboard``
+and a ``UnifiedDashboard`` refreshed every second, the next runs a 20-30 s
+``DistributedOptimizer.optimize_program_distributed`` on an embedded two-worker cluster
+(the deterministic test LM with a delay). While that cell runs (the kernel is busy), the
+page's DOM must show a row for the optimization whose percent done rises, and points in
+the score plot; at the end, status completed and 100 %. Marked as an expected failure
+(strict) until the panels do this: issue 11.
+
+Needs Chromium at ``/usr/bin/chromium`` (``apt-get install chromium``, or ``FD_CHROMIUM``),
+``playwright`` and ``jupyterlab``: skipped without them, a failure under ``CI=true``.
+Screenshots go to ``FD_SCREENSHOTS`` (default: the test's temporary folder).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+CHROMIUM = os.environ.get("FD_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+#: Seconds: the server starting, the page and kernel ready, the run.
+SERVER_TIMEOUT = 90
+PAGE_TIMEOUT = 120
+RUN_TIMEOUT = 150
+OPT_ID = "lab-run"
+
+SETUP = f"""\
+import atexit, functools, json, sys, time
+sys.path.insert(0, {str(REPO)!r})
+import foundation_dask as fd
+from foundation_dask import dspex
+from foundation_dask.widgets import OptimizationDashboard, UnifiedDashboard
+from tests._helpers import make_examples, metric, needs_demos, program
+
+client = fd.connect(n_workers=2, threads_per_worker=1)
+client.wait_for_workers(2, timeout=60)
+_ = atexit.register(fd.close)
+lm = functools.partial(needs_demos, delay=0.12)
+trainset = make_examples(30)
+"""
+SHOW = """\
+dash = OptimizationDashboard(refresh=1.0)
+unified = UnifiedDashboard(refresh=1.0)
+_ = atexit.register(dash.stop), atexit.register(unified.stop)
+display(dash, unified)
+"""
+RUN = f"""\
+result = dspex.DistributedOptimizer.optimize_program_distributed(
+    program(lm), trainset, metric, num_candidate_programs=4, display_progress=False,
+    optimization_id={OPT_ID!r})
+with open("history.json", "w") as f:
+    json.dump({{"status": result.status, "best_score": result.best_score,
+               "history": dspex.optimization_history({OPT_ID!r}).to_dict("records")}},
+              f, default=str)
+"""
+
+#: The rows of the DataTables in the page: ``[[cell text, ...], ...]`` per table, the
+#: table found by the header text of its first column.
+#: Every element matching ``selector`` in the page, inside shadow roots too (Bokeh renders
+#: its views in shadow DOM).
+_DEEP_JS = """
+const deep = (selector) => {
+  const out = [];
+  const walk = (root) => {
+    out.push(...root.querySelectorAll(selector));
+    for (const el of root.querySelectorAll("*")) if (el.shadowRoot) walk(el.shadowRoot);
+  };
+  walk(document);
+  return out;
+};
+"""
+#: The rows of the DataTables in the page: ``[[cell text, ...], ...]`` per table, the
+#: table found by the header text of its first column.
+TABLE_ROWS_JS = """(first) => {""" + _DEEP_JS + """
+  const out = [];
+  for (const grid of deep(".slick-grid, .bk-data-table")) {
+    const header = grid.querySelector(".slick-header-column");
+    if (!header || !header.innerText.trim().startsWith(first)) continue;
+    const rows = [];
+    for (const row of grid.querySelectorAll(".slick-viewport .slick-row")) {
+      rows.push(Array.from(row.querySelectorAll(".slick-cell"), (c) => c.innerText.trim()));
+    }
+    out.push(rows);
+  }
+  return out;
+}"""
+#: Lengths of the newest Bokeh source named ``name`` in the page (``null`` if absent).
+SOURCE_LENGTH_JS = """(name) => {
+  if (typeof Bokeh === "undefined" || !Bokeh.documents) return null;
+  for (let i = Bokeh.documents.length - 1; i >= 0; i--) {
+    const m = Bokeh.documents[i].get_model_by_name(name);
+    if (m == null) continue;
+    const data = m.data instanceof Map ? [...m.data.values()] : Object.values(m.data);
+    let best = 0;
+    for (const v of data) best = Math.max(best, v.length);
+    if (best > 0 || i === 0) return best;
+  }
+  return null;
+}"""
+#: Records, every 50 ms, the first time each distinct "Done %" text of the optimization's
+#: row appears in the page (``window.fdSeen``: ``[[ms since epoch, text], ...]``).
+WATCH_JS = """([first, opt]) => {
+  window.fdSeen = [];
+  const seen = new Set();
+  const rows = """ + TABLE_ROWS_JS + """;
+  window.fdWatch = setInterval(() => {
+    for (const table of rows(first)) {
+      for (const row of table) {
+        if (row[0] === opt && !seen.has(row[2])) {
+          seen.add(row[2]);
+          window.fdSeen.push([Date.now(), row[2]]);
+        }
+      }
+    }
+  }, 50);
+}"""
+
+
+def _missing() -> str | None:
+    """Why the test cannot run here, or None."""
+    if not os.access(CHROMIUM, os.X_OK):
+        return f"no Chromium at {CHROMIUM} (apt-get install chromium, or set FD_CHROMIUM)"
+    for module, package in (("playwright", "playwright"), ("jupyterlab", "jupyterlab")):
+        if importlib.util.find_spec(module) is None:
+            return f"{module} is not installed (pip install {package})"
+    return None
+
+
+def _poll(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout:.0f} s")
+        time.sleep(0.05)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _notebook(cells: list[str]) -> dict[str, Any]:
+    return {
+        "cells": [{"cell_type": "code", "execution_count": None, "id": f"cell{i}",
+                   "metadata": {}, "outputs": [], "source": src}
+                  for i, src in enumerate(cells)],
+        "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python",
+                                    "name": "python3"}},
+        "nbformat": 4, "nbformat_minor": 5,
+    }
+
+
+class Lab:
+    """A JupyterLab server on a free port with a token, rooted in a temporary folder."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.token = secrets.token_hex(16)
+        self.port = _free_port()
+        self.log_path = root.parent / f"{root.name}-lab.log"
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Lab:
+        home = self.root.parent / f"{self.root.name}-home"
+        env = {**os.environ, "PYTHONUNBUFFERED": "1",
+               "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+               "JUPYTER_CONFIG_DIR": str(home / "config"),
+               "JUPYTER_RUNTIME_DIR": str(home / "runtime"),
+               "JUPYTERLAB_SETTINGS_DIR": str(home / "settings"),
+               "JUPYTERLAB_WORKSPACES_DIR": str(home / "workspaces")}
+        # no "news" prompt and no update check: nothing asked of the network
+        settings = home / "settings" / "@jupyterlab" / "apputils-extension"
+        settings.mkdir(parents=True, exist_ok=True)
+        (settings / "notification.jupyterlab-settings").write_text(
+            json.dumps({"fetchNews": "false", "checkForUpdates": False}))
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={self.port}",
+                 "--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={self.token}",
+                 f"--ServerApp.root_dir={self.root}", "--ServerApp.port_retries=0",
+                 "--LabApp.expose_app_in_browser=True", "--LabApp.news_url=None",
+                 "--LabApp.extension_manager=readonly",
+                 *(["--allow-root"] if os.geteuid() == 0 else [])],
+                cwd=self.root, env=env, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+        def up() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"JupyterLab exited ({self.proc.returncode}):\n"
+                                     + self.log())
+            return f":{self.port}/" in self.log()
+
+        _poll(up, SERVER_TIMEOUT, "JupyterLab serving")
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, timeout: float = 30) -> None:
+        """Stop the server (it shuts its kernels down); SIGKILL its group after that."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(2)
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGINT)  # the second confirms the shutdown
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)  # kernels and workers left behind
+        self.proc = None
+
+
+@pytest.fixture
+def screenshots(tmp_path: Path) -> Path:
+    folder = Path(os.environ.get("FD_SCREENSHOTS") or tmp_path / "screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[Lab]:
+    reason = _missing()
+    if reason:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"the JupyterLab browser test cannot run under CI: {reason}")
+        pytest.skip(reason)
+    root = tmp_path / "root"
+    root.mkdir()
+    server = Lab(root)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+        print("JupyterLab log (end):\n" + server.log()[-4000:])  # shown if the test failed
+
+
+def _rows(page: Any, first: str) -> list[list[list[str]]]:
+    return page.evaluate(TABLE_ROWS_JS, first)
+
+
+def _opt_rows(page: Any) -> list[list[str]]:
+    """The optimization's row in each optimizations table of the page."""
+    return [row for table in _rows(page, "Optimization") for row in table
+            if row and row[0] == OPT_ID]
+
+
+def _percent(text: str) -> float:
+    return float(text) if re.fullmatch(r"\d+(\.\d+)?", text) else -1.0
+
+
+@pytest.mark.xfail(strict=False, reason=(
+    "issue 11: in JupyterLab the panels' Bokeh tables stay empty while the kernel runs "
+    "another cell (the kernel refreshes and sends; the page does not show it)"))
+@pytest.mark.timeout(420)
+def test_panels_stay_live_in_jupyterlab_while_the_kernel_is_busy(lab: Lab, screenshots: Path):
+    from playwright.sync_api import sync_playwright
+
+    (lab.root / "live.ipynb").write_text(json.dumps(_notebook([SETUP, SHOW, RUN])))
+    external: list[str] = []
+    page_errors: list[str] = []
+    console: list[str] = []
+
+    def local_only(route: Any) -> None:
+        if urlsplit(route.request.url).hostname == "127.0.0.1":
+            route.continue_()
+        else:
+            external.append(route.request.url)
+            route.abort()
+
+    with sync_playwright() as pw, tempfile.TemporaryDirectory() as profile:
+        context = pw.chromium.launch_persistent_context(
+            profile, executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
+            viewport={"width": 1400, "height": 1000},
+        )
+        try:
+            context.route("**/*", local_only)
+            page = context.new_page()
+            page.on("pageerror", lambda e: page_errors.append(str(e)))
+            page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+            page.goto(f"{lab.url}/lab/tree/live.ipynb?token={lab.token}",
+                      wait_until="domcontentloaded", timeout=PAGE_TIMEOUT * 1000)
+            page.wait_for_function(
+                "() => window.jupyterapp && document.querySelector('.jp-Notebook')"
+                " && document.querySelector('.jp-Notebook-ExecutionIndicator')"
+                " && !document.querySelector('.jp-Notebook-ExecutionIndicator')"
+                ".getAttribute('data-status')?.includes('busy')"
+                " && document.querySelectorAll('.jp-Cell').length === 3",
+                timeout=PAGE_TIMEOUT * 1000)
+            page.wait_for_function(  # the kernel started and is idle
+                "() => { const w = window.jupyterapp.shell.currentWidget;"
+                " const k = w && w.sessionContext && w.sessionContext.session"
+                " && w.sessionContext.session.kernel;"
+                " return k != null && k.status === 'idle'; }", timeout=PAGE_TIMEOUT * 1000)
+            page.evaluate("() => window.jupyterapp.commands.execute"
+                          "('notebook:run-all-cells')")
+            # the panels render before the optimization starts
+            page.wait_for_function(
+                "() => {" + _DEEP_JS + " return deep('.slick-header-column').length > 0; }",
+                timeout=PAGE_TIMEOUT * 1000)
+            page.evaluate(WATCH_JS, ["Optimization", OPT_ID])
+
+            # mid-run: a row for the optimization in both panels, percent done rising
+            first = _poll(lambda: [r for r in _opt_rows(page) if 0 < _percent(r[2]) < 100],
+                          RUN_TIMEOUT, "a running row for the optimization")
+            t_first = time.monotonic()
+            page.screenshot(path=screenshots / "lab-mid-run.png", full_page=True)
+            assert not (lab.root / "history.json").exists(), "the run ended before the read"
+            p1 = _percent(first[0][2])
+            later = _poll(lambda: [r for r in _opt_rows(page) if _percent(r[2]) > p1],
+                          RUN_TIMEOUT, f"percent done rising past {p1}")
+            assert not (lab.root / "history.json").exists(), "the percent rose after the run"
+            assert _percent(later[0][2]) > p1 and later[0][1] == "running"
+            points = page.evaluate(SOURCE_LENGTH_JS, "foundation-optimization-progress")
+            assert points and points > 0, "no points in the score plot mid-run"
+            assert len(_opt_rows(page)) == 2, "a panel shows no row for the optimization"
+            mid = time.monotonic() - t_first
+
+            # the end: completed, 100 % (in both panels), the final numbers
+            done = _poll(lambda: [r for r in _opt_rows(page) if r[1] == "completed"
+                                  and _percent(r[2]) == 100.0] if len(_opt_rows(page)) == 2
+                         and all(r[1] == "completed" for r in _opt_rows(page)) else None,
+                         RUN_TIMEOUT, "the optimization shown completed")
+            assert all(_percent(r[2]) == 100.0 for r in done)
+            page.screenshot(path=screenshots / "lab-end.png", full_page=True)
+            final = json.loads(_poll(lambda: (lab.root / "history.json").exists()
+                                     and (lab.root / "history.json").read_text(),
+                                     RUN_TIMEOUT, "the run's history"))
+            assert final["status"] == "completed"
+            assert _percent(done[0][3]) == pytest.approx(final["best_score"], abs=0.01)
+            seen = page.evaluate("() => { clearInterval(window.fdWatch); return fdSeen; }")
+            assert not page_errors, page_errors
+        finally:
+            print("page console:\n" + "\n".join(console[-40:]))
+            context.close()
+
+    # progress event -> DOM: for each percent the page showed, from the first snapshot
+    # with that percent (the coordinator's clock: this machine's) to the page showing it
+    when = {}
+    for snap in final["history"]:
+        when.setdefault(f"{float(snap['completion_percent']):.1f}", float(snap["time"]))
+    lags = sorted(t / 1000 - when[text] for t, text in seen if text in when)
+    if lags:
+        print(f"progress event -> DOM at refresh=1.0: median {lags[len(lags) // 2]:.2f} s, "
+              f"max {lags[-1]:.2f} s over {len(lags)} values; mid-run reads took {mid:.1f} s;"
+              f" screenshots in {screenshots}")
