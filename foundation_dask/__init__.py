@@ -9,11 +9,11 @@ distributed LM-program optimization (:mod:`foundation_dask.dspex`).
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from foundation_dask import config as _config  # noqa: F401  (loads the dask-config defaults)
 from foundation_dask import errors as _errors
+from foundation_dask._lazy import attach
 from foundation_dask.errors import *  # noqa: F403  (the error family, light)
 
 if TYPE_CHECKING:  # what the lazy names below resolve to, for editors and type checkers
@@ -40,14 +40,4 @@ _LAZY = {
 __all__ = sorted([*_LAZY, *_errors.__all__]) + ["__version__"]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'foundation_dask' has no attribute {name!r}")
-    value = getattr(import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = attach(__name__, _LAZY)

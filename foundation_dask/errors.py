@@ -22,6 +22,7 @@ from typing import Any
 __all__ = [
     "AdapterParseError",
     "AlreadyRegisteredError",
+    "CheckpointRefusedError",
     "ClusterConnectionError",
     "EvaluationError",
     "ExportError",
@@ -29,12 +30,15 @@ __all__ = [
     "FoundationNotInstalledError",
     "LMError",
     "LMTimeoutError",
+    "NotOwnerError",
     "NotRegisteredError",
     "OptimizationStopped",
     "ProcessError",
     "ProcessLostError",
     "ProcessNotFoundError",
+    "ProcessPermissionError",
     "ProcessStartError",
+    "SettingsTransferError",
     "SubscriptionClosedError",
     "TraceNotFoundError",
 ]
@@ -122,6 +126,19 @@ class ProcessStartError(ProcessError):
     """The class could not be instantiated (or restored) on ``worker``."""
 
 
+class CheckpointRefusedError(ProcessStartError):
+    """The checkpoint file at ``path`` of process ``name`` was refused (``reason``: not
+    signed with the cluster's key, edited, a link, or its directory is not private)."""
+
+    path: str | None = None
+    reason: str | None = None
+
+
+class ProcessPermissionError(ProcessError, PermissionError):
+    """A request about process ``name`` did not come from who may make it (a checkpoint
+    not from the running instance, a freeze or destroy not from the supervisor)."""
+
+
 # --------------------------------------------------------------------------- registry
 
 
@@ -135,6 +152,14 @@ class NotRegisteredError(FoundationError, KeyError):
     """No entry or service under ``key``."""
 
     key: Any = None
+
+
+class NotOwnerError(FoundationError, PermissionError):
+    """``key`` belongs to ``owner``, not to the caller: replacing or removing it needs
+    ``force=True``."""
+
+    key: Any = None
+    owner: str | None = None
 
 
 # --------------------------------------------------------------------------- channels
@@ -234,6 +259,13 @@ class AdapterParseError(FoundationError, ValueError):
                          f"LM output was:\n{shown!r}",
                          adapter=adapter, signature=signature, raw=raw,
                          missing=list(missing or []), parsed=dict(parsed or {}))
+
+
+class SettingsTransferError(FoundationError, TypeError):
+    """The dspex ``setting`` in effect cannot travel to the workers with the work (it does
+    not pickle and cannot be rebuilt there)."""
+
+    setting: str | None = None
 
 
 class EvaluationError(FoundationError, RuntimeError):

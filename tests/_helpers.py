@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import time
 
+from foundation_dask import dspex
+
 
 class Counter:
     """A supervised process (``fd.ProcessManager.start_singleton(Counter, ...)``)."""
@@ -27,3 +29,80 @@ def busy(seconds: float) -> int:
         for i in range(1000):
             x += i * i
     return x
+
+
+# ----------------------------------------------------------------------------------------
+# DSPEx: a deterministic test LM that answers a sentiment question correctly only when the
+# prompt carries at least two demos (like a small model that needs examples)
+
+POSITIVE = ["great", "wonderful", "loved", "superb", "delightful", "excellent", "brilliant"]
+NEGATIVE = ["awful", "boring", "hated", "dreadful", "terrible", "dull", "clumsy"]
+
+
+def make_examples(n: int, offset: int = 0) -> list:
+    out = []
+    for i in range(offset, offset + n):
+        positive = i % 2 == 0
+        word = (POSITIVE if positive else NEGATIVE)[i % 7]
+        out.append(dspex.Example(review=f"review {i}: it was {word}",
+                                 sentiment="positive" if positive else "negative")
+                   .with_inputs("review"))
+    return out
+
+
+def needs_demos(prompt: str, delay: float = 0.0) -> str:
+    """Correct with >= 2 demos in the prompt, else always 'positive'."""
+    if delay:
+        time.sleep(delay)
+    demos = prompt.count("Sentiment:") - 1
+    last = prompt.rsplit("Review:", 1)[-1]
+    if demos >= 2:
+        return "negative" if any(w in last for w in NEGATIVE) else "positive"
+    return "positive"
+
+
+def slow_needs_demos(prompt: str) -> str:
+    return needs_demos(prompt, delay=0.01)
+
+
+def metric(example, prediction, trace=None) -> bool:
+    return example.sentiment == prediction.sentiment.strip().lower()
+
+
+def raising_metric(example, prediction, trace=None) -> bool:
+    if "review 3:" in example.review or "review 5:" in example.review:
+        raise ValueError(f"cannot score {example.review!r}")
+    return metric(example, prediction)
+
+
+class Classify(dspex.Signature):
+    """Classify the sentiment of a review as positive or negative."""
+
+    review: str = dspex.InputField()
+    sentiment: str = dspex.OutputField()
+
+
+def program(lm_fn=needs_demos):
+    prog = dspex.Predict(Classify)
+    prog.lm = dspex.DummyLM(lm_fn)
+    return prog
+
+
+# the LM calls of counted_needs_demos in this process (workers: summed by the test)
+LM_CALLS = 0
+
+
+def counted_needs_demos(prompt: str) -> str:
+    global LM_CALLS
+    LM_CALLS += 1
+    return needs_demos(prompt, delay=0.01)
+
+
+def lm_calls_on_workers(client) -> int:
+    import tests._helpers as mod
+
+    return sum(client.run(lambda: mod.LM_CALLS).values())
+
+
+RESUME_KWARGS = dict(num_candidate_programs=4, max_bootstrapped_demos=3, max_labeled_demos=3,
+                     seed=5, display_progress=False)

@@ -34,7 +34,7 @@ FORBIDDEN = {
 }
 #: The lowest layer: below core and scope, imports no subsystem.
 BASE = ("foundation_dask.errors", "foundation_dask.config", "foundation_dask._compat",
-        "foundation_dask._html", "foundation_dask.tracecontext")
+        "foundation_dask._html", "foundation_dask._lazy", "foundation_dask.tracecontext")
 
 #: Modules allowed to be longer than MAX_LINES, with the reason.
 LONG_MODULES: dict[str, str] = {}

@@ -18,9 +18,8 @@ import foundation_dask as fd
 import foundation_dask.dashboard as dashboard
 from foundation_dask import scope
 from foundation_dask._compat import dashboard_applications
-
-from ._helpers import Counter, busy
-from .conftest import SubprocessCluster, wait_for
+from tests._helpers import Counter, busy
+from tests.support import SubprocessCluster, wait_for
 
 PAGES = sorted(dashboard.PAGES)
 
@@ -55,7 +54,7 @@ def page_until(url: str, name: str, predicate: Callable[[dict[str, list]], Any],
         found["data"] = source_data(url, name)
         return bool(predicate(found["data"]))
 
-    wait_for(check, timeout=timeout, interval=0.2)
+    wait_for(check, timeout=timeout, period=0.2)
     return found["data"]
 
 
@@ -173,8 +172,7 @@ def test_hotspots_page_shows_the_busy_function(preloaded: tuple[Client, str]) ->
 def test_overview_page_shows_health_traces_and_optimizations(
         preloaded: tuple[Client, str]) -> None:
     from foundation_dask import dspex
-
-    from .test_dspex_optimize import make_examples, metric, program
+    from tests._helpers import make_examples, metric, program
 
     client, base = preloaded
     url = base + "/individual-foundation-overview"

@@ -29,11 +29,10 @@ from foundation_dask.views import (
     View,
 )
 from foundation_dask.views.traces import ERROR_FILL
+from tests._helpers import Counter, busy
+from tests.support import wait_for
 
-from ._helpers import Counter, busy
-from .conftest import wait_for
-
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _bench():
@@ -43,13 +42,6 @@ def _bench():
     spec.loader.exec_module(module)
     return module
 
-
-@pytest.fixture(scope="module")
-def cluster_client():
-    client = fd.connect(n_workers=2, threads_per_worker=1)
-    client.wait_for_workers(2, timeout=60)
-    yield client
-    fd.close()
 
 
 def workers_of(client: Client) -> set[str]:
