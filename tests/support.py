@@ -7,23 +7,27 @@ them are in ``conftest.py``.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from distributed.utils_test import async_poll_for, poll_for
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, period: float = 0.02) -> Any:
+def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, period: float = 0.02,
+             what: str = "condition") -> Any:
     """Dask's :func:`~distributed.utils_test.poll_for` that returns what ``predicate``
-    returned when it became truthy (a handle, a row...), and says its last value when it
-    fails after ``timeout`` seconds."""
+    returned when it became truthy (a handle, a row...), and says ``what`` and its last
+    value when it fails after ``timeout`` seconds."""
     last: list[Any] = [None]
 
     def check() -> bool:
@@ -31,7 +35,7 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, period: float 
         return bool(last[0])
 
     poll_for(check, timeout, period=period, fail_func=lambda: pytest.fail(
-        f"condition not met within {timeout}s (last value: {last[0]!r})"))
+        f"{what} not met within {timeout}s (last value: {last[0]!r})"))
     return last[0]
 
 
@@ -124,3 +128,61 @@ class SubprocessCluster:
 def worker_names(dask_client) -> dict[str, str]:
     """``{worker name: address}`` of the workers the scheduler knows."""
     return {w["name"]: addr for addr, w in dask_client.scheduler_info()["workers"].items()}
+
+
+# ---------------------------------------------------------------------------- browsers
+
+#: Debian's Chromium (``apt-get install chromium``), driven by Playwright: never a
+#: browser downloaded by a tool.
+CHROMIUM = os.environ.get("FD_CHROMIUM", "/usr/bin/chromium")
+#: Headless, and no connection of its own to the outside (this machine has none).
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+
+
+def require_browser(*modules: str) -> None:
+    """Skip the calling test when Chromium, Playwright or one of ``modules`` (``voila``,
+    ``jupyterlab``) is missing, with the reason and what installs it; under ``CI=true``
+    fail instead (the CI machine has them all)."""
+    reason = None
+    if not os.access(CHROMIUM, os.X_OK):
+        reason = f"no Chromium at {CHROMIUM} (apt-get install chromium, or set FD_CHROMIUM)"
+    else:
+        for module in ("playwright", *modules):
+            if importlib.util.find_spec(module) is None:
+                reason = f"{module} is not installed (pip install -e '.[test]')"
+                break
+    if reason is None:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"the browser test cannot run under CI: {reason}")
+    pytest.skip(reason)
+
+
+def local_chromium(playwright: Any, profile: str, **options: Any) -> tuple[Any, list[str]]:
+    """A persistent Chromium context (Playwright's ``launch_persistent_context`` with
+    ``options``) that may load from 127.0.0.1 only, and the list where every other
+    request it made is written: such a request fails at once (BokehJS must come inline;
+    the Voila template's icon CSS is refused instead of hanging)."""
+    external: list[str] = []
+
+    def local_only(route: Any) -> None:
+        if urlsplit(route.request.url).hostname == "127.0.0.1":
+            route.continue_()
+        else:
+            external.append(route.request.url)
+            route.abort()
+
+    context = playwright.chromium.launch_persistent_context(
+        profile, executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS, **options)
+    context.route("**/*", local_only)
+    return context, external
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

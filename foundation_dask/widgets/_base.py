@@ -8,7 +8,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import ipywidgets as W
 from bokeh.events import DocumentReady
@@ -118,16 +118,31 @@ def bokeh_widget(model: Any) -> W.DOMWidget:
     return BokehPane(model)
 
 
-class Panel:
-    """The common part of the panels: a widget tree, views, a refresh thread, flash
-    messages, and the text and HTML summaries shown where widgets cannot be.
+T = TypeVar("T")
 
-    Parameters
+
+#: The numpydoc parameters every panel takes (``%(panel_parameters)s`` in a docstring).
+PANEL_PARAMETERS = """Parameters
     ----------
     refresh
         Seconds between refreshes (``None``: only on :meth:`refresh`).
     autostart
-        Start refreshing when the panel is displayed.
+        Start refreshing when the panel is displayed."""
+
+
+def panel_doc(cls: type[T]) -> type[T]:
+    """Class decorator: ``%(panel_parameters)s`` in ``cls``'s docstring becomes
+    :data:`PANEL_PARAMETERS`."""
+    cls.__doc__ = (cls.__doc__ or "").replace("%(panel_parameters)s", PANEL_PARAMETERS)
+    return cls
+
+
+@panel_doc
+class Panel:
+    """The common part of the panels: a widget tree, views, a refresh thread, flash
+    messages, and the text and HTML summaries shown where widgets cannot be.
+
+    %(panel_parameters)s
     """
 
     title = "Panel"

@@ -13,20 +13,16 @@ from foundation_dask.views import (
     TracesView,
     TraceTimelineView,
 )
-from foundation_dask.widgets._base import Panel, bokeh_widget
+from foundation_dask.widgets._base import Panel, bokeh_widget, panel_doc
 from foundation_dask.widgets._frontend import DownloadWidget
 
 
+@panel_doc
 class LiveDashboard(Panel):
     """Cluster nodes and health, supervised processes, traces (start / stop / export)
     and performance (profiling hotspots), refreshed live.
 
-    Parameters
-    ----------
-    refresh
-        Seconds between refreshes (``None``: only on :meth:`refresh`).
-    autostart
-        Start refreshing when the panel is displayed.
+    %(panel_parameters)s
     """
 
     title = "Foundation live dashboard"

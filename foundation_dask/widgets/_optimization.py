@@ -15,19 +15,15 @@ from foundation_dask.views.optimization import (
     OptimizationsView,
     WorkerStatsView,
 )
-from foundation_dask.widgets._base import Panel, bokeh_widget
+from foundation_dask.widgets._base import Panel, bokeh_widget, panel_doc
 
 
+@panel_doc
 class OptimizationDashboard(Panel):
     """Active optimizations with progress, best score, workers and history; stop and
     scale buttons acting through the ``control`` channel.
 
-    Parameters
-    ----------
-    refresh
-        Seconds between refreshes (``None``: only on :meth:`refresh`).
-    autostart
-        Start refreshing when the panel is displayed.
+    %(panel_parameters)s
     scale_step
         Workers the scale buttons add or remove.
     """

@@ -9,21 +9,17 @@ import ipywidgets as W
 
 from foundation_dask.core.processes import ProcessManager, SingletonHandle
 from foundation_dask.dspex.orchestration import coordinator_name
-from foundation_dask.widgets._base import Panel, bokeh_widget
+from foundation_dask.widgets._base import Panel, bokeh_widget, panel_doc
 from foundation_dask.widgets._live import LiveDashboard
 from foundation_dask.widgets._optimization import OptimizationDashboard
 
 
+@panel_doc
 class UnifiedDashboard(Panel):
     """Cluster health, active traces and optimization progress side by side; selecting
     an optimization shows its trace.
 
-    Parameters
-    ----------
-    refresh
-        Seconds between refreshes (``None``: only on :meth:`refresh`).
-    autostart
-        Start refreshing when the panel is displayed.
+    %(panel_parameters)s
     """
 
     title = "Foundation: cluster, traces, optimizations"

@@ -25,6 +25,7 @@ from foundation_dask.core.registry import (
     Service,
     canonical_key,
 )
+from tests._helpers import Counter
 from tests.support import wait_for, worker_names
 
 
@@ -38,17 +39,6 @@ async def poll(check: Callable[[], Awaitable[Any]], timeout: float = 20.0) -> An
             return last
         await asyncio.sleep(0.02)
     raise AssertionError(f"condition not met within {timeout}s (last value: {last!r})")
-
-
-class Counter:
-    """A small actor class."""
-
-    def __init__(self) -> None:
-        self.n = 0
-
-    def increment(self) -> int:
-        self.n += 1
-        return self.n
 
 
 def register_from_task(key: Any, value: Any) -> str:
@@ -280,8 +270,8 @@ async def test_actor_handle_round_trips(c, s, a, b) -> None:
     await fd.ServiceMesh.register_service("counter", actor, capabilities=["count"])
     [service] = await fd.ServiceMesh.discover_services(capabilities=["count"])
     assert isinstance(service.handle, distributed.Actor)
-    assert await service.handle.increment() == 1
-    assert await actor.increment() == 2
+    assert await service.handle.incr() == 1
+    assert await actor.incr() == 2
 
 
 @pytest.mark.timeout(60)

@@ -16,12 +16,10 @@ without them. The kernel-side tests at the end need none of them.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,17 +27,13 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 
+from tests.support import free_port, local_chromium, require_browser, wait_for
+
 HERE = Path(__file__).parent
 NOTEBOOK = HERE / "browser" / "dashboard.ipynb"
-CHROMIUM = os.environ.get("FD_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
 #: Seconds: starting Voila, executing the notebook (the cluster starts there), one action.
 SERVER_TIMEOUT = 60
 PAGE_TIMEOUT = 120
@@ -109,26 +103,6 @@ ROOTS = ["foundation-health", "foundation-processes-view", "foundation-traces-vi
          "foundation-timeline-view", "foundation-hotspots-view"]
 
 
-def _missing() -> str | None:
-    """Why the browser test cannot run here, or None."""
-    if not os.access(CHROMIUM, os.X_OK):
-        return f"no Chromium at {CHROMIUM} (apt-get install chromium, or set FD_CHROMIUM)"
-    for module, package in (("playwright", "playwright"), ("voila", "voila")):
-        if importlib.util.find_spec(module) is None:
-            return f"{module} is not installed (pip install {package})"
-    return None
-
-
-def _poll(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll ``predicate`` until it returns a truthy value; fail after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout:.0f} s")
-        time.sleep(0.05)
 
 
 def _group_members(pgid: int) -> list[int]:
@@ -170,7 +144,7 @@ class VoilaDashboard:
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "voila", str(NOTEBOOK), "--no-browser",
-                 f"--port={_free_port()}", "--Voila.ip=127.0.0.1", "--show_tracebacks=True",
+                 f"--port={free_port()}", "--Voila.ip=127.0.0.1", "--show_tracebacks=True",
                  # JupyterLab-only extensions that the install brings for the notebooks
                  # (they need JupyterLab's file browser, which a Voila page has not)
                  f"--VoilaConfiguration.extension_denylist={VOILA_DENYLIST!r}"],
@@ -184,7 +158,7 @@ class VoilaDashboard:
             match = re.search(r"http://127\.0\.0\.1:\d+/", self.log())
             return match.group(0) if match else None
 
-        self.url = _poll(url, SERVER_TIMEOUT, "Voila serving")
+        self.url = wait_for(url, SERVER_TIMEOUT, what="Voila serving")
         return self
 
     def log(self) -> str:
@@ -210,7 +184,7 @@ class VoilaDashboard:
             state = self.state()
             return state if state and predicate(state) else None
 
-        return _poll(check, timeout, f"kernel state: {what}")
+        return wait_for(check, timeout, what=f"kernel state: {what}")
 
     def request(self, name: str) -> None:
         """Ask the notebook for ``name`` (``singleton``: start one; ``stop``: stop
@@ -239,12 +213,6 @@ class VoilaDashboard:
             os.killpg(pgid, signal.SIGKILL)
 
 
-def _free_port() -> int:
-    """A free TCP port on 127.0.0.1 (Voila tries the next ones if it is taken)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def cell(page: Any, text: str) -> Any:
     """The first visible table cell showing ``text`` (tables also hold hidden cells
@@ -254,18 +222,16 @@ def cell(page: Any, text: str) -> Any:
 
 @pytest.fixture
 def dashboard(tmp_path: Path) -> Iterator[VoilaDashboard]:
-    reason = _missing()
-    if reason:
-        pytest.skip(reason)
+    require_browser("voila")
     server = VoilaDashboard(tmp_path)
     try:
         yield server.start()
     finally:
         server.stop()
-        with contextlib.suppress(AssertionError):
+        with contextlib.suppress(AssertionError, pytest.fail.Exception):
             server.state()  # the kernel's pid, if not known yet
-            _poll(lambda: not _group_members(server.kernel.get("pgid", -1)), 30,
-                  "kernel exit")
+            wait_for(lambda: not _group_members(server.kernel.get("pgid", -1)), 30,
+                     what="kernel exit")
         server.kill_kernel()
         print("Voila log (end):\n" + server.log()[-4000:])  # shown if the test failed
 
@@ -280,25 +246,13 @@ def test_live_dashboard_in_a_browser(dashboard: VoilaDashboard, tmp_path: Path):
     timings = {"served": time.monotonic() - t0}
     console: list[tuple[str, str]] = []
     page_errors: list[str] = []
-    external: list[str] = []
     failed: list[str] = []
 
-    def local_only(route: Any) -> None:
-        # No network but the local server: BokehJS must come inline, and a request for
-        # anything else (the template's icon font CSS) fails at once instead of hanging.
-        if urlsplit(route.request.url).hostname == "127.0.0.1":
-            route.continue_()
-        else:
-            external.append(route.request.url)
-            route.abort()
-
     with sync_playwright() as pw, tempfile.TemporaryDirectory() as profile:
-        context = pw.chromium.launch_persistent_context(
-            profile, executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
-            viewport={"width": 1280, "height": 860}, accept_downloads=True,
-        )
+        # no network but the local server
+        context, external = local_chromium(pw, profile, viewport={"width": 1280, "height": 860},
+                                           accept_downloads=True)
         try:
-            context.route("**/*", local_only)
             page = context.new_page()
             page.on("console", lambda m: console.append((m.type, m.text)))
             page.on("pageerror", lambda e: page_errors.append(f"{e}\n{e.stack}"))
@@ -418,8 +372,8 @@ def test_live_dashboard_in_a_browser(dashboard: VoilaDashboard, tmp_path: Path):
     # Everything shuts down: Voila shuts its kernel down, whose exit closes the cluster.
     dashboard.stop()
     kernel = dashboard.kernel
-    _poll(lambda: not _group_members(kernel["pgid"]), 30,
-          f"kernel {kernel['pid']} and its cluster exiting after Voila stopped")
+    wait_for(lambda: not _group_members(kernel["pgid"]), 30,
+             what=f"kernel {kernel['pid']} and its cluster exiting after Voila stopped")
     timings["shutdown"] = time.monotonic() - t0
     print("browser test timings (s):", {k: round(v, 1) for k, v in timings.items()})
 

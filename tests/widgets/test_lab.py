@@ -18,30 +18,24 @@ Screenshots go to ``FD_SCREENSHOTS`` (default: the test's temporary folder).
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import os
 import re
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 
+from tests.support import free_port, local_chromium, require_browser, wait_for
+
 REPO = Path(__file__).resolve().parents[2]
-CHROMIUM = os.environ.get("FD_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
 #: Seconds: the server starting, the page and kernel ready, the run.
 SERVER_TIMEOUT = 90
 PAGE_TIMEOUT = 120
@@ -140,31 +134,7 @@ WATCH_JS = """([first, opt]) => {
 }"""
 
 
-def _missing() -> str | None:
-    """Why the test cannot run here, or None."""
-    if not os.access(CHROMIUM, os.X_OK):
-        return f"no Chromium at {CHROMIUM} (apt-get install chromium, or set FD_CHROMIUM)"
-    for module, package in (("playwright", "playwright"), ("jupyterlab", "jupyterlab")):
-        if importlib.util.find_spec(module) is None:
-            return f"{module} is not installed (pip install {package})"
-    return None
 
-
-def _poll(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout:.0f} s")
-        time.sleep(0.05)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _notebook(cells: list[str]) -> dict[str, Any]:
@@ -184,7 +154,7 @@ class Lab:
     def __init__(self, root: Path):
         self.root = root
         self.token = secrets.token_hex(16)
-        self.port = _free_port()
+        self.port = free_port()
         self.log_path = root.parent / f"{root.name}-lab.log"
         self.proc: subprocess.Popen | None = None
 
@@ -223,7 +193,7 @@ class Lab:
                                      + self.log())
             return f":{self.port}/" in self.log()
 
-        _poll(up, SERVER_TIMEOUT, "JupyterLab serving")
+        wait_for(up, SERVER_TIMEOUT, what="JupyterLab serving")
         return self
 
     def log(self) -> str:
@@ -258,11 +228,7 @@ def screenshots(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[Lab]:
-    reason = _missing()
-    if reason:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"the JupyterLab browser test cannot run under CI: {reason}")
-        pytest.skip(reason)
+    require_browser("jupyterlab")
     root = tmp_path / "root"
     root.mkdir()
     server = Lab(root)
@@ -295,24 +261,12 @@ def test_panels_stay_live_in_jupyterlab_while_the_kernel_is_busy(lab: Lab, scree
     from playwright.sync_api import sync_playwright
 
     (lab.root / "live.ipynb").write_text(json.dumps(_notebook([SETUP, SHOW, RUN])))
-    external: list[str] = []
     page_errors: list[str] = []
     console: list[str] = []
 
-    def local_only(route: Any) -> None:
-        if urlsplit(route.request.url).hostname == "127.0.0.1":
-            route.continue_()
-        else:
-            external.append(route.request.url)
-            route.abort()
-
     with sync_playwright() as pw, tempfile.TemporaryDirectory() as profile:
-        context = pw.chromium.launch_persistent_context(
-            profile, executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
-            viewport={"width": 1400, "height": 1000},
-        )
+        context, external = local_chromium(pw, profile, viewport={"width": 1400, "height": 1000})
         try:
-            context.route("**/*", local_only)
             page = context.new_page()
             page.on("pageerror", lambda e: page_errors.append(str(e)))
             page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
@@ -339,14 +293,14 @@ def test_panels_stay_live_in_jupyterlab_while_the_kernel_is_busy(lab: Lab, scree
             page.evaluate(WATCH_JS, ["Optimization", OPT_ID])
 
             # mid-run: a row for the optimization in both panels, percent done rising
-            first = _poll(lambda: [r for r in _opt_rows(page) if 0 < _percent(r[2]) < 100],
-                          RUN_TIMEOUT, "a running row for the optimization")
+            first = wait_for(lambda: [r for r in _opt_rows(page) if 0 < _percent(r[2]) < 100],
+                             RUN_TIMEOUT, what="a running row for the optimization")
             t_first = time.monotonic()
             page.screenshot(path=screenshots / "lab-mid-run.png", full_page=True)
             assert not (lab.root / "history.json").exists(), "the run ended before the read"
             p1 = _percent(first[0][2])
-            later = _poll(lambda: [r for r in _opt_rows(page) if _percent(r[2]) > p1],
-                          RUN_TIMEOUT, f"percent done rising past {p1}")
+            later = wait_for(lambda: [r for r in _opt_rows(page) if _percent(r[2]) > p1],
+                             RUN_TIMEOUT, what=f"percent done rising past {p1}")
             assert not (lab.root / "history.json").exists(), "the percent rose after the run"
             assert _percent(later[0][2]) > p1 and later[0][1] == "running"
             points = page.evaluate(SOURCE_LENGTH_JS, "foundation-optimization-progress")
@@ -355,15 +309,15 @@ def test_panels_stay_live_in_jupyterlab_while_the_kernel_is_busy(lab: Lab, scree
             mid = time.monotonic() - t_first
 
             # the end: completed, 100 % (in both panels), the final numbers
-            done = _poll(lambda: [r for r in _opt_rows(page) if r[1] == "completed"
-                                  and _percent(r[2]) == 100.0] if len(_opt_rows(page)) == 2
-                         and all(r[1] == "completed" for r in _opt_rows(page)) else None,
-                         RUN_TIMEOUT, "the optimization shown completed")
+            done = wait_for(lambda: [r for r in _opt_rows(page) if r[1] == "completed"
+                                     and _percent(r[2]) == 100.0] if len(_opt_rows(page)) == 2
+                            and all(r[1] == "completed" for r in _opt_rows(page)) else None,
+                            RUN_TIMEOUT, what="the optimization shown completed")
             assert all(_percent(r[2]) == 100.0 for r in done)
             page.screenshot(path=screenshots / "lab-end.png", full_page=True)
-            final = json.loads(_poll(lambda: (lab.root / "history.json").exists()
-                                     and (lab.root / "history.json").read_text(),
-                                     RUN_TIMEOUT, "the run's history"))
+            final = json.loads(wait_for(lambda: (lab.root / "history.json").exists()
+                                        and (lab.root / "history.json").read_text(),
+                                        RUN_TIMEOUT, what="the run's history"))
             assert final["status"] == "completed"
             assert _percent(done[0][3]) == pytest.approx(final["best_score"], abs=0.01)
             seen = page.evaluate("() => { clearInterval(window.fdWatch); return fdSeen; }")

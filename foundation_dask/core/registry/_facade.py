@@ -269,9 +269,12 @@ class ProcessRegistry:
         Raises
         ------
         AlreadyRegisteredError
-            (a ``ValueError``) ``key`` is registered and ``replace`` is false, or it is
-            another owner's and ``force`` is false; the message names the current owner
-            (its ``owner`` attribute), its ``key`` attribute is ``key``.
+            (a ``ValueError``) ``key`` is registered and ``replace`` is false; the
+            message names the current owner (its ``owner`` attribute), its ``key``
+            attribute is ``key``.
+        NotOwnerError
+            (a ``PermissionError``) with ``replace``: ``key`` is another owner's and
+            ``force`` is false (its ``owner`` and ``key`` attributes).
         TypeError
             ``key`` is not hashable, ``value`` cannot be pickled (the message names
             ``key``) or ``metadata`` is not a dict of simple values.
@@ -336,9 +339,9 @@ class ProcessRegistry:
         NotRegisteredError
             (a ``KeyError``) nothing is registered under ``key`` (its ``key``
             attribute).
-        AlreadyRegisteredError
-            (a ``ValueError``) another owner's entry and ``force`` is false; the message
-            names the owner (its ``owner`` attribute).
+        NotOwnerError
+            (a ``PermissionError``) another owner's entry and ``force`` is false; the
+            message names the owner (its ``owner`` attribute).
         """
         key_id = canonical_key(key)
         worker = _calling_worker()
@@ -442,8 +445,11 @@ class ServiceMesh:
         Raises
         ------
         AlreadyRegisteredError
-            ``name`` is registered and ``replace`` is false, or it is another owner's
-            and ``force`` is false (its ``key`` and ``owner`` attributes).
+            ``name`` is registered and ``replace`` is false (its ``key`` and ``owner``
+            attributes).
+        NotOwnerError
+            With ``replace``: ``name`` is another owner's and ``force`` is false (its
+            ``key`` and ``owner`` attributes).
         TypeError
             Bad ``capabilities`` or ``metadata``, or a ``handle`` that cannot be pickled
             (named); nothing is registered.
@@ -517,8 +523,8 @@ class ServiceMesh:
         ------
         NotRegisteredError
             (a ``KeyError``) no service has that name (its ``key`` attribute).
-        AlreadyRegisteredError
-            (a ``ValueError``) another owner's service and ``force`` is false (its
+        NotOwnerError
+            (a ``PermissionError``) another owner's service and ``force`` is false (its
             ``owner`` attribute).
         """
         key_id = canonical_key(name)
