@@ -211,7 +211,8 @@ def start_cluster_trace(scope: str = "default", trace_id: str | None = None,
     opts = parse_trace_options(options)
     client = client or current_client()
     handle = ProcessManager.start_singleton(
-        TraceCoordinator, trace_id, scope, opts, name=coordinator_name(trace_id), client=client
+        TraceCoordinator, trace_id, scope, opts, name=coordinator_name(trace_id),
+        owner="cluster", client=client,  # stop_trace may come from another client
     )
     Channels.broadcast("control", ("start_trace", trace_id, scope), client=client)
     return ClusterTrace(trace_id, scope, handle)

@@ -13,6 +13,7 @@ from distributed.utils_test import gen_cluster
 import foundation_dask as fd
 from foundation_dask.core.plugin import extension
 from foundation_dask.core.processes import (
+    NotOwnerError,
     ProcessLostError,
     ProcessNotFoundError,
     ProcessStartError,
@@ -20,7 +21,7 @@ from foundation_dask.core.processes import (
     name_key,
     scheduler_processes,
 )
-from tests.support import wait_for, worker_names
+from tests.support import async_wait_for, wait_for, worker_names
 
 
 class Counter:
@@ -229,6 +230,79 @@ async def test_client_argument_picks_the_client(c, s, a, b):
         assert await (await pm.lookup(("pair", "a"))).incr() == 4
         assert len(via_c) == 1 and len(via_other) == 7
         assert name_key(("pair", "a")) in c._foundation_locations.cache
+
+
+@gen_cluster(client=True, timeout=60)
+async def test_another_client_cannot_stop_a_process_without_force(c, s, a, b):
+    await fd.install_plugins(c)
+    pm = fd.ProcessManager
+    h = await pm.start_singleton(Counter, 5, name="a-counter")
+    reps = await pm.start_replicated(Stateless, "r", name="a-reps")
+    async with Client(s.address, asynchronous=True, set_as_default=False) as other:
+        for name in ("a-counter", "a-reps"):
+            with pytest.raises(NotOwnerError, match="force=True") as info:
+                await pm.stop(name, client=other)
+            assert isinstance(info.value, PermissionError)
+            assert info.value.owner == c.id and c.id in str(info.value)
+        assert await h.incr() == 6  # A's singleton keeps answering
+        assert await reps[a.address].get() == "r"
+
+        # the same name from B: a handle on the same instance, still A's
+        again = await pm.start_singleton(Counter, 100, name="a-counter", client=other)
+        assert await again.incr() == 7
+        frame = (await pm.list_processes(client=other)).set_index("name")
+        assert frame.loc["'a-counter'", "owner"] == c.id
+        assert set(frame.loc[frame["kind"] == "replica", "owner"]) == {c.id}
+        with pytest.raises(NotOwnerError):
+            await pm.stop("a-counter", client=other)
+
+        assert await pm.stop("a-counter", client=other, force=True) is True
+        assert await pm.lookup("a-counter") is None
+        assert await pm.stop("a-reps") is True  # its owner stops it as before
+        assert await pm.lookup("a-reps") is None
+
+
+@gen_cluster(client=True, timeout=60)
+async def test_cluster_owned_processes_are_stopped_by_any_client(c, s, a, b):
+    await fd.install_plugins(c)
+    pm = fd.ProcessManager
+    h = await pm.start_singleton(Counter, name="shared-counter", owner="cluster")
+    assert await h.incr() == 1
+    await pm.start_replicated(Stateless, name="shared-reps", owner="cluster")
+    with pytest.raises(ValueError, match="owner must be None"):
+        await pm.start_singleton(Counter, name="bogus-owner", owner=c.id)
+    assert await pm.lookup("bogus-owner") is None
+    async with Client(s.address, asynchronous=True, set_as_default=False) as other:
+        frame = await pm.list_processes(client=other)
+        assert set(frame["owner"]) == {"cluster"}
+        assert await pm.stop("shared-counter", client=other) is True
+        assert await pm.stop("shared-reps", client=other) is True
+        left = await pm.start_singleton(Counter, name="left-behind", client=other)
+        assert await left.incr() == 1
+        gone = other.id
+    # its owner has left the cluster: any client stops it, as before
+    await async_wait_for(lambda: gone not in s.clients, timeout=30)
+    assert await pm.stop("left-behind") is True
+    assert (await pm.list_processes()).empty
+
+
+@gen_cluster(client=True, timeout=60)
+async def test_a_process_started_from_a_task_is_owned_by_its_worker(c, s, a, b):
+    await fd.install_plugins(c)
+
+    def start_here() -> str:
+        from distributed import get_worker
+
+        fd.ProcessManager.start_singleton(Counter, name="task-counter").incr().result()
+        return get_worker().address
+
+    address = await c.submit(start_here, workers=[b.address], pure=False)
+    frame = await fd.ProcessManager.list_processes()
+    assert list(frame["owner"]) == [address]
+    with pytest.raises(NotOwnerError) as info:
+        await fd.ProcessManager.stop("task-counter")
+    assert info.value.owner == address
+    assert await fd.ProcessManager.stop("task-counter", force=True) is True
 
 
 @gen_cluster(client=True, timeout=60)

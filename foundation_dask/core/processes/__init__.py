@@ -28,9 +28,13 @@ Calls that fail because the worker died are retried on the new incarnation with 
 same call id; the instance remembers the results of its recent calls (inside its
 checkpoint), so a call whose effect was checkpointed is not applied twice.
 
-Modules, by the process they run in: ``_names`` and ``_wire`` (any), ``_scheduler_plugin`` and
-``_checkpoints`` (scheduler), ``_worker_plugin`` (worker), ``_handle`` (clients, and
-tasks on workers), ``_facade`` (clients).
+Modules, by the process they run in: ``_names`` and ``_wire`` (any), ``_scheduler_plugin``,
+``_records`` and ``_checkpoints`` (scheduler), ``_worker_plugin`` (worker), ``_handle``
+(clients, and tasks on workers), ``_facade`` (clients).
+
+Every process has an owner: the client that started it (the worker, from a task), or
+``"cluster"`` with ``owner="cluster"``. ``ProcessManager.stop`` by another live client
+or worker raises :class:`NotOwnerError` unless ``force=True``.
 """
 
 from foundation_dask.core.processes._facade import ProcessManager
@@ -39,6 +43,7 @@ from foundation_dask.core.processes._names import MOVED_OP, name_from_key, name_
 from foundation_dask.core.processes._scheduler_plugin import Supervisor, scheduler_processes
 from foundation_dask.core.processes._worker_plugin import APPLIED_CALLS_KEPT, WorkerProcesses
 from foundation_dask.errors import (
+    NotOwnerError,
     ProcessError,
     ProcessLostError,
     ProcessNotFoundError,
@@ -49,6 +54,7 @@ __all__ = [
     "APPLIED_CALLS_KEPT",
     "MOVED_OP",
     "CallFuture",
+    "NotOwnerError",
     "ProcessError",
     "ProcessLostError",
     "ProcessManager",

@@ -4,6 +4,10 @@ Every method acts through ``client=`` when given, else through the current clien
 (``foundation_dask.connect()`` is called if there is none). On a synchronous client
 the methods block and return their result; on an asynchronous one they return an
 awaitable of it.
+
+Every process has an owner, decided by the scheduler (from the caller's identity token,
+as for registry entries): the client that started it, the worker for a process started
+from a task, or ``"cluster"`` (``owner="cluster"``).
 """
 
 from __future__ import annotations
@@ -14,9 +18,15 @@ from typing import TYPE_CHECKING, Any, cast
 from distributed.protocol import pickle
 
 from foundation_dask import config
-from foundation_dask.core._client import current_client, scheduler_call
+from foundation_dask.core._client import current_client
 from foundation_dask.core.processes._handle import SingletonHandle, handle_from_info
 from foundation_dask.core.processes._names import class_interface, name_from_key, name_key
+from foundation_dask.core.registry import (
+    CLUSTER_OWNER,
+    calling_worker,
+    owned_request,
+    raise_if_error,
+)
 
 if TYPE_CHECKING:
     import distributed
@@ -24,11 +34,17 @@ if TYPE_CHECKING:
 
 #: The columns of :meth:`ProcessManager.list_processes`.
 LIST_COLUMNS = ["name", "kind", "class_name", "worker", "state", "incarnation", "restarts",
-                "checkpoints", "checkpoint_age", "error"]
+                "checkpoints", "checkpoint_age", "error", "owner"]
 
 
 def _start_args(cls: type, name: Hashable, args: tuple[Any, ...],
-                kwargs: dict[str, Any]) -> dict[str, Any]:
+                kwargs: dict[str, Any], owner: str | None) -> dict[str, Any]:
+    if owner is not None and owner != CLUSTER_OWNER:
+        raise ValueError(
+            f"owner must be None (the caller owns the process) or {CLUSTER_OWNER!r} (a "
+            f"process that any client may stop), got {owner!r}; the scheduler, not the "
+            "caller, decides who the caller is."
+        )
     if not isinstance(cls, type):
         raise TypeError(
             f"start_singleton/start_replicated take a class, not {type(cls).__name__}; pass "
@@ -40,6 +56,7 @@ def _start_args(cls: type, name: Hashable, args: tuple[Any, ...],
         "name_key": name_key(name), "display": repr(name), "spec": _spec(cls, args, kwargs),
         "class_name": class_name, "mode": mode, "interval": interval,
         "methods": sorted(methods), "coroutines": sorted(coroutines),
+        "cluster": owner == CLUSTER_OWNER,
     }
 
 
@@ -94,7 +111,7 @@ class ProcessManager:
     """
 
     @staticmethod
-    def start_singleton(cls: type, *args: Any, name: Hashable,
+    def start_singleton(cls: type, *args: Any, name: Hashable, owner: str | None = None,
                         client: distributed.Client | None = None,
                         **kwargs: Any) -> SingletonHandle:
         """Start ``cls(*args, **kwargs)`` as the one live instance named ``name``.
@@ -106,9 +123,14 @@ class ProcessManager:
             keep state across restarts; the class attribute ``foundation_checkpoint``
             (``"call"``, ``"interval"`` or ``"never"``) overrides the config default.
         *args, **kwargs
-            Constructor arguments (``name`` and ``client`` are this method's own).
+            Constructor arguments (``name``, ``owner`` and ``client`` are this method's
+            own).
         name
             Cluster-wide name: a string or a tuple such as ``("trace_coordinator", tid)``.
+        owner
+            ``None``: the caller owns the process (the client, or the worker running
+            the calling task); only it stops it without ``force=True``. ``"cluster"``:
+            any client may stop it (for processes meant to outlive their client).
         client
             The Dask client to act through; by default the current client.
 
@@ -116,34 +138,38 @@ class ProcessManager:
         -------
         SingletonHandle
             A handle on the instance; a second call with the same name returns a handle
-            on the same instance (the arguments of that call are ignored).
+            on the same instance (the arguments of that call are ignored, the owner
+            stays the first caller).
 
         Raises
         ------
         ProcessStartError
             When ``cls`` could not be instantiated on a worker (``name``, ``worker``).
         ValueError
-            When ``name`` runs as another class.
+            When ``name`` runs as another class, or ``owner`` is neither ``None`` nor
+            ``"cluster"``.
         """
-        msg = _start_args(cls, name, args, kwargs)
+        msg = _start_args(cls, name, args, kwargs, owner)
         bound = client
         client = current_client() if client is None else client
+        worker = calling_worker()
 
         async def start() -> SingletonHandle:
-            info = await client.scheduler.foundation_process_start(**msg)
+            info = await owned_request(client, worker, "foundation_process_start", **msg)
+            raise_if_error(info if info.get("identify") else {}, name)
             return handle_from_info(info, name, client=bound)
 
         return client.sync(start)
 
     @staticmethod
-    def start_replicated(cls: type, *args: Any, name: Hashable,
+    def start_replicated(cls: type, *args: Any, name: Hashable, owner: str | None = None,
                          client: distributed.Client | None = None,
                          **kwargs: Any) -> dict[str, SingletonHandle]:
         """Start one instance of ``cls`` on every worker, and on every worker that joins.
 
         Parameters
         ----------
-        cls, *args, **kwargs, name
+        cls, *args, **kwargs, name, owner
             As for :meth:`start_singleton`.
         client
             The Dask client to act through; by default the current client.
@@ -155,12 +181,14 @@ class ProcessManager:
             named ``(name, worker)``. Instances are not moved when their worker leaves
             (see :meth:`lookup_replicated`).
         """
-        msg = _start_args(cls, name, args, kwargs)
+        msg = _start_args(cls, name, args, kwargs, owner)
         bound = client
         client = current_client() if client is None else client
+        worker = calling_worker()
 
         async def start() -> dict[str, SingletonHandle]:
-            infos = await client.scheduler.foundation_replicated_start(**msg)
+            infos = await owned_request(client, worker, "foundation_replicated_start", **msg)
+            raise_if_error(infos if infos.get("identify") else {}, name)
             return _replicas(infos, name, bound)
 
         return client.sync(start)
@@ -228,17 +256,50 @@ class ProcessManager:
         return client.sync(look)
 
     @staticmethod
-    def stop(name: Hashable, client: distributed.Client | None = None) -> bool:
+    def stop(name: Hashable, client: distributed.Client | None = None, *,
+             force: bool = False) -> bool:
         """Stop the singleton (or every instance of the replicated process) ``name``.
 
-        Returns ``True`` if something was stopped. Stopping a singleton also removes
-        its checkpoint file (``foundation.processes.checkpoint-dir``).
+        Its owner (see :meth:`start_singleton`) stops it; so does any client for a
+        ``"cluster"`` process or one whose owner has left the cluster. Stopping a
+        singleton also removes its checkpoint file (``foundation.processes.checkpoint-dir``).
+
+        Parameters
+        ----------
+        name
+            The process's name.
+        client
+            The Dask client to act through; by default the current client.
+        force
+            Stop it even though another client or worker owns it.
+
+        Returns
+        -------
+        bool
+            ``True`` if something was stopped.
+
+        Raises
+        ------
+        NotOwnerError
+            (a ``PermissionError``) another live client or worker owns ``name`` and
+            ``force`` is false; the message names the owner (its ``owner`` attribute),
+            and the process keeps running.
         """
-        return scheduler_call("foundation_process_stop", client=client, name_key=name_key(name))
+        key = name_key(name)
+        client = current_client() if client is None else client
+        worker = calling_worker()
+
+        async def run() -> bool:
+            reply = await owned_request(client, worker, "foundation_process_stop",
+                                        name_key=key, force=bool(force))
+            raise_if_error(reply, name)
+            return bool(reply["stopped"])
+
+        return client.sync(run)
 
     @staticmethod
     def list_processes(client: distributed.Client | None = None) -> pd.DataFrame:
-        """A DataFrame of every supervised process: name, class, worker, state, restarts...
+        """A DataFrame of every supervised process: name, class, worker, state, owner...
 
         One row per singleton and per replica, with the columns :data:`LIST_COLUMNS`.
         """

@@ -5,7 +5,10 @@
 process) and one :class:`_Group` per replicated process. It places instances on
 workers, restarts singletons whose worker died, hands them off when their worker
 retires, fences old incarnations, keeps their checkpoints (on disk too, see
-``_checkpoints``) and tells watching clients when a process moved.
+``_checkpoints``) and tells watching clients when a process moved. Every process has
+an owner, decided by the scheduler from the caller's registry identity token: the
+client (or the worker, for a task) that started it, or ``"cluster"``. Stopping
+another owner's process needs ``force=True``, unless that owner has left the cluster.
 :func:`scheduler_processes` and :meth:`Supervisor.records_named` are the readers for
 code that runs inside the scheduler process (dashboard pages).
 """
@@ -19,8 +22,7 @@ import logging
 import secrets
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Collection, Hashable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Collection
 from typing import TYPE_CHECKING, Any
 
 from distributed.comm.core import CommClosedError
@@ -28,8 +30,12 @@ from distributed.comm.core import CommClosedError
 from foundation_dask.core.plugin import SchedulerExtension, extension
 from foundation_dask.core.processes._checkpoints import persist, persisted
 from foundation_dask.core.processes._names import MOVED_OP, name_from_key, name_key
+from foundation_dask.core.processes._records import _Group, _Record
 from foundation_dask.core.processes._wire import plain_loads, plain_start_args
+from foundation_dask.core.registry._core import CLUSTER_OWNER, error_reply
+from foundation_dask.core.registry._scheduler_plugin import UNKNOWN_IDENTITY
 from foundation_dask.errors import (
+    NotOwnerError,
     ProcessLostError,
     ProcessNotFoundError,
     ProcessPermissionError,
@@ -42,101 +48,6 @@ if TYPE_CHECKING:
     from foundation_dask.core.plugin import FoundationSchedulerPlugin
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class _Record:
-    """One supervised instance (a singleton, or one replica of a replicated process).
-
-    ``key`` is the :func:`name_key` of its name and ``name`` that name decoded; a
-    replica's name is ``("__replica__", group key, worker)``. ``display`` is the
-    ``repr`` of the name users gave.
-    """
-
-    key: str
-    display: str
-    spec: bytes
-    class_name: str
-    mode: str
-    interval: float
-    methods: list[str] = field(default_factory=list)
-    coroutines: list[str] = field(default_factory=list)
-    kind: str = "singleton"  # or "replica"
-    group: str | None = None  # name key of the replicated group
-    pinned: str | None = None  # worker of a replica
-    incarnation: int = 0
-    worker: str | None = None
-    actor_key: str | None = None
-    state: str = "starting"  # starting, running, moving, restarting, pending, failed, stopped
-    error: str | None = None
-    failed_on: str | None = None  # the worker of the last failed start
-    checkpoint: bytes | None = None
-    checkpoint_incarnation: int = -1
-    checkpoint_time: float | None = None
-    n_checkpoints: int = 0
-    checkpoint_error: str | None = None  # what checkpoint() raised last, until one works
-    checkpoint_failures: int = 0
-    token: str = ""  # the secret of the current incarnation (its worker has it)
-    restarts: int = 0
-    started_at: float = field(default_factory=time.time)
-    history: list[dict[str, Any]] = field(default_factory=list)
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
-    name: Hashable = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        self.name = name_from_key(self.key)
-
-    def public_name(self) -> Hashable:
-        """The name as its handles know it: a replica's is ``(group name, worker)``."""
-        if self.group is None:
-            return self.name
-        return (name_from_key(self.group), self.pinned)
-
-    def info(self) -> dict[str, Any]:
-        """What clients and views are told of the instance (msgpack-able)."""
-        return {
-            "name_key": self.key,
-            "name": self.display,
-            "kind": self.kind,
-            "class_name": self.class_name,
-            "methods": self.methods,
-            "coroutines": self.coroutines,
-            "worker": self.worker,
-            "actor_key": self.actor_key,
-            "incarnation": self.incarnation,
-            "state": (
-                "checkpoint failing"
-                if self.state == "running" and self.checkpoint_error else self.state
-            ),
-            "error": self.error or self.checkpoint_error,
-            "checkpoint_failures": self.checkpoint_failures,
-            "restarts": self.restarts,
-            "checkpoints": self.n_checkpoints,
-            "checkpoint_age": (
-                None if self.checkpoint_time is None else time.time() - self.checkpoint_time
-            ),
-            "started_at": self.started_at,
-            "group": self.group,
-        }
-
-    def notify(self) -> None:
-        """Wake whoever waits for a change of this record (:meth:`Supervisor.where`)."""
-        self.changed.set()
-        self.changed = asyncio.Event()
-
-
-@dataclass
-class _Group:
-    """A replicated process: what each worker's replica is started from."""
-
-    key: str
-    display: str
-    spec: bytes
-    class_name: str
-    mode: str
-    interval: float
-    methods: list[str]
-    coroutines: list[str]
 
 
 class Supervisor(SchedulerExtension):
@@ -168,7 +79,7 @@ class Supervisor(SchedulerExtension):
             "foundation_process_start": self.start_singleton,
             "foundation_process_where": self.where,
             "foundation_process_checkpoint": self.save_checkpoint,
-            "foundation_process_stop": self.stop,
+            "foundation_process_stop": self._handle_stop,
             "foundation_process_list": self.list,
             "foundation_process_lookup": self.lookup,
             "foundation_process_named": self.named,
@@ -399,13 +310,26 @@ class Supervisor(SchedulerExtension):
 
     # -- handlers ------------------------------------------------------------------------
 
+    def _caller(self, token: object) -> str | None:
+        """The connected client or worker whose registry identity token is ``token``."""
+        registry = extension(self.scheduler, "registry")
+        return None if registry is None else registry.owner_of(token)
+
     async def start_singleton(
         self, name_key: str, display: str, spec: bytes, class_name: str, mode: str,
         interval: float, methods: builtins.list[str], coroutines: builtins.list[str],
+        token: str | None = None, cluster: bool = False,
     ) -> dict[str, Any]:
         """Start the singleton ``name_key`` unless it runs; its info, with ``existed``
-        (it ran already) and, for a new one, ``restored`` (from a checkpoint file)."""
+        (it ran already) and, for a new one, ``restored`` (from a checkpoint file).
+
+        Its owner is the caller of identity ``token`` (``"cluster"`` with ``cluster``);
+        an unknown token gets :data:`UNKNOWN_IDENTITY` and starts nothing.
+        """
         _check_options(display, mode, interval)
+        caller = self._caller(token)
+        if caller is None:
+            return dict(UNKNOWN_IDENTITY)
         async with self._lock(name_key):
             rec = self.records.get(name_key)
             if rec is not None and rec.state not in ("failed", "stopped"):
@@ -421,6 +345,7 @@ class Supervisor(SchedulerExtension):
                     key=name_key, display=display, spec=spec, class_name=class_name,
                     mode=mode, interval=interval, methods=methods, coroutines=coroutines,
                     incarnation=self.last_incarnation.get(name_key, -1) + 1,
+                    owner=CLUSTER_OWNER if cluster else caller,
                 )
                 rec.checkpoint = persisted(name_key)  # from before a cluster restart
                 self.records[name_key] = rec
@@ -548,6 +473,32 @@ class Supervisor(SchedulerExtension):
                         )
         return bool(recs) or group is not None
 
+    def owner(self, name_key: str) -> str | None:
+        """The owner of the singleton or replicated process ``name_key``, or ``None``."""
+        group = self.groups.get(name_key)
+        rec = self.records.get(name_key)
+        if group is not None:
+            return group.owner
+        return None if rec is None else rec.owner
+
+    async def _handle_stop(self, name_key: str, token: str | None = None,
+                           force: bool = False) -> dict[str, Any]:
+        """:meth:`stop` for the caller of identity ``token``: another owner's process
+        needs ``force`` (not a ``"cluster"`` one, nor one whose owner has left)."""
+        caller = self._caller(token)
+        if caller is None:
+            return dict(UNKNOWN_IDENTITY)
+        owner = self.owner(name_key)
+        registry = extension(self.scheduler, "registry")
+        if (owner is not None and owner not in (caller, CLUSTER_OWNER) and not force
+                and registry is not None and registry.is_live_owner(owner)):
+            display = repr(name_from_key(name_key))
+            return error_reply(NotOwnerError(
+                f"{display} was started by {owner}, not by the caller ({caller}); it is "
+                "still running: pass force=True to stop it anyway",
+                key=display, owner=owner))
+        return {"error": None, "stopped": await self.stop(name_key)}
+
     def lookup(self, name_key: str) -> dict[str, Any]:
         """``{"singleton": info}``, ``{"replicated": {worker: info}}`` (its running
         replicas) or ``{}`` when nothing has the name ``name_key``."""
@@ -572,7 +523,7 @@ class Supervisor(SchedulerExtension):
                 key=key, display=f"{group.display}@{worker}", spec=group.spec,
                 class_name=group.class_name, mode=group.mode, interval=group.interval,
                 methods=group.methods, coroutines=group.coroutines,
-                kind="replica", group=group.key, pinned=worker,
+                kind="replica", group=group.key, pinned=worker, owner=group.owner,
             )
             self.records[key] = rec
             await self._place(rec, raise_errors=True)
@@ -581,14 +532,19 @@ class Supervisor(SchedulerExtension):
     async def start_replicated(
         self, name_key: str, display: str, spec: bytes, class_name: str, mode: str,
         interval: float, methods: builtins.list[str], coroutines: builtins.list[str],
-    ) -> dict[str, dict[str, Any]]:
+        token: str | None = None, cluster: bool = False,
+    ) -> dict[str, Any]:
         """Start the replicated process ``name_key`` on every running worker (and, from
-        then on, on each worker that joins); ``{worker: info}`` of its replicas."""
+        then on, on each worker that joins); ``{worker: info}`` of its replicas. Owner
+        and ``token`` as for :meth:`start_singleton`."""
         _check_options(display, mode, interval)
+        caller = self._caller(token)
+        if caller is None:
+            return dict(UNKNOWN_IDENTITY)
         group = self.groups.get(name_key)
         if group is None:
             group = _Group(name_key, display, spec, class_name, mode, interval, methods,
-                           coroutines)
+                           coroutines, CLUSTER_OWNER if cluster else caller)
             self.groups[name_key] = group
         elif group.class_name != class_name:
             raise ValueError(

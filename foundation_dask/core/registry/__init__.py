@@ -27,9 +27,16 @@ from foundation_dask.core.registry._core import (
     canonical_key,
     check_capabilities,
     check_metadata,
+    raise_if_error,
     services_to_frame,
 )
-from foundation_dask.core.registry._facade import ProcessRegistry, ServiceMesh, caller_owner
+from foundation_dask.core.registry._facade import (
+    ProcessRegistry,
+    ServiceMesh,
+    caller_owner,
+    calling_worker,
+    owned_request,
+)
 from foundation_dask.core.registry._scheduler_plugin import EVENT_TOPIC, RegistryExtension
 from foundation_dask.core.registry._worker_plugin import RegistryWorker
 from foundation_dask.errors import AlreadyRegisteredError, NotOwnerError, NotRegisteredError
@@ -48,8 +55,11 @@ __all__ = [
     "ServiceMesh",
     "UnreadableValue",
     "caller_owner",
+    "calling_worker",
     "canonical_key",
     "check_capabilities",
     "check_metadata",
+    "owned_request",
+    "raise_if_error",
     "services_to_frame",
 ]

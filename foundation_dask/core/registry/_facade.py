@@ -53,11 +53,11 @@ def caller_owner(client: distributed.Client) -> str:
     The scheduler decides this itself (from the stream on which it sent the caller its
     identity token); this is what it will decide, for display.
     """
-    worker = _calling_worker()
+    worker = calling_worker()
     return worker.address if worker is not None else client.id
 
 
-def _calling_worker() -> distributed.Worker | None:
+def calling_worker() -> distributed.Worker | None:
     """The worker running the calling task or actor, if any (from the calling thread)."""
     try:
         return distributed.get_worker()
@@ -151,10 +151,31 @@ async def _rpc(client: distributed.Client, op: str, *, error_key: Hashable | Non
     return reply
 
 
-async def _owned_rpc(client: distributed.Client, worker: distributed.Worker | None, op: str,
-                     *, error_key: Hashable, **kwargs: Any) -> dict[str, Any]:
-    """:func:`_rpc` for a request made in the caller's name: it carries the caller's
-    identity token (asked for again once if the scheduler no longer knows it)."""
+async def owned_request(client: distributed.Client, worker: distributed.Worker | None,
+                        op: str, **kwargs: Any) -> dict[str, Any]:
+    """The reply of the scheduler handler ``op`` to a request made in the caller's name.
+
+    The request carries the caller's identity token (the one of ``worker``, from a task
+    or actor on it, else of ``client``), asked for again once if the scheduler no
+    longer knows it (its reply has ``identify``). Errors in the reply are not raised.
+
+    Parameters
+    ----------
+    client
+        The client to send through.
+    worker
+        The worker running the calling task (:func:`calling_worker`), or ``None``.
+    op
+        The scheduler handler; it takes ``token=`` and answers ``{"identify": True,
+        ...}`` when it does not know the token.
+    **kwargs
+        The handler's other arguments.
+
+    Returns
+    -------
+    dict
+        The handler's reply.
+    """
     for attempt in range(2):
         token = await _identity(client, worker)
         reply = await _send(client, op, {**kwargs, "token": token})
@@ -162,6 +183,13 @@ async def _owned_rpc(client: distributed.Client, worker: distributed.Worker | No
             _forget_identity(client, worker)
             continue
         break
+    return reply
+
+
+async def _owned_rpc(client: distributed.Client, worker: distributed.Worker | None, op: str,
+                     *, error_key: Hashable, **kwargs: Any) -> dict[str, Any]:
+    """:func:`_rpc` for a request made in the caller's name (:func:`owned_request`)."""
+    reply = await owned_request(client, worker, op, **kwargs)
     raise_if_error(reply, error_key)
     return reply
 
@@ -282,7 +310,7 @@ class ProcessRegistry:
             ``owner`` is neither ``None`` nor ``"cluster"``.
         """
         msg = _register_message("entry", key, value, metadata, None, replace, force, owner)
-        worker = _calling_worker()
+        worker = calling_worker()
 
         async def run(client: distributed.Client) -> RegistryEntry:
             reply = await _owned_rpc(client, worker, "foundation_registry_register",
@@ -344,7 +372,7 @@ class ProcessRegistry:
             message names the owner (its ``owner`` attribute).
         """
         key_id = canonical_key(key)
-        worker = _calling_worker()
+        worker = calling_worker()
 
         async def run(client: distributed.Client) -> None:
             await _owned_rpc(client, worker, "foundation_registry_unregister", error_key=key,
@@ -456,7 +484,7 @@ class ServiceMesh:
         """
         msg = _register_message("service", name, handle, metadata, capabilities, replace,
                                 force, owner)
-        worker = _calling_worker()
+        worker = calling_worker()
 
         async def run(client: distributed.Client) -> Service:
             reply = await _owned_rpc(client, worker, "foundation_registry_register",
@@ -528,7 +556,7 @@ class ServiceMesh:
             ``owner`` attribute).
         """
         key_id = canonical_key(name)
-        worker = _calling_worker()
+        worker = calling_worker()
 
         async def run(client: distributed.Client) -> None:
             await _owned_rpc(client, worker, "foundation_registry_unregister", error_key=name,

@@ -197,7 +197,7 @@ class DistributedOptimizer:
             {"seed": seed, "candidates": n_candidates, "trainset": len(trainset),
              "valset": len(valset),
              "trace_id": ctx.trace_id if ctx else None},
-            name=coordinator_name(opt_id), client=client,
+            name=coordinator_name(opt_id), owner="cluster", client=client,
         )
         records = coordinator.get_records().result()
         resumed = bool(records["teacher_runs"] or records["evaluations"])
@@ -345,7 +345,8 @@ class DistributedOptimizer:
         if not isinstance(coordinator, SingletonHandle):  # coordinators are singletons
             # a cluster restart: started again under its name, it restores its checkpoint
             coordinator = ProcessManager.start_singleton(
-                OptimizationCoordinator, optimization_id, {}, 0, name=name, client=client)
+                OptimizationCoordinator, optimization_id, {}, 0, name=name, owner="cluster",
+                client=client)
         spec = coordinator.get_spec().result()
         if spec is None:
             ProcessManager.stop(name, client=client)

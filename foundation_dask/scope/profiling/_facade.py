@@ -201,7 +201,7 @@ def start_cluster_profiling(duration_ms: float = 5000,
     index = client.sync(client.scheduler.get_task_stream_index)  # installs the plugin
     messages = _messages_total(client)
     handles = ProcessManager.start_replicated(NodeProfiler, options, name=PROFILER_NAME,
-                                              client=client)
+                                              owner="cluster", client=client)
     started_at = int(time.time() * 1000)
     mono = time.monotonic()
     _, errors = _wait_all(
