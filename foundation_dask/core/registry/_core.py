@@ -188,8 +188,34 @@ _short.maxother = 60
 # --------------------------------------------------------------------------- results
 
 
-@dataclass
-class RegistryEntry:
+class _Record:
+    """The ``repr`` and ``to_dict`` of the registry's results (dataclasses): the registered
+    value or handle shortened, the registration time as a clock time."""
+
+    def __repr__(self) -> str:
+        shown = []
+        for f in fields(self):  # type: ignore[arg-type]  # subclasses are dataclasses
+            value = getattr(self, f.name)
+            if f.name in ("value", "handle"):
+                shown.append(f"{f.name}={_short.repr(value)}")
+            elif f.name == "registered_at":
+                shown.append(f"{f.name}={_format_time(value)!r}")
+            else:
+                shown.append(f"{f.name}={value!r}")
+        return f"{type(self).__name__}({', '.join(shown)})"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a ``dict``: ``metadata`` / ``capabilities`` copied, the value or
+        handle as it is."""
+        out = {}
+        for f in fields(self):  # type: ignore[arg-type]  # subclasses are dataclasses
+            value = getattr(self, f.name)
+            out[f.name] = type(value)(value) if f.name in ("metadata", "capabilities") else value
+        return out
+
+
+@dataclass(repr=False)
+class RegistryEntry(_Record):
     """An entry of the :class:`ProcessRegistry`.
 
     Attributes
@@ -212,30 +238,10 @@ class RegistryEntry:
     owner: str = ""
     registered_at: float = 0.0
 
-    def __repr__(self) -> str:
-        return (
-            f"RegistryEntry(key={self.key!r}, value={_short.repr(self.value)}, "
-            f"metadata={self.metadata!r}, owner={self.owner!r}, "
-            f"registered_at={_format_time(self.registered_at)!r})"
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        """The fields as a ``dict``."""
-        return _fields_dict(self)
 
 
-def _fields_dict(obj: Any) -> dict[str, Any]:
-    """A dataclass's fields; its own ``metadata`` / ``capabilities`` containers copied,
-    the registered value or handle as it is."""
-    out = {}
-    for f in fields(obj):
-        value = getattr(obj, f.name)
-        out[f.name] = type(value)(value) if f.name in ("metadata", "capabilities") else value
-    return out
-
-
-@dataclass
-class Service:
+@dataclass(repr=False)
+class Service(_Record):
     """A service of the :class:`ServiceMesh`.
 
     Attributes
@@ -262,16 +268,6 @@ class Service:
     owner: str = ""
     registered_at: float = 0.0
 
-    def __repr__(self) -> str:
-        return (
-            f"Service(name={self.name!r}, handle={_short.repr(self.handle)}, "
-            f"capabilities={self.capabilities!r}, metadata={self.metadata!r}, "
-            f"owner={self.owner!r}, registered_at={_format_time(self.registered_at)!r})"
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        """The fields as a ``dict``."""
-        return _fields_dict(self)
 
 
 def services_to_frame(services: Iterable[Service]) -> pd.DataFrame:
