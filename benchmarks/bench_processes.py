@@ -3,7 +3,8 @@
 Run: ``python benchmarks/bench_processes.py [--calls 2000] [--kills 5]``
 
 Prints the median and p99 latency of a method call through a ``SingletonHandle``
-(with a checkpoint after every call, and without) next to a plain Dask Actor call,
+(with a checkpoint after every call, and without) next to a plain Dask Actor call
+(targets: a checkpointed call within 1.5 ms and 1.15 times the plain call),
 and the time from SIGKILL of the worker holding a singleton to the first answered
 call (with its state), next to recovering a plain Dask Actor by hand (notice the
 failure, submit a new actor, call it; its state is lost).
@@ -117,7 +118,11 @@ def main() -> None:
               f"   {nock[0] / base[0]:.2f}")
         print(f"  singleton, checkpoint after each call    {ckpt[0]:7.3f} {ckpt[1]:7.3f}"
               f"   {ckpt[0] / base[0]:.2f}")
-        print(f"  target: median <= 1.5 ms -> {'met' if ckpt[0] <= 1.5 else 'NOT met'}")
+        within = ckpt[0] <= 1.15 * base[0]
+        print(f"  target: median <= 1.5 ms -> {'met' if ckpt[0] <= 1.5 else 'NOT met'}; "
+              f"checkpointed / plain <= 1.15 -> {'met' if within else 'NOT met'}")
+        print(f"  the checkpoint's own cost (checkpointed - no checkpoint): "
+              f"{ckpt[0] - nock[0]:.3f} ms (a worker -> scheduler round trip, before the reply)")
 
         fo = failover_singleton(client, args.kills)
         manual = failover_plain_actor(client, args.kills)

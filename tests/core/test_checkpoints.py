@@ -204,6 +204,22 @@ async def test_traces_page_reader_does_not_run_checkpointed_objects(c, s, a, b):
     assert not os.path.exists(marker)
 
 
+# ---------------------------------------------------------------------------- guarantee
+
+
+@gen_cluster(client=True, timeout=60)
+async def test_an_answered_call_is_in_the_supervisors_checkpoint(c, s, a, b):
+    await fd.install_plugins(c)
+    h = await fd.ProcessManager.start_singleton(Counter, name="acked")
+    supervisor = extension(s, "processes")
+    key = name_key("acked")
+    for i in range(1, 51):
+        assert await h.incr() == i
+        # read at once, no polling: the answer came after the supervisor kept the state
+        assert supervisor.checkpoint_state(supervisor.records[key]) == i
+    assert supervisor.records[key].n_checkpoints == 50
+
+
 # ---------------------------------------------------------------------------- failures
 
 

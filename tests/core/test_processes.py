@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import pickle
 import threading
@@ -14,6 +15,7 @@ import foundation_dask as fd
 from foundation_dask.core.plugin import extension
 from foundation_dask.core.processes import (
     NotOwnerError,
+    ProcessError,
     ProcessLostError,
     ProcessNotFoundError,
     ProcessStartError,
@@ -50,11 +52,22 @@ class Counter:
         self.n += 100
         raise ValueError("deliberate failure")
 
+    def fail_unpicklably(self) -> None:
+        raise LockedError()
+
     def checkpoint(self) -> int:
         return self.n
 
     def restore(self, state: int) -> None:
         self.n = state
+
+
+class LockedError(Exception):
+    """An exception that cannot be pickled (it holds a lock)."""
+
+    def __init__(self):
+        super().__init__("holds a lock")
+        self.lock = threading.Lock()
 
 
 class Stateless:
@@ -94,6 +107,7 @@ async def test_singleton_calls_and_same_name(c, s, a, b):
     found = await fd.ProcessManager.lookup("counter")
     assert await found.incr() == 10
     assert await fd.ProcessManager.lookup("nothing") is None
+    assert c._foundation_locations.moved == {}  # nothing kept for calls that are done
 
 
 @gen_cluster(client=True, timeout=60)
@@ -130,6 +144,11 @@ async def test_errors_are_clear_and_lose_nothing(c, s, a, b):
         await h.fail()
     # the failed call's state change was kept and the instance still answers
     assert await h.incr() == 101
+    with pytest.raises(TypeError, match=r"arguments of 'c'.incr cannot be pickled"):
+        await h.incr(threading.Lock())
+    with pytest.raises(ProcessError, match="LockedError: holds a lock; that exception cannot"):
+        await h.fail_unpicklably()
+    assert await h.incr() == 102
 
 
 @gen_cluster(client=True, timeout=60)
@@ -372,6 +391,127 @@ async def test_scheduler_side_readers(c, s, a, b):
     assert [r["name_key"] for r in rows] == list(supervisor.records)
     assert sorted(r["name"] for r in rows) == sorted(
         ["('family', 'x')", "('family', 'y', 2)", "'family'", "('other', 'family')"])
+
+
+class Holder:
+    """Its ``hold`` call stays in flight until ``release`` is set."""
+
+    def __init__(self):
+        self.release = asyncio.Event()
+
+    async def hold(self) -> str:
+        await self.release.wait()
+        return "released"
+
+
+def forgotten(s, c, keys: set[str]) -> dict[str, list[str]]:
+    """What the supervisor of ``s`` and the location cache of ``c`` still keep of ``keys``."""
+    supervisor = extension(s, "processes")
+    locs = c._foundation_locations
+    kept = {
+        "records": list(supervisor.records), "groups": list(supervisor.groups),
+        "locks": [k for k in keys if k in supervisor.locks],
+        "latest": list(locs.latest), "cache": list(locs.cache), "moved": list(locs.moved),
+    }
+    return {what: [k for k in found if k in keys or k.startswith('["__tuple__","__replica__"')]
+            for what, found in kept.items()}
+
+
+@gen_cluster(client=True, timeout=120)
+async def test_stopped_processes_leave_nothing_behind(c, s, a, b):
+    await fd.install_plugins(c)
+    names = [("many", i) for i in range(200)]
+    for i, name in enumerate(names):
+        h = await fd.ProcessManager.start_singleton(Counter, i, name=name)
+        assert await h.incr() == i + 1  # the client caches its location
+        assert await fd.ProcessManager.stop(name) is True
+    for i in range(10):
+        reps = await fd.ProcessManager.start_replicated(Counter, name=("reps", i))
+        assert await reps[a.address].incr() == 1
+        assert await fd.ProcessManager.stop(("reps", i)) is True
+    keys = {name_key(n) for n in names} | {name_key(("reps", i)) for i in range(10)}
+    empty = {"records": [], "groups": [], "locks": [], "latest": [], "cache": [], "moved": []}
+    # the client hears of the stops on its stream, a moment after stop() returned
+    try:
+        await async_wait_for(lambda: forgotten(s, c, keys) == empty)
+    finally:
+        assert forgotten(s, c, keys) == empty
+    supervisor = extension(s, "processes")
+    assert len(supervisor.locks) == 0 and supervisor.records == {}
+    assert not hasattr(supervisor, "last_incarnation")
+    assert supervisor.incarnation_floor > 200  # one number, above every forgotten one
+    assert all(not ext.hosts for ext in (w.extensions["foundation"].extensions["processes"]
+                                         for w in (a, b)))
+
+
+@gen_cluster(client=True, timeout=60)
+async def test_a_call_in_flight_fails_at_once_when_its_process_is_stopped(c, s, a, b):
+    await fd.install_plugins(c)
+    h = await fd.ProcessManager.start_singleton(Holder, name="holder")
+    info = await h.info()
+    host = next(w for w in (a, b) if w.address == info["worker"]).extensions[
+        "foundation"].extensions["processes"].hosts[info["actor_key"]]
+    pending = asyncio.ensure_future(h.hold())
+    await async_wait_for(lambda: host._inflight == 1)  # running on its worker
+    try:
+        assert await fd.ProcessManager.stop("holder") is True
+        # the call would wait for the instance forever: the stop message ends it
+        with pytest.raises(ProcessNotFoundError, match="stopped while this call") as err:
+            await asyncio.wait_for(pending, 20)
+        assert err.value.name == "holder"
+        with pytest.raises(ProcessNotFoundError, match="No process named 'holder'"):
+            await asyncio.wait_for(h.hold(), 20)
+    finally:
+        host._instance.release.set()
+    assert "holder" not in {r["name"] for r in await c.scheduler.foundation_process_list()}
+
+
+@gen_cluster(client=True, timeout=60)
+async def test_a_handle_follows_its_name_across_stop_and_start(c, s, a, b):
+    await fd.install_plugins(c)
+    key = name_key("again")
+    old = await fd.ProcessManager.start_singleton(Counter, name="again")
+    assert await old.incr(5) == 5
+    seen = [(await old.info())["incarnation"]]
+    stale_loc = dict(c._foundation_locations.cache[key])
+    for cycle in range(5):
+        assert await fd.ProcessManager.stop("again") is True
+        with pytest.raises(ProcessNotFoundError):
+            await old.incr()
+        new = await fd.ProcessManager.start_singleton(Counter, 10 * cycle, name="again")
+        info = await new.info()
+        assert info["incarnation"] > seen[-1]  # never an incarnation of before
+        seen.append(info["incarnation"])
+        # the old handle reaches the new instance (the name), with its incarnation
+        assert await old.incr() == 10 * cycle + 1
+        assert await new.incr() == 10 * cycle + 2
+
+    # a client that missed every notice still holds the first location: its call is
+    # refused there (that instance is gone) and goes on to the current one at once
+    locs = c._foundation_locations
+    locs.cache[key] = stale_loc
+    locs.latest[key] = stale_loc["incarnation"]
+    assert await asyncio.wait_for(old.incr(), 20) == 43
+    # the current instance refuses a call carrying the first incarnation
+    info = await old.info()
+    reply = await c.rpc(info["worker"]).foundation_process_call(
+        actor_key=info["actor_key"], function="_foundation_call", incarnation=seen[0],
+        target="incr", call_id="old-call")
+    assert tuple(reply["result"]) == ("stale", info["incarnation"])
+    assert await old.n == 43
+
+
+@gen_cluster(client=True, timeout=60)
+async def test_concurrent_starts_of_one_name_share_one_lock(c, s, a, b):
+    await fd.install_plugins(c)
+    hs = await asyncio.gather(*(fd.ProcessManager.start_singleton(Counter, name="race")
+                                for _ in range(10)))
+    assert [await h.incr() for h in hs] == list(range(1, 11))  # one instance
+    assert len(live_instances([a, b], name_key("race"))) == 1
+    supervisor = extension(s, "processes")
+    assert len(supervisor.locks) == 0  # no lock kept once nobody holds it
+    await asyncio.gather(fd.ProcessManager.stop("race"), fd.ProcessManager.stop("race"))
+    assert await fd.ProcessManager.lookup("race") is None and len(supervisor.locks) == 0
 
 
 # ----------------------------------------------------------------------------------------

@@ -28,6 +28,13 @@ Calls that fail because the worker died are retried on the new incarnation with 
 same call id; the instance remembers the results of its recent calls (inside its
 checkpoint), so a call whose effect was checkpointed is not applied twice.
 
+``ProcessManager.stop(name)`` ends the instance and forgets the name: the supervisor
+and the clients keep no entry for it (a cluster that starts and stops many names does
+not grow), and a call in flight to it fails at once with :class:`ProcessNotFoundError`.
+A handle follows its name: started again, the name is reached by its old handles too,
+at an incarnation above every earlier one of that name, so nothing meant for the
+stopped instance is applied by the new one.
+
 Modules, by the process they run in: ``_names`` and ``_wire`` (any), ``_scheduler_plugin``,
 ``_records`` and ``_checkpoints`` (scheduler), ``_worker_plugin`` (worker), ``_handle``
 (clients, and tasks on workers), ``_facade`` (clients).
@@ -39,7 +46,7 @@ or worker raises :class:`NotOwnerError` unless ``force=True``.
 
 from foundation_dask.core.processes._facade import ProcessManager
 from foundation_dask.core.processes._handle import CallFuture, SingletonHandle
-from foundation_dask.core.processes._names import MOVED_OP, name_from_key, name_key
+from foundation_dask.core.processes._names import MOVED_OP, STOPPED_OP, name_from_key, name_key
 from foundation_dask.core.processes._scheduler_plugin import Supervisor, scheduler_processes
 from foundation_dask.core.processes._worker_plugin import APPLIED_CALLS_KEPT, WorkerProcesses
 from foundation_dask.errors import (
@@ -60,6 +67,7 @@ __all__ = [
     "ProcessManager",
     "ProcessNotFoundError",
     "ProcessStartError",
+    "STOPPED_OP",
     "SingletonHandle",
     "Supervisor",
     "WorkerProcesses",

@@ -4,8 +4,19 @@ A :class:`SingletonHandle` sends each method call straight to the worker that ho
 the instance (``foundation_process_call``), with the incarnation it expects and a
 call id. Where instances run is cached per client (:class:`_Locations`); the
 supervisor tells the client when a process moves, and a call in flight then retries
-on the new incarnation with the same call id. Handles pickle, so tasks on workers use
-them too (through the worker's client).
+on the new incarnation with the same call id. When a process is stopped (or a replica
+lost with its worker) the supervisor says so too: the client forgets the name, and a
+call in flight fails at once (:class:`ProcessNotFoundError`, :class:`ProcessLostError`
+for a replica). Handles pickle, so tasks on workers use them too (through the worker's
+client).
+
+A handle follows its name, as :meth:`ProcessManager.lookup` does: after ``stop(name)``
+its calls raise :class:`ProcessNotFoundError` until a process is started under that
+name again, and then reach the new instance, with that instance's own incarnation.
+The supervisor gives every instance of a name a higher incarnation than the ones
+before it (even once it forgot the name), and an instance refuses calls carrying any
+incarnation but its own, so no call meant for an earlier instance is applied by a
+later one.
 """
 
 from __future__ import annotations
@@ -15,17 +26,16 @@ import concurrent.futures
 import itertools
 import time
 import uuid
-from collections.abc import Generator, Hashable
+from collections.abc import Callable, Generator, Hashable
 from typing import TYPE_CHECKING, Any
 
 from distributed.comm.core import CommClosedError
-from distributed.protocol.pickle import loads
-from distributed.protocol.serialize import to_serialize
+from distributed.protocol.pickle import dumps, loads
 
 from foundation_dask import config
-from foundation_dask._compat import add_client_stream_handler, send_to_scheduler
+from foundation_dask._compat import add_client_stream_handler
 from foundation_dask.core._client import current_client, scheduler_call
-from foundation_dask.core.processes._names import MOVED_OP, name_key
+from foundation_dask.core.processes._names import MOVED_OP, STOPPED_OP, name_key
 from foundation_dask.errors import ProcessLostError, ProcessNotFoundError
 from foundation_dask.tracecontext import current
 
@@ -37,32 +47,103 @@ if TYPE_CHECKING:
 _ATTRIBUTE = "_foundation_locations"
 
 
+class _Notice:
+    """Fired when the supervisor announces a process moved (to ``incarnation``) or was
+    stopped (``gone``: ``"stopped"``, or ``"lost"`` for a replica whose worker left);
+    firing calls the wakers of the calls waiting for it."""
+
+    __slots__ = ("fired", "gone", "incarnation", "wakers")
+
+    def __init__(self) -> None:
+        self.fired = False
+        self.incarnation = -1
+        self.gone: str | None = None
+        self.wakers: set[Callable[..., None]] = set()
+
+    def fire(self, incarnation: int, gone: str | None) -> None:
+        self.fired, self.incarnation, self.gone = True, incarnation, gone
+        for wake in list(self.wakers):
+            wake()
+
+
 class _Locations:
-    """Per-client cache of process locations, invalidated by the supervisor."""
+    """Per-client cache of process locations, invalidated by the supervisor.
+
+    Every entry is per name, and all of a name's go when the supervisor announces it
+    stopped: a client that starts and stops many names keeps none of them.
+    """
 
     def __init__(self, client: distributed.Client):
         self.client = client
         self.cache: dict[str, dict[str, Any]] = {}
-        self.moved: dict[str, asyncio.Event] = {}
+        self.moved: dict[str, _Notice] = {}  # names with calls waiting for a reply now
         self.latest: dict[str, int] = {}  # newest incarnation announced per name
+        self.stops = 0  # stop notices received: a location resolved across one is not kept
         add_client_stream_handler(client, MOVED_OP, self._on_moved)
-        send_to_scheduler(client, {"op": "foundation_process_watch"})
+        add_client_stream_handler(client, STOPPED_OP, self._on_stopped)
+        self._watched = False
+        self._watching: asyncio.Future[Any] | None = None
+
+    async def watched(self) -> None:
+        """Return once the supervisor sends this client its notices.
+
+        Asked by a request, not a message on the client's stream: once it is answered,
+        every notice about a process the client then resolves reaches it (a request
+        that failed is made again by the next call).
+        """
+        if self._watched:
+            return
+        if self._watching is None or (self._watching.done()
+                                      and (self._watching.cancelled()
+                                           or self._watching.exception() is not None)):
+            self._watching = asyncio.ensure_future(
+                self.client.scheduler.foundation_process_watch(client=self.client.id))
+        await asyncio.shield(self._watching)
+        self._watched = True
 
     def _on_moved(self, name_key: str, incarnation: int) -> None:
         self.latest[name_key] = max(self.latest.get(name_key, -1), incarnation)
         loc = self.cache.get(name_key)
         if loc is not None and loc["incarnation"] < incarnation:
             del self.cache[name_key]
-        event = self.moved.pop(name_key, None)
-        if event is not None:
-            event.set()
+        self._notify(name_key, incarnation, None)
 
-    def event(self, key: str) -> asyncio.Event:
-        """Set when the supervisor announces that process ``key`` moved."""
-        ev = self.moved.get(key)
-        if ev is None:
-            ev = self.moved[key] = asyncio.Event()
-        return ev
+    def _on_stopped(self, name_key: str, incarnation: int, state: str = "stopped") -> None:
+        if self.latest.get(name_key, -1) <= incarnation:
+            self.latest.pop(name_key, None)
+        loc = self.cache.get(name_key)
+        if loc is not None and loc["incarnation"] <= incarnation:
+            del self.cache[name_key]
+        self.stops += 1
+        self._notify(name_key, incarnation, state)
+
+    def _notify(self, name_key: str, incarnation: int, gone: str | None) -> None:
+        notice = self.moved.pop(name_key, None)
+        if notice is not None:
+            notice.fire(incarnation, gone)
+
+    async def wait(self, key: str, send: asyncio.Future[Any]) -> _Notice:
+        """Wait until ``send`` is done or the supervisor announces that process ``key``
+        moved or stopped; the notice waited for (``fired`` in the second case)."""
+        notice = self.moved.get(key)
+        if notice is None:
+            notice = self.moved[key] = _Notice()
+        woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def wake(*_: Any) -> None:
+            if not woken.done():
+                woken.set_result(None)
+
+        send.add_done_callback(wake)
+        notice.wakers.add(wake)
+        try:
+            await woken
+        finally:
+            send.remove_done_callback(wake)
+            notice.wakers.discard(wake)
+            if not notice.wakers and self.moved.get(key) is notice:
+                del self.moved[key]  # nobody waits: keep no entry for the name
+        return notice
 
     @classmethod
     def of(cls, client: distributed.Client) -> _Locations:
@@ -135,6 +216,11 @@ class SingletonHandle:
         self._replica_of = replica_of
         self._client = client
 
+    @property
+    def __foundation_process__(self) -> str:
+        """The supervisor's key of this process (the registry follows its host)."""
+        return self._key
+
     def __reduce__(self) -> tuple[Any, ...]:
         return (
             _rebuild_handle,
@@ -159,7 +245,7 @@ class SingletonHandle:
             raise AttributeError(attr)
         if attr in self._methods:
             return _MethodProxy(self, attr)
-        fut = self._submit("_foundation_getattr", (attr,), {})
+        fut = self._submit("_foundation_getattr", attr)
         if isinstance(fut._fut, asyncio.Future):
             return fut  # awaitable on an asynchronous client
         return fut.result()
@@ -177,13 +263,19 @@ class SingletonHandle:
 
     # the call machinery ------------------------------------------------------------
 
-    def _submit(self, function: str, args: tuple[Any, ...],
-                kwargs: dict[str, Any]) -> CallFuture:
+    def _submit(self, function: str, target: str, args: tuple[Any, ...] = (),
+                kwargs: dict[str, Any] | None = None) -> CallFuture:
+        """Send ``function`` (``"_foundation_call"`` of the method ``target`` with
+        ``args`` and ``kwargs``, or ``"_foundation_getattr"`` of the attribute
+        ``target``) to the instance."""
         client = self._client or current_client()
         call_id = f"{_process_id}-{next(_call_counter)}"
         ctx = current()
-        coro = self._call(client, function, args, kwargs, call_id, ctx and tuple(ctx))
-        label = f"{self._name!r}.{args[0] if function == '_foundation_getattr' else function}"
+        # the arguments travel as one pickle (none for a call without any); the rest of
+        # the request is plain msgpack, so no value of it is serialised on its own
+        payload = _pickle_arguments(self._name, target, args, kwargs) if args or kwargs else None
+        coro = self._call(client, function, target, payload, call_id, ctx and tuple(ctx))
+        label = f"{self._name!r}.{target}"
         if client.asynchronous and _in_loop(client):
             return CallFuture(asyncio.ensure_future(coro), label)
         # tornado types IOLoop without asyncio_loop; a client's loop always has it
@@ -195,57 +287,75 @@ class SingletonHandle:
         loc = locs.cache.get(self._key)
         if loc is not None and loc["incarnation"] >= min_incarnation:
             return loc
+        stops = locs.stops
         loc = await client.scheduler.foundation_process_where(
             name_key=self._key, min_incarnation=min_incarnation, timeout=timeout
         )
         if loc.get("missing"):
-            if self._replica_of:
-                raise ProcessLostError(
-                    f"{self!r}: its worker left; replicated instances live and die with "
-                    "their worker. Use ProcessManager.lookup_replicated() for the current ones.",
-                    name=self._name, worker=self._replica_of,
-                ) from None
-            raise ProcessNotFoundError(
-                f"No process named {self._name!r} (stopped, or never started).",
-                name=self._name,
-            ) from None
-        locs.cache[self._key] = loc
+            raise self._gone("missing") from None
+        if locs.stops == stops:  # else the answer may predate a stop it would outlive
+            locs.cache[self._key] = loc
         return loc
 
-    async def _call(self, client: distributed.Client, function: str, args: tuple[Any, ...],
-                    kwargs: dict[str, Any], call_id: str,
+    def _gone(self, why: str) -> ProcessLostError | ProcessNotFoundError:
+        """The error of a call to a process that is no more: ``why`` is ``"missing"``
+        (the supervisor has no such name), ``"stopped"`` or ``"lost"`` (announced while
+        the call was in flight)."""
+        if self._replica_of and why != "stopped":
+            return ProcessLostError(
+                f"{self!r}: its worker left; replicated instances live and die with "
+                "their worker. Use ProcessManager.lookup_replicated() for the current ones.",
+                name=self._name, worker=self._replica_of,
+            )
+        if why == "missing":
+            return ProcessNotFoundError(
+                f"No process named {self._name!r} (stopped, or never started).",
+                name=self._name,
+            )
+        return ProcessNotFoundError(
+            f"{self._name!r} was stopped while this call was in flight; whether the call "
+            "took effect is unknown, and its state is gone with the stopped process.",
+            name=self._name,
+        )
+
+    async def _call(self, client: distributed.Client, function: str, target: str,
+                    payload: bytes | None, call_id: str,
                     ctx: tuple[Any, ...] | None = None) -> Any:
         locs = _Locations.of(client)
+        await locs.watched()
         failover = config.get_seconds("processes.failover-timeout")
         deadline = time.monotonic() + config.get_seconds("processes.call-timeout")
         min_incarnation = 0
         backoff = 0.005
         while True:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"call {self._name!r}.{function} timed out")
+                raise TimeoutError(f"call {self._name!r}.{target} timed out")
             loc = await self._resolve(client, locs, min_incarnation, failover)
             inc = loc["incarnation"]
-            if function == "_foundation_call":
-                call_args = [inc, args[0], list(args[1]), args[2], call_id, ctx]
-            else:
-                call_args = [inc, *args]
             send = asyncio.ensure_future(
                 client.rpc(loc["worker"]).foundation_process_call(
-                    actor_key=loc["actor_key"], function=function,
-                    args=[to_serialize(a) for a in call_args],
+                    actor_key=loc["actor_key"], function=function, incarnation=inc,
+                    target=target, payload=payload, call_id=call_id, ctx=ctx,
                 )
             )
             # Wait for the reply, unless the supervisor announces a newer incarnation
-            # meanwhile (the worker died while the call was connecting or running).
-            while not send.done() and locs.latest.get(self._key, -1) <= inc:
-                waiter = asyncio.ensure_future(locs.event(self._key).wait())
-                await asyncio.wait([send, waiter], return_when=asyncio.FIRST_COMPLETED)
-                waiter.cancel()
+            # meanwhile (the worker died while the call was connecting or running), or
+            # that the process was stopped.
+            newer = locs.latest.get(self._key, -1)
+            gone: str | None = None
+            while not send.done() and newer <= inc and gone is None:
+                notice = await locs.wait(self._key, send)
+                if notice.fired and notice.incarnation >= inc:
+                    gone = notice.gone
+                newer = max(newer, locs.latest.get(self._key, -1),
+                            notice.incarnation if notice.gone is None else -1)
             if not send.done():
-                # the process moved while we were waiting: retry there (same call id)
                 send.cancel()
                 locs.cache.pop(self._key, None)
-                min_incarnation = locs.latest[self._key]
+                if gone is not None:
+                    raise self._gone(gone)
+                # the process moved while we were waiting: retry there (same call id)
+                min_incarnation = newer
                 continue
             try:
                 resp = send.result()
@@ -260,7 +370,7 @@ class SingletonHandle:
             if tag == "ok":
                 return loads(value)
             if tag == "error":
-                raise value
+                raise loads(value)
             # stale or moving: a newer incarnation is (or will be) there
             locs.cache.pop(self._key, None)
             min_incarnation = max(inc, value) + 1 if tag == "stale" else inc + 1
@@ -274,10 +384,22 @@ class _MethodProxy:
         self._method = method
 
     def __call__(self, *args: Any, **kwargs: Any) -> CallFuture:
-        return self._handle._submit("_foundation_call", (self._method, args, kwargs), {})
+        return self._handle._submit("_foundation_call", self._method, args, kwargs)
 
     def __repr__(self) -> str:
         return f"<method {self._method} of {self._handle!r}>"
+
+
+def _pickle_arguments(name: Hashable, method: str, args: tuple[Any, ...],
+                      kwargs: dict[str, Any] | None) -> bytes:
+    try:
+        blob: bytes = dumps((args, kwargs or {}))
+    except Exception as exc:
+        raise TypeError(
+            f"the arguments of {name!r}.{method} cannot be pickled ({exc}); pass plain data, "
+            "not locks, files or clients."
+        ) from exc
+    return blob
 
 
 def _rebuild_handle(name: Hashable, class_name: str, methods: frozenset[str],

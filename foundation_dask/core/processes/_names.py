@@ -18,6 +18,11 @@ from typing import Any
 #: process moved (``name_key``, ``incarnation``).
 MOVED_OP = "foundation-process-moved"
 
+#: The op of the message the supervisor sends on each watching client's stream when a
+#: process was stopped, or a replica lost with its worker (``name_key``, its last
+#: ``incarnation``, ``state``: ``"stopped"`` or ``"lost"``): the client forgets the name.
+STOPPED_OP = "foundation-process-stopped"
+
 _TUPLE = "__tuple__"
 
 

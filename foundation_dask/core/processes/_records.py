@@ -2,14 +2,16 @@
 
 :class:`_Record` is one supervised instance (a singleton, or one replica of a
 replicated process) and :class:`_Group` a replicated process, as the
-:class:`~foundation_dask.core.processes.Supervisor` keeps them.
+:class:`~foundation_dask.core.processes.Supervisor` keeps them; :class:`_NameLocks`
+its per-name locks, each kept only while someone holds or waits for it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Hashable
+from collections.abc import AsyncIterator, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -115,3 +117,35 @@ class _Group:
     methods: list[str]
     coroutines: list[str]
     owner: str = ""
+
+
+class _NameLocks:
+    """One :class:`asyncio.Lock` per name, made on first use and forgotten when its
+    last holder releases it with nobody waiting: names that come and go (processes
+    started and stopped) leave no entry behind."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._locks
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        """Hold the lock of ``key`` for the ``async with`` block."""
+        lock, users = self._locks.get(key, (None, 0))
+        if lock is None:
+            lock = asyncio.Lock()
+        self._locks[key] = (lock, users + 1)  # counted before waiting: never two locks
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)

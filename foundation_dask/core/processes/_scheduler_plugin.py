@@ -5,7 +5,10 @@
 process) and one :class:`_Group` per replicated process. It places instances on
 workers, restarts singletons whose worker died, hands them off when their worker
 retires, fences old incarnations, keeps their checkpoints (on disk too, see
-``_checkpoints``) and tells watching clients when a process moved. Every process has
+``_checkpoints``) and tells watching clients when a process moved or was stopped.
+Nothing is kept per name once a process is stopped (or a replica lost): its record
+and lock go, and the incarnations of one name still only grow, because every new
+record starts above :attr:`Supervisor.incarnation_floor`. Every process has
 an owner, decided by the scheduler from the caller's registry identity token: the
 client (or the worker, for a task) that started it, or ``"cluster"``. Stopping
 another owner's process needs ``force=True``, unless that owner has left the cluster.
@@ -29,8 +32,8 @@ from distributed.comm.core import CommClosedError
 
 from foundation_dask.core.plugin import SchedulerExtension, extension
 from foundation_dask.core.processes._checkpoints import persist, persisted
-from foundation_dask.core.processes._names import MOVED_OP, name_from_key, name_key
-from foundation_dask.core.processes._records import _Group, _Record
+from foundation_dask.core.processes._names import MOVED_OP, STOPPED_OP, name_from_key, name_key
+from foundation_dask.core.processes._records import _Group, _NameLocks, _Record
 from foundation_dask.core.processes._wire import plain_loads, plain_start_args
 from foundation_dask.core.registry._core import CLUSTER_OWNER, error_reply
 from foundation_dask.core.registry._scheduler_plugin import UNKNOWN_IDENTITY
@@ -67,17 +70,19 @@ class Supervisor(SchedulerExtension):
         super().__init__(scheduler, plugin)
         self.records: dict[str, _Record] = {}
         self.groups: dict[str, _Group] = {}
-        self.locks: dict[str, asyncio.Lock] = {}
+        self.locks = _NameLocks()  # per name, while held or waited for
         self.watchers: set[str] = set()  # clients that cache process locations
-        # last incarnation given to each name: a name started again after stop() keeps
-        # counting up, so handles holding the old location see it as stale
-        self.last_incarnation: dict[str, int] = {}
+        # above every incarnation of a record forgotten since the scheduler started: a
+        # name started again after stop() goes on counting from it, so an old handle
+        # sees its incarnation as stale (one number for all names, none kept per name)
+        self.incarnation_floor = 0
         self._background: set[asyncio.Future[Any]] = set()
 
     def handlers(self) -> dict[str, Callable[..., Any]]:
         return {
             "foundation_process_start": self.start_singleton,
             "foundation_process_where": self.where,
+            "foundation_process_watch": self.watch,
             "foundation_process_checkpoint": self.save_checkpoint,
             "foundation_process_stop": self._handle_stop,
             "foundation_process_list": self.list,
@@ -87,12 +92,10 @@ class Supervisor(SchedulerExtension):
             "foundation_replicated_lookup": self.lookup_replicated,
         }
 
-    def client_handlers(self) -> dict[str, Callable[..., Any]]:
-        return {"foundation_process_watch": self.watch}
-
     def watch(self, client: str) -> None:
-        """``client`` caches locations: tell it when a process moves."""
-        self.watchers.add(client)
+        """``client`` caches locations: tell it when a process moves or stops."""
+        if client in self.scheduler.clients:
+            self.watchers.add(client)
 
     def remove_client(self, client: str) -> None:
         self.watchers.discard(client)
@@ -126,8 +129,8 @@ class Supervisor(SchedulerExtension):
 
     # -- placement -----------------------------------------------------------------------
 
-    def _lock(self, key: str) -> asyncio.Lock:
-        return self.locks.setdefault(key, asyncio.Lock())
+    def _lock(self, key: str) -> contextlib.AbstractAsyncContextManager[None]:
+        return self.locks.hold(key)
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
@@ -153,7 +156,9 @@ class Supervisor(SchedulerExtension):
         return min(candidates, key=lambda a: (load[a], a))
 
     def _broadcast_moved(self, rec: _Record) -> None:
-        msg = {"op": MOVED_OP, "name_key": rec.key, "incarnation": rec.incarnation}
+        self._broadcast({"op": MOVED_OP, "name_key": rec.key, "incarnation": rec.incarnation})
+
+    def _broadcast(self, msg: dict[str, Any]) -> None:
         for client in self.watchers:
             bcomm = self.scheduler.client_comms.get(client)
             if bcomm is not None:
@@ -214,7 +219,7 @@ class Supervisor(SchedulerExtension):
                 rec.notify()
                 logger.error("Process %s failed to start on %s: %s", rec.display, worker, exc)
                 if raise_errors:
-                    self.records.pop(rec.key, None)
+                    self._forget(rec)
                     raise ProcessStartError(
                         f"{rec.class_name} could not be started as {rec.display} on {worker}: "
                         f"{type(exc).__name__}: {exc}",
@@ -226,12 +231,24 @@ class Supervisor(SchedulerExtension):
             return
 
     def _drop(self, rec: _Record, state: str) -> None:
-        self.last_incarnation[rec.key] = rec.incarnation
+        """Forget ``rec`` (``state``: ``"stopped"``, or ``"lost"`` for a replica whose
+        worker left) and tell watching clients, whose calls to it then fail at once."""
         rec.state = state
         rec.worker = None
-        self.records.pop(rec.key, None)
+        self._forget(rec)
         rec.notify()
-        self._broadcast_moved(rec)
+        self._broadcast({"op": STOPPED_OP, "name_key": rec.key,
+                         "incarnation": rec.incarnation, "state": state})
+
+    def _forget(self, rec: _Record) -> None:
+        if self.records.get(rec.key) is rec:
+            del self.records[rec.key]
+        self.incarnation_floor = max(self.incarnation_floor, rec.incarnation + 1)
+
+    def _first_incarnation(self, replaced: _Record | None) -> int:
+        """The incarnation of a new record of a name, above any it had before."""
+        floor = self.incarnation_floor
+        return floor if replaced is None else max(floor, replaced.incarnation + 1)
 
     async def _restart(self, rec: _Record, reason: str, exclude: Collection[str]) -> None:
         async with self._lock(rec.key):
@@ -344,7 +361,7 @@ class Supervisor(SchedulerExtension):
                 rec = _Record(
                     key=name_key, display=display, spec=spec, class_name=class_name,
                     mode=mode, interval=interval, methods=methods, coroutines=coroutines,
-                    incarnation=self.last_incarnation.get(name_key, -1) + 1,
+                    incarnation=self._first_incarnation(rec),
                     owner=CLUSTER_OWNER if cluster else caller,
                 )
                 rec.checkpoint = persisted(name_key)  # from before a cluster restart
@@ -524,6 +541,7 @@ class Supervisor(SchedulerExtension):
                 class_name=group.class_name, mode=group.mode, interval=group.interval,
                 methods=group.methods, coroutines=group.coroutines,
                 kind="replica", group=group.key, pinned=worker, owner=group.owner,
+                incarnation=self._first_incarnation(None),
             )
             self.records[key] = rec
             await self._place(rec, raise_errors=True)

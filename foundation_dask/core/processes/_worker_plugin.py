@@ -18,7 +18,6 @@ from inspect import iscoroutinefunction
 from typing import TYPE_CHECKING, Any
 
 from distributed.protocol import pickle
-from distributed.protocol.serialize import to_serialize
 
 from foundation_dask import config
 from foundation_dask._compat import run_in_actor_thread
@@ -39,7 +38,8 @@ logger = logging.getLogger(__name__)
 APPLIED_CALLS_KEPT = 32
 
 #: A call's answer: ``("ok", pickled result)``, ``("error", exception)``, or
-#: ``("stale", n)`` / ``("moving", n)`` with the incarnation ``n`` this host is.
+#: ``("stale", n)`` / ``("moving", n)`` with the incarnation ``n`` this host is. It
+#: travels as plain msgpack, the exception pickled.
 Reply = tuple[str, Any]
 
 
@@ -336,12 +336,39 @@ class WorkerProcesses(WorkerExtension):
         self.hosts[actor_key] = host
         return "OK"
 
-    async def call(self, actor_key: str, function: str, args: list[Any]) -> dict[str, Any]:
-        """Run ``function`` of the host ``actor_key``: a method call or an attribute read."""
+    async def call(self, actor_key: str, function: str, incarnation: int, target: str,
+                   payload: bytes | None = None, call_id: str = "",
+                   ctx: list[Any] | None = None) -> dict[str, Any]:
+        """Run ``function`` of the host ``actor_key`` for a handle that expects it to be
+        ``incarnation``: ``"_foundation_call"`` of the method ``target`` (``payload``:
+        the pickled ``(args, kwargs)``, ``None`` for none; ``call_id`` names the call
+        for retries; ``ctx`` the caller's trace context), or ``"_foundation_getattr"``
+        of the attribute ``target``."""
         host = self.hosts.get(actor_key)
-        if host is None or function not in ("_foundation_call", "_foundation_getattr"):
-            return {"result": to_serialize(("stale", -1))}
-        return {"result": to_serialize(await getattr(host, function)(*args))}
+        if host is None:
+            reply: Reply = ("stale", -1)
+        elif function == "_foundation_call":
+            args, kwargs = pickle.loads(payload) if payload is not None else ((), {})
+            reply = await host._foundation_call(incarnation, target, args, kwargs, call_id,
+                                                tuple(ctx) if ctx else None)
+        elif function == "_foundation_getattr":
+            reply = await host._foundation_getattr(incarnation, target)
+        else:
+            reply = ("stale", -1)
+        if reply[0] == "error":
+            reply = ("error", self._pickled_error(reply[1], host, target))
+        return {"result": reply}
+
+    def _pickled_error(self, exc: BaseException, host: _Host | None, target: str) -> bytes:
+        try:
+            blob: bytes = pickle.dumps(exc)
+        except Exception as why:
+            display = host._display if host is not None else "the process"
+            blob = pickle.dumps(ProcessError(
+                f"{display}.{target} raised {type(exc).__name__}: {exc}; that exception "
+                f"cannot be pickled ({why}), so this error stands for it.",
+                name=display, worker=self.worker.address))
+        return blob
 
     def _supervised(self, actor_key: str, token: str | None, action: str) -> _Host | None:
         host = self.hosts.get(actor_key)
