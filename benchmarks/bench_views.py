@@ -6,8 +6,12 @@ Run: ``python benchmarks/bench_views.py [--nodes 32] [--spans 10000] [--history 
 For each view, prints the median Python time of ``view.update(data)`` with synthetic
 data of that size (32 nodes, 10k spans, a full window of 1k history points per node...)
 next to the time of building a plain pandas DataFrame of the same data, and their ratio;
-then the time Bokeh takes to build the message carrying the changes to a browser. Exits
-with status 1 if a refresh costs 100 ms or more.
+then the time Bokeh takes to build the message carrying the changes to a browser. Then,
+for each notebook panel (``LiveDashboard``, ``OptimizationDashboard``, ``UnifiedDashboard``)
+fed the same data through its views' fetch functions, the kernel CPU time of one refresh
+tick (``panel.refresh()``: the views' updates and the messages to the page, made and
+handed to the widgets; no cluster, no browser), against a 20 ms budget. Exits with status
+1 if a view's refresh costs 100 ms or more, or a panel's median tick 20 ms or more.
 
 The ``synthetic_*`` functions are also used by the tests.
 """
@@ -26,6 +30,8 @@ import pandas as pd
 
 #: Largest acceptable refresh, seconds.
 BUDGET_S = 0.100
+#: Largest acceptable kernel CPU time of one panel refresh tick, seconds.
+PANEL_BUDGET_S = 0.020
 
 STATUSES = ["healthy", "degraded", "unreachable"]
 KINDS = ["span", "task", "actor", "message", "event"]
@@ -167,6 +173,94 @@ def synthetic_profile(depth: int = 6, breadth: int = 4) -> dict[str, Any]:
     root = node(0, 10 * (breadth + 1) ** depth)
     root["identifier"] = "root"
     return root
+
+
+def synthetic_optimizations(n: int, evaluations: int, step: int) -> list[dict[str, Any]]:
+    """``dspex.list_optimizations()`` rows: ``n`` optimizations, ``step`` evaluations in."""
+    now = time.time()
+    return [
+        {"optimization_id": f"opt-{i}", "status": "running" if i == 0 else "completed",
+         "completion_percent": 100.0 * min(step, evaluations) / evaluations if i == 0
+         else 100.0, "current_best_score": 80.0 + i, "evaluations_completed": step,
+         "total_evaluations": evaluations, "rate": 12.5, "estimated_completion_time": now + 9,
+         "workers": 32, "started_at": now - 60 * i, "finished_at": None}
+        for i in range(n)
+    ]
+
+
+def synthetic_history(points: int) -> list[dict[str, Any]]:
+    """``dspex.optimization_history()`` rows: ``points`` progress snapshots."""
+    return [{"evaluations": 10 * k, "best_score": min(100.0, 50 + k), "running_score": 40 + k,
+             "rate": 12.0, "completion_percent": 100.0 * k / max(points, 1),
+             "time": time.time() - points + k} for k in range(points)]
+
+
+def synthetic_evaluations(n: int, nodes: int) -> list[dict[str, Any]]:
+    """A coordinator's evaluation records (worker, duration, error)."""
+    return [{"worker": f"tcp://10.0.0.{i % nodes}:40000", "duration": 0.02 + (i % 7) / 1000,
+             "error": None if i % 50 else "ValueError"} for i in range(n)]
+
+
+def panel_costs(args: argparse.Namespace) -> list[tuple[str, float, float, float, int]]:
+    """Kernel CPU time of one refresh tick of each panel, one tick a second: ``(panel,
+    median s, mean s, max s, messages per tick)``."""
+    from foundation_dask.widgets import LiveDashboard, OptimizationDashboard, UnifiedDashboard
+    from foundation_dask.widgets._base import _panes
+
+    clock = [time.time()]
+    traces = synthetic_traces(20)
+    followed = traces[1]["trace_id"]  # an active one
+    timelines = [synthetic_timeline(args.spans, args.nodes, seed=k) for k in range(2)]
+    processes = synthetic_processes(2 * args.nodes, args.nodes)
+    history = synthetic_history(300)
+    evaluations = synthetic_evaluations(3000, args.nodes)
+    step = [0]
+
+    def health() -> dict[str, Any]:
+        clock[0] += 1.0
+        return synthetic_health(args.nodes, clock[0], seed=int(clock[0]) % 7)
+
+    def optimizations() -> list[dict[str, Any]]:
+        step[0] += 10
+        return synthetic_optimizations(3, 3000, step[0])
+
+    def feed(live: Any, opt: Any) -> None:
+        if live is not None:
+            live.health._fetch = health
+            live.processes._fetch = lambda: processes
+            live.traces._fetch = lambda: traces
+            live.timeline._fetch = lambda: timelines[step[0] // 10 % 2]
+            live.timeline.trace_id = followed  # followed while its trace is active
+        if opt is not None:
+            opt.optimizations._fetch = optimizations
+            opt.progress._fetch = lambda: history[: 10 + step[0] // 10 % 290]
+            opt.workers._fetch = lambda: evaluations[: 100 + step[0]]
+
+    out = []
+    for cls in (LiveDashboard, OptimizationDashboard, UnifiedDashboard):
+        panel = cls(refresh=None, autostart=False)
+        live = panel if isinstance(panel, LiveDashboard) else getattr(panel, "live", None)
+        opt = panel if isinstance(panel, OptimizationDashboard) else getattr(panel, "opt", None)
+        feed(live, opt)
+        for _ in range(3):  # warm up: lines for every node, the first full data
+            panel.refresh()
+        panes = _panes(panel.widget)
+        sent0 = sum(p.patches_sent for p in panes)
+        samples = []
+        for _ in range(args.repeat):
+            t0 = time.thread_time()
+            panel.refresh()
+            samples.append(time.thread_time() - t0)
+            if live is not None:  # the followed timeline's pace is in seconds: one tick a
+                live._timeline_next -= 1.0  # second, without sleeping
+        per_tick = (sum(p.patches_sent for p in panes) - sent0) // args.repeat
+        assert not panel.errors, panel.errors
+        out.append((f"{cls.__name__} ({args.nodes} nodes"
+                    + (f", {args.spans:,} spans followed" if live is not None else "") + ")",
+                    statistics.median(samples), statistics.mean(samples), max(samples),
+                    per_tick))
+        panel.close()
+    return out
 
 
 def median_time(fn: Callable[[], Any], repeat: int) -> float:
@@ -319,6 +413,21 @@ def main(argv: list[str] | None = None) -> int:
     print("update: view.update(data), views attached to a Bokeh Document; DataFrame: "
           "pd.DataFrame of the same data; ratio: update / DataFrame; patch msg: building "
           "the Bokeh PATCH-DOC message of one update's changes (not in the budget).")
+
+    panels = panel_costs(args)
+    width = max(len(r[0]) for r in panels)
+    print(f"\n{'panel refresh tick':<{width}}  {'CPU median':>10}  {'mean':>9}  {'max':>9}  "
+          f"{'msgs':>5}")
+    for label, median_s, mean_s, max_s, msgs in panels:
+        flag = "" if median_s < PANEL_BUDGET_S else (
+            f"  over the {PANEL_BUDGET_S * 1000:.0f} ms budget")
+        failed |= bool(flag)
+        print(f"{label:<{width}}  {median_s * 1000:8.2f}ms  {mean_s * 1000:7.2f}ms  "
+              f"{max_s * 1000:7.2f}ms  {msgs:>5}{flag}")
+    print("panel refresh tick: kernel CPU time (thread) of panel.refresh() with the data "
+          "above, messages to the page included, one tick a second (the followed timeline "
+          "redraws at the pace its cost allows: LiveDashboard.timeline_cpu_share); budget on "
+          "the median tick; msgs: messages sent per tick.")
     return 1 if failed else 0
 
 

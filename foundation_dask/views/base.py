@@ -27,8 +27,7 @@ Adding a view::
         def __init__(self, **kwargs):
             super().__init__(**kwargs)
             self.source = ColumnDataSource(empty_columns(["name", "size"]))
-            self.root = DataTable(source=self.source, columns=table_columns(
-                [("name", "Queue"), ("size", "Size")]))
+            self.root = make_table(self.source, [("name", "Queue"), ("size", "Size")])
 
         def default_fetch(self):
             return my_library.queue_sizes()         # a DataFrame or a list of dicts
@@ -241,8 +240,9 @@ def table_columns(spec: Sequence[tuple], status_field: str | None = None) -> lis
 def make_table(source: ColumnDataSource, spec: Sequence[tuple], *, name: str | None = None,
                height: int = 300, sizing_mode: SizingModeType | None = "stretch_width",
                **kwargs: Any) -> DataTable:
-    """A :class:`DataTable` of ``source`` with the columns of :func:`table_columns`."""
-    return DataTable(
+    """A :class:`DataTable` of ``source`` with the columns of :func:`table_columns`,
+    redrawn on every change of the source (:func:`redraw_on_change`)."""
+    table = DataTable(
         source=source, columns=table_columns(spec), name=name, height=height,
         sizing_mode=sizing_mode, index_position=None,
         # "fit_columns" trips a SlickGrid bug in BokehJS 3.9 (ReferenceError: row is not
@@ -250,6 +250,41 @@ def make_table(source: ColumnDataSource, spec: Sequence[tuple], *, name: str | N
         autosize_mode="force_fit",
         **kwargs,
     )
+    redraw_on_change(table)
+    return table
+
+
+def fit_height(table: DataTable, rows: int, most: int, row_px: int = 25) -> None:
+    """Make ``table`` as tall as its header and ``rows`` rows, at most ``most`` pixels
+    (no blank band under a short table); changes nothing when the height is right."""
+    height = min(most, 30 + row_px * max(rows, 1))
+    if table.height != height:
+        table.height = height
+
+
+#: Browser-side: tell a table's CDSView it changed, which makes the table redraw.
+_REDRAW_JS = "view.change.emit()"
+
+
+def redraw_on_change(table: DataTable) -> DataTable:
+    """Make ``table`` redraw in the browser whenever its source's data changes.
+
+    BokehJS (3.4 to 3.9 at least) redraws a DataTable when its CDSView's indices change,
+    that is when the number of rows (or the filter's result) changes: new values in the
+    same number of rows stay in the source, and the table keeps showing the old ones (a
+    progress row reading "90 %" after the run ended). A browser-side callback on the
+    source's data, streams and patches signals the view, and the table redraws. Nothing
+    more is sent from the kernel.
+    """
+    from bokeh.models import CustomJS
+
+    source = table.source
+    if not isinstance(source, ColumnDataSource):
+        return table
+    redraw = CustomJS(args={"view": table.view}, code=_REDRAW_JS)
+    for event in ("data", "streaming", "patching"):
+        source.js_on_change(event, redraw)
+    return table
 
 
 def title_of(fig: figure) -> Title:
@@ -349,6 +384,6 @@ class View:
 
 __all__ = [
     "DEFAULT_STATUS_COLOUR", "STATUS_COLOURS", "View", "colour_for", "empty_columns",
-    "float_column", "make_table", "palette", "records_to_columns", "set_data",
-    "status_colours", "table_columns", "text_column", "title_of",
+    "fit_height", "float_column", "make_table", "palette", "records_to_columns", "redraw_on_change",
+    "set_data", "status_colours", "table_columns", "text_column", "title_of",
 ]

@@ -15,7 +15,13 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 from bokeh.layouts import column, row
-from bokeh.models import ColumnDataSource, DataRange1d, HoverTool
+from bokeh.models import (
+    ColumnDataSource,
+    DataRange1d,
+    DatetimeTicker,
+    DatetimeTickFormatter,
+    HoverTool,
+)
 from bokeh.models.widgets import Div
 from bokeh.plotting import figure
 from dask.utils import format_bytes
@@ -26,6 +32,7 @@ from foundation_dask.views.base import (
     View,
     colour_for,
     empty_columns,
+    fit_height,
     float_column,
     make_table,
     records_to_columns,
@@ -142,6 +149,7 @@ class ClusterHealthView(View):
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.history = int(history)
+        self.table_height = table_height
         self.source = {
             "nodes": ColumnDataSource(empty_columns(NODE_COLUMNS), name="foundation-health-nodes"),
             "history": ColumnDataSource({"time": []}, name="foundation-health-history"),
@@ -167,7 +175,16 @@ class ClusterHealthView(View):
                 formatters={"@time": "datetime"},
             ))
             fig.yaxis.axis_label = label
-            cast(DataRange1d, fig.x_range).follow = "end"
+            x_range = cast(DataRange1d, fig.x_range)
+            x_range.follow = "end"
+            # a minute at least: with one sample Bokeh would zoom to microseconds, and
+            # the tick labels of a narrow plot ran together ("756000756500us")
+            x_range.min_interval = 60_000
+            fig.xaxis.formatter = DatetimeTickFormatter(
+                microseconds="%H:%M:%S", milliseconds="%H:%M:%S", seconds="%H:%M:%S",
+                minsec="%H:%M:%S", minutes="%H:%M", hourmin="%H:%M", hours="%H:%M")
+            fig.xaxis.ticker = DatetimeTicker(desired_num_ticks=3)
+            fig.xaxis.major_label_text_font_size = "8pt"
             if metric != "load":
                 cast(DataRange1d, fig.y_range).start = 0
             self.figures[metric] = fig
@@ -185,6 +202,7 @@ class ClusterHealthView(View):
         nodes, timestamp, perf = _nodes_and_meta(data)
         cols = health_columns(nodes)
         set_data(self.source["nodes"], cols)
+        fit_height(self.table, len(cols["node"]), self.table_height)  # no blank band
         self.summary.text = _summary(cols, perf)
         self._append_history(cols, timestamp)
 
@@ -200,6 +218,15 @@ class ClusterHealthView(View):
             for node, slot in self.slots.items():
                 new[f"{metric}_{slot}"] = np.array([values[index[node]]], dtype=float)
         self.source["history"].stream(new, rollover=self.history)
+        self._title_plots()
+
+    def _title_plots(self) -> None:
+        """A line needs two samples: until then the summary says why the plots are empty
+        (their titles are too narrow for it)."""
+        waiting = len(self.source["history"].data["time"]) < 2
+        note = " · <i>plots: lines from the second sample on</i>"
+        text = self.summary.text.replace(note, "")
+        self.summary.text = text + note if waiting else text
 
     def _reconcile(self, addresses: list[str], names: dict[str, str]) -> None:
         """Give new nodes a slot (columns and lines), drop the lines of departed nodes."""
@@ -270,6 +297,7 @@ class ClusterHealthView(View):
             for node, i in slot_of.items():
                 data[f"{metric}_{self.slots[node]}"] = grid[:, i].copy()
         self.source["history"].data = data
+        self._title_plots()
 
 
 def _summary(cols: dict[str, Any], perf: dict[str, Any]) -> str:

@@ -10,10 +10,11 @@ they are given the coordinators' checkpointed states, which
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, cast
 
+import numpy as np
 from bokeh.layouts import column
-from bokeh.models import ColumnDataSource, HoverTool
+from bokeh.models import ColumnDataSource, DataRange1d, HoverTool
 from bokeh.models.widgets import Div
 from bokeh.plotting import figure
 
@@ -21,12 +22,14 @@ from foundation_dask.dspex.orchestration import list_optimizations, optimization
 from foundation_dask.views.base import (
     View,
     empty_columns,
+    fit_height,
     float_column,
     make_table,
     records_to_columns,
     set_data,
     status_colours,
     text_column,
+    title_of,
 )
 
 LIST_COLUMNS = ["optimization_id", "status", "status_colour", "completion_percent",
@@ -52,6 +55,7 @@ class OptimizationsView(View):
 
     def __init__(self, *, height: int = 200, **kwargs: Any):
         super().__init__(**kwargs)
+        self.height = height
         self.source = ColumnDataSource(empty_columns(LIST_COLUMNS),
                                        name="foundation-optimizations")
         self.root = make_table(self.source, [
@@ -78,6 +82,7 @@ class OptimizationsView(View):
         cols["eta_s"] = float_column(_eta(r) for r in rows)
         cols["optimization_id"] = text_column(cols["optimization_id"])
         set_data(self.source, cols)
+        fit_height(self.root, len(rows), self.height)
 
     @property
     def ids(self) -> list[str]:
@@ -110,6 +115,8 @@ class OptimizationProgressView(View):
                                           ("rate", "@rate{0.0}/s"),
                                           ("done", "@completion_percent{0.0}%")]))
         fig.legend.location = "bottom_right"
+        # ten points at least: a constant score made ticks of 33.3315, 33.332...
+        cast(DataRange1d, fig.y_range).min_interval = 10
         self.figure = fig
         self.status = Div(text="no optimization selected")
         self.root = column(self.status, fig, sizing_mode=self.sizing_mode)
@@ -129,15 +136,21 @@ class OptimizationProgressView(View):
         for c in HISTORY_COLUMNS:
             cols[c] = float_column(cols[c])
         set_data(self.source, cols)
+        title = title_of(self.figure)
         if rows:
             last = rows[-1]
+            scores = cols["best_score"][~np.isnan(cols["best_score"])]
+            best = f"{scores.max():.1f}" if len(scores) else "-"  # best so far, of any row
             self.status.text = (
                 f"<b>{self.optimization_id}</b>: {last.get('completion_percent') or 0:.1f}% "
-                f"done, best {last.get('best_score') or 0:.1f}, "
-                f"{last.get('rate') or 0:.1f} evaluations/s"
+                f"done, best {best}, {last.get('rate') or 0:.1f} evaluations/s"
             )
+            title.text = "score over evaluations"
         else:
             self.status.text = f"<b>{self.optimization_id or 'no optimization selected'}</b>"
+            title.text = ("score over evaluations: waiting for the first evaluations"
+                          if self.optimization_id else
+                          "score over evaluations: pick an optimization above")
 
 
 class WorkerStatsView(View):
@@ -149,6 +162,7 @@ class WorkerStatsView(View):
 
     def __init__(self, *, height: int = 200, **kwargs: Any):
         super().__init__(**kwargs)
+        self.height = height
         self.source = ColumnDataSource(empty_columns(WORKER_COLUMNS))
         self.root = make_table(self.source, [
             ("worker", "Worker"), ("evaluations", "Evaluations", "int"),
@@ -166,6 +180,7 @@ class WorkerStatsView(View):
             stats.setdefault(w, []).append(float(r.get("duration") or 0.0))
             errors[w] = errors.get(w, 0) + int(bool(r.get("error")))
         workers = sorted(stats)
+        fit_height(self.root, len(workers), self.height)
         set_data(self.source, {
             "worker": workers,
             "evaluations": float_column(len(stats[w]) for w in workers),

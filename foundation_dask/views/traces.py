@@ -17,6 +17,7 @@ spans recorded in client processes are not reachable from there).
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -228,6 +229,10 @@ def _kind_colours(kinds: list[str]) -> np.ndarray:
     return np.asarray([mapping.get(k, "#7f7f7f") for k in kinds] or [""], dtype=str)
 
 
+#: A missing node or thread in a lane label ("tcp://... / nan", " / ").
+_MISSING_PART = re.compile(r"^(nan|None|NaN)?\s*/\s*|\s*/\s*(nan|None|NaN)?$")
+
+
 def _factorized(frame: pd.DataFrame, col: str, n: int) -> tuple[np.ndarray, np.ndarray]:
     """``(codes, labels)`` of a column: ``labels[codes]`` are its values as strings,
     ``""`` where missing (the last label)."""
@@ -294,6 +299,9 @@ def timeline_columns(frame: pd.DataFrame, max_spans: int | None = None
         codes, lane_labels = pd.factorize(
             pd.Series(nodes, dtype=object) + " / " + pd.Series(threads, dtype=object))
         lane_labels = np.asarray(list(lane_labels), dtype=str)
+    # a span without a thread (or node) gets the lane of its node alone, not "... / nan"
+    lane_labels = np.asarray([_MISSING_PART.sub("", str(x)) or "client" for x in lane_labels],
+                             dtype=str)
     # lanes sorted by name, top to bottom
     order = np.argsort(lane_labels, kind="stable")
     used = np.zeros(len(lane_labels), dtype=bool)

@@ -1,20 +1,23 @@
 """Client: what every notebook panel shares: :class:`Panel` (a widget tree, views, a
-refresh thread, flash messages) and :class:`BokehPane` (a Bokeh layout as an ipywidget).
+refresh thread, flash messages), shown through :class:`~foundation_dask.widgets._bokeh.BokehPane`
+s (a Bokeh layout as an ipywidget).
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import ipywidgets as W
-from bokeh.events import DocumentReady
-from jupyter_bokeh.widgets import BokehModel
 
 from foundation_dask._html import html_repr
+from foundation_dask.widgets._bokeh import BokehPane, batched_changes, route_to_sender
 from foundation_dask.widgets._frontend import FlashMessages
 
 logger = logging.getLogger("foundation_dask.widgets")
@@ -37,85 +40,32 @@ def load_bokehjs() -> None:
         logger.debug("BokehJS not loaded", exc_info=True)
 
 
-class BokehPane(BokehModel):
-    """A ``jupyter_bokeh.BokehModel`` whose browser views do not miss changes made
-    before they were rendered.
-
-    A view is built from ``render_bundle`` (the document as it was when the bundle was
-    made) and then applies the changes the kernel sends; a change sent before the view
-    exists is lost for it: one made by the refresh at display time, or while Voila's page
-    is not connected yet. The view then shows a stale document for good (lines added
-    later are missing, a streamed history is shorter than the kernel's).
-
-    So, from :meth:`expect_view` (called when a panel is displayed) until a view reports
-    its document ready, changes are not sent; when the view is ready, the bundle is made
-    again if anything changed meanwhile (the view re-renders from it). If no view reports
-    ready within :attr:`ready_timeout` seconds, changes are sent again.
-
-    Parameters
-    ----------
-    model
-        The Bokeh layout to show.
-    lock
-        Held by whoever changes the document from another thread (a panel's refresh
-        lock), so that the bundle is made between two changes.
-    """
-
-    #: Seconds to wait for a view to report its document ready.
-    ready_timeout = 60.0
-
-    def __init__(self, model: Any, lock: Any = None, **kwargs: Any) -> None:
-        self.lock = lock if lock is not None else threading.RLock()
-        self._waiting_since: float | None = None
-        self._stale = False  # the document changed since render_bundle was made
-        super().__init__(model, **kwargs)
-        self._document.on_event(DocumentReady, self._view_ready)
-
-    def expect_view(self) -> None:
-        """A view is coming: hold changes back until it is ready (call with the lock)."""
-        if self._stale:
-            self._rebundle()
-        self._waiting_since = time.monotonic()
-
-    def _rebundle(self) -> None:
-        self._stale = False
-        self.render_bundle = self._model_to_traits(self._model)
-
-    def _document_patched(self, event: Any) -> None:
-        if event.setter is self:  # came from the browser
-            return
-        self._stale = True
-        if self._waiting_since is not None:
-            if time.monotonic() - self._waiting_since < self.ready_timeout:
-                return  # the bundle made when the view is ready includes it
-            self._waiting_since = None
-            self._rebundle()  # includes this change
-            return
-        super()._document_patched(event)
-
-    def _view_ready(self, _event: Any) -> None:
-        with self.lock:
-            if self._waiting_since is None:
-                return
-            self._waiting_since = None
-            if self._stale:
-                self._rebundle()
-
-
-def _panes(widget: W.Widget) -> list[BokehPane]:
-    """The :class:`BokehPane` s in a widget tree."""
+def _widgets(widget: W.Widget) -> list[W.Widget]:
+    """Every widget of a widget tree (``widget`` and its children, recursively)."""
     found, stack = [], [widget]
     while stack:
         w = stack.pop()
-        if isinstance(w, BokehPane):
-            found.append(w)
+        found.append(w)
         stack.extend(getattr(w, "children", None) or ())
     return found
 
 
+def _panes(widget: W.Widget) -> list[BokehPane]:
+    """The :class:`BokehPane` s in a widget tree."""
+    return [w for w in _widgets(widget) if isinstance(w, BokehPane)]
+
+
+#: The open pane of each Bokeh model shown (by model id).
+_panes_by_model: weakref.WeakValueDictionary[str, BokehPane] = weakref.WeakValueDictionary()
+
+
 def bokeh_widget(model: Any) -> W.DOMWidget:
-    """A Bokeh model as an ipywidget (a :class:`BokehPane`)."""
-    return BokehPane(model)
+    """A Bokeh model as an ipywidget: its :class:`BokehPane`, made on the first call (a
+    panel inside another shares its panes, so each change travels once)."""
+    pane = _panes_by_model.get(model.id)
+    if pane is None or pane.comm is None:  # none yet, or closed
+        pane = _panes_by_model[model.id] = BokehPane(model)
+    return pane
 
 
 T = TypeVar("T")
@@ -153,17 +103,29 @@ class Panel:
         self.errors: list[str] = []
         self.refresh_interval = refresh
         self.refreshes = 0
+        #: ``(time.time() at the start, seconds)`` of the last 100 refreshes.
+        self.refresh_log: collections.deque[tuple[float, float]] = collections.deque(
+            maxlen=100)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # also the panes' lock: held by page events too
         self.widget: W.Widget = W.VBox()
         self._autostart = autostart and refresh is not None
 
     # -- refreshing ------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def changing(self) -> Iterator[None]:
+        """Hold the panel's lock and send the Bokeh changes made meanwhile as one message
+        per document (:func:`~foundation_dask.widgets._bokeh.batched_changes`). The
+        refresh, the buttons and the page's events change the views inside it."""
+        with self._lock, batched_changes():
+            yield
+
     def refresh(self) -> None:
         """Refresh every view once (fetch from the cluster, push to the browser)."""
-        with self._lock:
+        started, t0 = time.time(), time.perf_counter()
+        with self.changing():
             for view in self.views:
                 try:
                     view.update()
@@ -174,6 +136,7 @@ class Panel:
                     logger.debug("refresh failed: %s", msg, exc_info=True)
             self._after_refresh()
             self.refreshes += 1
+        self.refresh_log.append((started, time.perf_counter() - t0))
 
     def _after_refresh(self) -> None:
         """Hook for panels that derive controls from the refreshed data."""
@@ -188,9 +151,11 @@ class Panel:
         self._thread.start()
 
     def _loop(self) -> None:
-        while not self._stop.is_set():
+        while not self._stop.is_set():  # one refresh every interval, however long it took
+            t0 = time.monotonic()
             self.refresh()
-            self._stop.wait(self.refresh_interval or 3.0)
+            interval = self.refresh_interval or 3.0
+            self._stop.wait(max(0.05, interval - (time.monotonic() - t0)))
 
     def stop(self) -> None:
         """Stop refreshing."""
@@ -211,7 +176,8 @@ class Panel:
 
         def handler(_button: Any = None) -> None:
             try:
-                text = fn()
+                with self.changing():
+                    text = fn()
             except Exception as exc:
                 self.flash.flash(f"{label} failed: {type(exc).__name__}: {exc}", "error")
                 return
@@ -238,10 +204,10 @@ class Panel:
         load_bokehjs()
         if self.refreshes == 0:
             self.refresh()
-        with self._lock:
-            for pane in _panes(self.widget):
-                pane.lock = self._lock
-                pane.expect_view()
+        for w in _widgets(self.widget):
+            if isinstance(w, BokehPane):
+                w.lock = self._lock
+            route_to_sender(w)  # clicks reach the kernel while another cell runs
         if self._autostart:
             self.start()
         bundle = self.widget._repr_mimebundle_(include=include, exclude=exclude) or {}

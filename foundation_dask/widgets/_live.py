@@ -3,6 +3,8 @@ traces and its hotspots."""
 
 from __future__ import annotations
 
+import time
+
 import ipywidgets as W
 
 from foundation_dask import scope
@@ -36,6 +38,8 @@ class LiveDashboard(Panel):
         self.hotspots = HotspotsView(seconds=30)
         self.views = [self.health, self.processes, self.traces]
         self.download = DownloadWidget()
+        self._followed: dict[str, str | None] = {}  # the followed trace's last status
+        self._timeline_next = 0.0  # monotonic time of the next timeline update allowed
 
         self.scope_text = W.Text(value="notebook", description="Scope")
         self.options_text = W.Text(value="", description="Options",
@@ -76,6 +80,37 @@ class LiveDashboard(Panel):
             self.trace_select.options = ids
             if current in ids:
                 self.trace_select.value = current
+        self._follow_timeline()
+
+    #: Share of one core the followed timeline may take on average: after an update that
+    #: cost ``c`` seconds of CPU, the next waits ``c / timeline_cpu_share`` seconds (a
+    #: 10,000-span trace is redrawn every 8 s or so, a 1,000-span one at every refresh;
+    #: sending the redraw costs about as much again, in the same tick).
+    timeline_cpu_share = 0.005
+
+    def _follow_timeline(self) -> None:
+        """Refresh the timeline shown while its trace is active, and once when it ends
+        (so that the last spans and the final status show)."""
+        trace_id = self.timeline.trace_id
+        if not trace_id:
+            return
+        data = self.traces.source.data
+        status = dict(zip(data.get("trace_id", []), data.get("status", []),
+                          strict=False)).get(trace_id)
+        was = self._followed.get(trace_id)
+        self._followed = {trace_id: status}
+        ended = was == "active" and status != "active"
+        due = status == "active" and time.monotonic() >= self._timeline_next
+        if not (ended or due):
+            return
+        t0 = time.thread_time()
+        try:
+            self.timeline.update()
+        except Exception as exc:  # the trace is being collected or was dropped
+            self.errors.append(f"TraceTimelineView: {type(exc).__name__}: {exc}")
+            del self.errors[:-20]
+        cost = time.thread_time() - t0
+        self._timeline_next = time.monotonic() + cost / self.timeline_cpu_share
 
     def _on_trace_selected(self, trace_id: str | None) -> None:
         if trace_id and trace_id in self.trace_select.options:

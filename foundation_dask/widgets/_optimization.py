@@ -38,7 +38,8 @@ class OptimizationDashboard(Panel):
         self.progress = OptimizationProgressView()
         self.workers = WorkerStatsView(fetch=self._worker_records)
         self.views = [self.optimizations, self.progress, self.workers]
-        self.select = W.Dropdown(description="Optimization", options=[])
+        self.select = W.Dropdown(description="Optimization", options=[],
+                                 style={"description_width": "initial"})
         self.select.observe(self._on_select, names="value")
         self.stop_button = W.Button(description="Stop", icon="stop", button_style="danger")
         self.up_button = W.Button(description="Scale up", icon="plus")
@@ -69,7 +70,15 @@ class OptimizationDashboard(Panel):
             self.select.value = current if current in ids else (ids[0] if ids else None)
 
     def _on_select(self, change: dict[str, Any]) -> None:
-        self.progress.select(change["new"])
+        # from the refresh, or from the page (a kernel subshell's thread): show it now
+        with self.changing():
+            self.progress.select(change["new"])
+            for view in (self.progress, self.workers):
+                try:
+                    view.update()
+                except Exception as exc:  # the next refresh tries again
+                    self.errors.append(f"{type(view).__name__}: {type(exc).__name__}: {exc}")
+                    del self.errors[:-20]
 
     def _selected(self) -> str:
         if not self.select.value:

@@ -28,6 +28,7 @@ class UnifiedDashboard(Panel):
         super().__init__(refresh, autostart)
         self.live = LiveDashboard(refresh=None, autostart=False)
         self.opt = OptimizationDashboard(refresh=None, autostart=False)
+        self.live._lock = self.opt._lock = self._lock  # one lock for every pane shown
         self.flash = self.live.flash
         self.opt.flash = self.live.flash
         self.views = [*self.live.views, *self.opt.views]
@@ -57,15 +58,16 @@ class UnifiedDashboard(Panel):
         info = (handle.get_optimization_info().result(timeout=10)
                 if isinstance(handle, SingletonHandle) else {})  # a coordinator is a singleton
         trace_id = (info.get("config") or {}).get("trace_id")
-        if trace_id:
-            self.live.timeline.trace_id = trace_id
+        if not trace_id:
+            self.flash.flash(f"optimization {opt_id} was not traced (trace=True)", "info")
+            return
+        with self.changing():  # also called from the page, on a kernel subshell's thread
+            self.live.timeline.trace_id = trace_id  # followed while active (LiveDashboard)
             try:
                 self.live.timeline.update()
                 self.live.traces.select(trace_id)
             except Exception as exc:
                 self.flash.flash(f"trace {trace_id}: {exc}", "warning")
-        else:
-            self.flash.flash(f"optimization {opt_id} was not traced (trace=True)", "info")
 
     def summary(self) -> list[tuple[str, str]]:
         """The lines of the live and the optimization panels."""

@@ -404,7 +404,7 @@ def test_panels_load_bokehjs_inline(monkeypatch):
     dash.refreshes = 1  # no cluster here: display without a first refresh
     try:
         bundle = dash._repr_mimebundle_()
-        bundles = [pane.render_bundle for pane in fw_base._panes(dash.widget)]
+        bundles = [pane.bundle for pane in fw_base._panes(dash.widget)]
     finally:
         dash.close()
 
@@ -418,12 +418,11 @@ def test_panels_load_bokehjs_inline(monkeypatch):
     assert "application/vnd.jupyter.widget-view+json" in bundle
 
 
-def test_bokeh_pane_holds_changes_until_a_view_is_ready():
-    """Changes made after display but before a view is ready are not sent (the view
-    would miss them); the ready view gets them in a new bundle, later ones as patches."""
-    from bokeh.document import Document
-    from bokeh.events import DocumentReady
-    from bokeh.models import ColumnDataSource
+def test_bokeh_pane_sends_every_change_and_a_current_bundle():
+    """Every change is sent at once as one message (no waiting for the page); a page
+    asking for the state gets the document as it is now; the panes of one document send
+    the same message for a change (a model's definition travels once per document)."""
+    from bokeh.models import ColumnDataSource, FixedTicker
     from bokeh.plotting import figure
 
     from foundation_dask.widgets import BokehPane
@@ -432,23 +431,94 @@ def test_bokeh_pane_holds_changes_until_a_view_is_ready():
     fig = figure(title="before")
     fig.line("x", "y", source=source)
     pane = BokehPane(fig)
+    other = BokehPane(fig)  # a second pane of the same document
     sent: list[Any] = []
-    pane.send = lambda content, buffers=None: sent.append(content)  # type: ignore[method-assign]
+    pane.send = lambda content, buffers=None: sent.append((content, buffers))  # type: ignore[method-assign]
+    other_sent: list[Any] = []
+    other.send = lambda content, buffers=None: other_sent.append((content, buffers))  # type: ignore[method-assign]
+    states: list[Any] = []
+    pane._send = lambda msg, buffers=None: states.append(msg)  # type: ignore[method-assign]
 
-    def bundled() -> Document:
-        return Document.from_json(next(iter(pane.render_bundle["docs_json"].values())))
-
-    pane.expect_view()
     source.stream({"x": [1.0], "y": [1.0]})
     fig.title.text = "after"
-    assert not sent  # held back: a view being built would lose them
-    pane._document.callbacks.trigger_event(DocumentReady())
-    doc = bundled()
+    fig.yaxis.ticker = FixedTicker(ticks=[0, 1])  # a new model, defined in the message
+    assert len(sent) == 3 and all(c["type"] == "patch" for c, _ in sent)
+    assert "FixedTicker" in sent[2][0]["content"]
+    assert [c for c, _ in other_sent] == [c for c, _ in sent]
+
+    assert "after" not in pane.bundle  # the bundle of the widget's creation...
+    pane.send_state()  # ...until a page asks for the state (one widget's or all)
+    doc = pane.bundled_document()
     assert list(doc.get_model_by_name("points").data["x"]) == [0.0, 1.0]
-    assert "after" in json.dumps(pane.render_bundle)
-    source.stream({"x": [2.0], "y": [2.0]})  # the view is ready: sent as a patch
-    assert sent and all(m["msg"] == "patch" for m in sent)
-    sent.clear()
-    before = pane.render_bundle
-    pane._document.callbacks.trigger_event(DocumentReady())  # a re-render: nothing new
-    assert pane.render_bundle is before and not sent
+    assert "after" in pane.bundle and states and states[-1]["method"] == "update"
+    assert "after" in pane.get_state()["bundle"]
+    pane.close()
+    other.close()
+    source.stream({"x": [2.0], "y": [2.0]})
+    assert len(sent) == 3  # closed panes follow the document no more
+
+
+def test_page_events_reach_the_kernel_document():
+    """A change made in the page (a selected row) is applied to the kernel's document and
+    runs its Python callbacks; it is not sent back."""
+    from bokeh.models import ColumnDataSource
+
+    from foundation_dask.views.base import make_table
+    from foundation_dask.widgets import BokehPane
+
+    source = ColumnDataSource({"a": [1, 2, 3]})
+    table = make_table(source, [("a", "A")])
+    pane = BokehPane(table)
+    sent: list[Any] = []
+    pane.send = lambda content, buffers=None: sent.append(content)  # type: ignore[method-assign]
+    seen: list[Any] = []
+    source.selected.on_change("indices", lambda attr, old, new: seen.append(new))
+    event = {"kind": "ModelChanged", "model": {"id": source.selected.id}, "attr": "indices",
+             "new": [2]}
+    pane._from_page(pane, {"type": "event", "event": event}, [])
+    assert source.selected.indices == [2] and seen == [[2]]
+    assert not sent
+    pane.close()
+
+
+def test_tables_redraw_on_every_data_change():
+    """Tables made by make_table carry the browser-side callback that redraws them when
+    the data changes without changing the number of rows (BokehJS redraws only then)."""
+    from bokeh.models import ColumnDataSource, CustomJS
+
+    from foundation_dask.views.base import make_table
+
+    source = ColumnDataSource({"a": [1]})
+    table = make_table(source, [("a", "A")])
+    callbacks = source.js_property_callbacks
+    assert {"change:data", "streaming", "patching"} <= set(callbacks)
+    redraw = callbacks["change:data"][0]
+    assert isinstance(redraw, CustomJS) and redraw.args["view"] is table.view
+
+
+def test_a_refresh_sends_one_message_per_document():
+    """The changes of one refresh (data, title, a new axis ticker) travel as one message
+    per document, which the page applies at once."""
+    from bokeh.models import ColumnDataSource, FixedTicker
+    from bokeh.plotting import figure
+
+    from foundation_dask.widgets import BokehPane
+    from foundation_dask.widgets._bokeh import batched_changes
+
+    source = ColumnDataSource({"x": [0.0], "y": [0.0]})
+    fig = figure(title="before")
+    fig.line("x", "y", source=source)
+    pane = BokehPane(fig)
+    sent: list[Any] = []
+    pane.send = lambda content, buffers=None: sent.append(content)  # type: ignore[method-assign]
+    with batched_changes():
+        source.data = {"x": [1.0, 2.0], "y": [1.0, 2.0]}
+        fig.title.text = "after"
+        with batched_changes():  # nested: sent with the outer block
+            fig.yaxis.ticker = FixedTicker(ticks=[0, 1])
+        assert not sent
+    assert len(sent) == 1 and pane.patches_sent == 1
+    events = json.loads(sent[0]["content"])["events"]
+    assert [e["kind"] for e in events] == ["ColumnDataChanged", "ModelChanged", "ModelChanged"]
+    assert "FixedTicker" in sent[0]["content"]
+    pane.close()

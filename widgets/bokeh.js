@@ -1,0 +1,162 @@
+// A Bokeh document shown in a notebook, kept in the widget *model* rather than in its
+// views, so that it follows the kernel whatever the views do.
+//
+// The kernel sends the document once (the `bundle` trait: {doc, root}) and then each
+// change as a custom message {type: "patch", content, buffers}. The model applies every
+// patch to its own copy of the document as it arrives, whether a view exists or not
+// (anywidget hands a model its messages in order, once `initialize` has run), and each
+// view renders a copy of that document made when the view is created, patched alongside.
+// Nothing here waits for the kernel: kernel-to-page messages travel on iopub, which a
+// busy kernel still sends. Changes made in the page (a selection, a range) go to the
+// kernel as {type: "event", event}.
+
+const PANES = new Map(); // pane_id -> the model's state
+
+function waitForBokeh(timeoutMs) {
+  return new Promise((resolve, reject) => {
+    const t0 = Date.now();
+    const poll = () => {
+      if (window.Bokeh && window.Bokeh.require) return resolve(window.Bokeh);
+      if (Date.now() - t0 > timeoutMs) return reject(new Error("BokehJS is not loaded"));
+      setTimeout(poll, 50);
+    };
+    poll();
+  });
+}
+
+function unlist(Bokeh, doc) {
+  const docs = Bokeh.documents;
+  const i = docs ? docs.indexOf(doc) : -1;
+  if (i >= 0) docs.splice(i, 1);
+}
+
+function toBuffers(ids, buffers) {
+  const out = new Map();
+  ids.forEach((id, i) => {
+    const b = buffers[i];
+    out.set(id, b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength));
+  });
+  return out;
+}
+
+function copyBuffers(buffers) {
+  const out = new Map();
+  for (const [id, b] of buffers) out.set(id, b.slice(0));
+  return out;
+}
+
+// Bokeh lays a view out as it builds it; a table built in an element not yet in the
+// page (the front end attaches a widget's element after rendering it) fails to find its
+// stylesheet, and a plot built so may miss child views. Wait for the element.
+function connected(el, timeoutMs) {
+  return new Promise((resolve) => {
+    const t0 = Date.now();
+    const poll = () => (el.isConnected || Date.now() - t0 > timeoutMs
+      ? resolve() : setTimeout(poll, 20));
+    poll();
+  });
+}
+
+async function show(state, view) {
+  const { Bokeh } = state;
+  await connected(view.el, 10000);
+  if (!state.views.has(view)) return;
+  const { Document } = Bokeh.require("document");
+  const { add_document_standalone } = Bokeh.require("embed/standalone");
+  hide(state, view);
+  const doc = Document.from_json(state.master.to_json());
+  const container = document.createElement("div");
+  container.className = "fd-bokeh-pane";
+  view.el.replaceChildren(container);
+  view.doc = doc;
+  doc.on_change((event) => {
+    if (view.blocked || view.doc !== doc) return;
+    const { Serializer } = Bokeh.require("core/serialization");
+    try {
+      state.model.send({ type: "event", event: new Serializer().encode(event) });
+    } catch (err) {
+      console.debug("foundation pane: event not sent", err);
+    }
+  });
+  view.manager = await add_document_standalone(doc, container);
+}
+
+function hide(state, view) {
+  if (view.manager != null) view.manager.clear();
+  if (view.doc != null) unlist(state.Bokeh, view.doc);
+  view.manager = null;
+  view.doc = null;
+}
+
+function rebuild(state) {
+  const { Document } = state.Bokeh.require("document");
+  const { doc } = JSON.parse(state.model.get("bundle"));
+  state.master = Document.from_json(doc);
+  unlist(state.Bokeh, state.master); // the page's documents are the rendered ones
+  return Promise.all([...state.views].map((view) => show(state, view)));
+}
+
+function patch(state, msg, buffers) {
+  const ids = msg.buffers || [];
+  const bufs = toBuffers(ids, buffers || []);
+  const apply = (doc) => doc.apply_json_patch(JSON.parse(msg.content), copyBuffers(bufs));
+  apply(state.master);
+  for (const view of state.views) {
+    if (view.doc == null) continue;
+    view.blocked = true;
+    try {
+      apply(view.doc);
+    } catch (err) {
+      console.error("foundation pane: a patch failed; re-rendering", err);
+      void show(state, view);
+    } finally {
+      view.blocked = false;
+    }
+  }
+}
+
+function initialize({ model }) {
+  const id = model.get("pane_id");
+  const state = { model, Bokeh: null, master: null, views: new Set(), patches: 0 };
+  PANES.set(id, state);
+  // every step (BokehJS loaded, a new bundle, a patch) runs in order on this chain
+  state.chain = waitForBokeh(120000).then((Bokeh) => {
+    state.Bokeh = Bokeh;
+    return rebuild(state);
+  });
+  const step = (fn) => {
+    state.chain = state.chain.then(fn).catch((err) => console.error("foundation pane:", err));
+  };
+  model.on("change:bundle", () => step(() => rebuild(state)));
+  model.on("msg:custom", (msg, buffers) => {
+    if (msg && msg.type === "patch") {
+      step(() => {
+        patch(state, msg, buffers);
+        state.patches += 1;
+      });
+    }
+  });
+  return () => PANES.delete(id);
+}
+
+function render({ model, el }) {
+  const state = PANES.get(model.get("pane_id"));
+  const view = { el, doc: null, manager: null, blocked: false };
+  el.classList.add("fd-bokeh");
+  if (state == null) {
+    el.textContent = "(this panel's model is gone: run the cell again)";
+    return;
+  }
+  state.views.add(view);
+  state.chain = state.chain.then(() => (state.views.has(view) ? show(state, view) : null))
+    .catch((err) => {
+      console.error("foundation pane:", err);
+      el.textContent = `Bokeh view failed: ${err}`;
+    });
+  return () => {
+    state.views.delete(view);
+    if (state.Bokeh != null) hide(state, view);
+  };
+}
+
+export default { initialize, render };
