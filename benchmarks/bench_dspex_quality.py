@@ -20,20 +20,43 @@ optimization wall time, and the ratios foundation_dask / DSPy of the wall times 
 is better) and of the optimized accuracies (higher is better). The wall times are of
 the optimizations alone: the held-out evaluations are not timed, and the models are
 loaded before (by the zero-shot evaluation on the Dask workers, up front for DSPy).
+
+Then (``--dspy-program`` runs only this part) a DSPy program, ``dspy.Predict``, optimized
+three ways in the same run against one OpenAI-compatible server (``llama_cpp.server``
+serving the same model, started here on 127.0.0.1) with DSPEx's completion prompt
+(``dspex.interop.CompletionAdapter`` and ``DSPyLM``, no LM cache): DSPy's
+``BootstrapFewShotWithRandomSearch`` on 2 threads, the same optimizer with its
+evaluations on 2 Dask workers (``with dspex.on_cluster():``), and DSPEx's
+``BootstrapFewShotWithRandomSearch`` on the same program. Printed per row: the wall time
+of ``compile``, the LM calls it made (the server's request log) and the held-out
+accuracy of the program it returns (not timed). One server answers one request at a
+time, so these rows compare the optimizers' work and overheads, not parallel speed.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
+import logging
+import socket
+import subprocess
+import sys
+import tempfile
 import time
+import urllib.request
+from pathlib import Path
+from typing import Any
 
 import foundation_dask as fd
 from foundation_dask import dspex
 from foundation_dask.dspex.datasets import (
     SENTIMENT_INSTRUCTIONS,
     load_sentiment,
+    load_sentiment_split,
     sentiment_metric,
 )
+from foundation_dask.dspex.lm.local import default_model_path
 
 try:  # the same-run DSPy baseline, next to this script
     import dspy_baseline
@@ -49,7 +72,12 @@ def main() -> None:
     parser.add_argument("--dev", type=int, default=30)
     parser.add_argument("--test", type=int, default=60)
     parser.add_argument("--candidates", type=int, default=4)
+    parser.add_argument("--dspy-program", action="store_true",
+                        help="only the rows of the DSPy program against an LM server")
     args = parser.parse_args()
+    if args.dspy_program:
+        dspy_program_rows(args)
+        return
     train, dev, test = load_sentiment(n_train=args.train, n_dev=args.dev, n_test=args.test)
     signature = "review -> sentiment"
     client = fd.connect(n_workers=2, threads_per_worker=1)
@@ -98,6 +126,104 @@ def main() -> None:
     accuracy = (f"{best.score / ref['optimized']:.2f}" if ref["optimized"] else "n/a")
     print(f"  foundation_dask / DSPy: wall time {wall / ref['wall']:.2f} (lower is better), "
           f"optimized accuracy {accuracy} (higher is better)")
+
+    dspy_program_rows(args)
+
+
+def _start_server() -> tuple[subprocess.Popen, str, Path]:
+    """``llama_cpp.server`` with the local model on a free port; (process, api_base, log)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = Path(tempfile.mkdtemp()) / "server.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "llama_cpp.server", "--model", default_model_path(),
+             "--model_alias", "smollm2-135m", "--host", "127.0.0.1", "--port", str(port),
+             "--n_ctx", "2048", "--n_threads", "1", "--n_threads_batch", "1"],
+            stdout=out, stderr=subprocess.STDOUT)
+    api_base = f"http://127.0.0.1:{port}/v1"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"{api_base}/models", timeout=2):
+                return proc, api_base, log
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the LM server did not start: {log.read_text()[-2000:]}"
+                                   ) from None
+            time.sleep(0.2)
+
+
+def _calls(log: Path) -> int:
+    return log.read_text(errors="replace").count("POST /v1/completions")
+
+
+def dspy_program_rows(args: argparse.Namespace) -> None:
+    """DSPy's optimizer on threads, on 2 Dask workers, and DSPEx's, on a DSPy program."""
+    try:
+        import dspy
+    except ImportError:
+        print("DSPy program rows skipped: DSPy is not installed (pip install dspy)")
+        return
+    to_dspy = [
+        [dspy.Example(review=r["review"], sentiment=r["sentiment"]).with_inputs("review")
+         for r in load_sentiment_split(split, n, as_examples=False)]
+        for split, n in (("train", args.train), ("dev", args.dev), ("test", args.test))]
+    train, dev, test = to_dspy
+    proc, api_base, log = _start_server()
+    rows = []
+    try:
+        client = fd.connect(n_workers=2, threads_per_worker=1)
+        client.wait_for_workers(2)
+        lm = dspex.interop.DSPyLM(dspex.OpenAICompatibleLM(
+            "openai/smollm2-135m", api_base, api_key="none", model_type="text",
+            max_tokens=4, cache=False))
+        dspy.configure(lm=lm, adapter=dspex.interop.CompletionAdapter())
+        program = dspy.Predict(dspy.Signature("review -> sentiment", SENTIMENT_INSTRUCTIONS))
+        evaluate = dspex.Evaluate(devset=test, metric=sentiment_metric)
+        zero = evaluate(program).score
+
+        def dspy_search() -> Any:
+            return dspy.BootstrapFewShotWithRandomSearch(
+                sentiment_metric, num_candidate_programs=args.candidates,
+                max_bootstrapped_demos=4, max_labeled_demos=4, num_threads=2,
+            ).compile(program, trainset=train, valset=dev)
+
+        def on_dask() -> Any:
+            with dspex.on_cluster():
+                return dspy_search()
+
+        def ours() -> Any:
+            return dspex.BootstrapFewShotWithRandomSearch(
+                sentiment_metric, num_candidate_programs=args.candidates,
+                max_bootstrapped_demos=4, max_labeled_demos=4, seed=0,
+            ).compile(program, trainset=train, valset=dev)
+
+        quiet = logging.getLogger("dspy")
+        level, quiet.level = quiet.level, logging.WARNING
+        for name, run in (("DSPy random search, 2 threads", dspy_search),
+                          ("DSPy random search, 2 Dask workers", on_dask),
+                          ("DSPEx random search, 2 Dask workers", ours)):
+            before = _calls(log)
+            t0 = time.perf_counter()
+            with contextlib.redirect_stdout(io.StringIO()), \
+                    contextlib.redirect_stderr(io.StringIO()):
+                best = run()
+            wall = time.perf_counter() - t0
+            calls = _calls(log) - before
+            rows.append((name, wall, calls, evaluate(best).score))
+        quiet.setLevel(level)
+    finally:
+        fd.close()
+        proc.terminate()
+        proc.wait(timeout=30)
+    print(f"DSPy program (dspy.Predict), {len(train)} train / {len(dev)} validation / "
+          f"{len(test)} test, {args.candidates} shuffled candidates, one llama.cpp server; "
+          f"zero-shot held-out {zero:.1f}%")
+    print(f"  {'optimizer':38s} {'wall s':>7s} {'LM calls':>9s} {'held-out':>9s}")
+    for name, wall, calls, acc in rows:
+        print(f"  {name:38s} {wall:7.1f} {calls:9d} {acc:8.1f}%")
 
 
 if __name__ == "__main__":

@@ -24,11 +24,13 @@ __all__ = [
     "AlreadyRegisteredError",
     "CheckpointRefusedError",
     "ClusterConnectionError",
+    "DSPyNotInstalledError",
     "EvaluationError",
     "ExportError",
     "FoundationError",
     "FoundationNotInstalledError",
     "LMError",
+    "LMConfigurationError",
     "LMTimeoutError",
     "NotOwnerError",
     "NotRegisteredError",
@@ -38,7 +40,11 @@ __all__ = [
     "ProcessNotFoundError",
     "ProcessPermissionError",
     "ProcessStartError",
+    "ProgramNotPicklableError",
+    "ProgramCallError",
+    "SecretUnavailableError",
     "SettingsTransferError",
+    "StateMismatchError",
     "SubscriptionClosedError",
     "TraceNotFoundError",
 ]
@@ -102,6 +108,13 @@ class ClusterConnectionError(FoundationError, ConnectionError):
     """The connection to the cluster at ``address`` was lost or cannot be made."""
 
     address: str | None = None
+
+
+class SecretUnavailableError(FoundationError, LookupError):
+    """The value of a secret (``ref``: its reference) is not known in this process nor
+    on the scheduler, and its environment variable is not set."""
+
+    ref: str | None = None
 
 
 # --------------------------------------------------------------------------- processes
@@ -268,6 +281,20 @@ class SettingsTransferError(FoundationError, TypeError):
     setting: str | None = None
 
 
+class DSPyNotInstalledError(FoundationError, ImportError):
+    """DSPy programs were given (or ``dspex.on_cluster`` used) but DSPy cannot be imported:
+    ``pip install "foundation-dask[dspy]"``."""
+
+
+class ProgramNotPicklableError(FoundationError, TypeError):
+    """A DSPy program (or the work DSPy hands its executor) cannot be sent to the Dask
+    workers: ``attribute`` is the path of the part that does not pickle (``program.tool.
+    client``), ``reason`` why."""
+
+    attribute: str | None = None
+    reason: str | None = None
+
+
 class EvaluationError(FoundationError, RuntimeError):
     """The evaluation stopped: too many examples failed.
 
@@ -280,6 +307,22 @@ class EvaluationError(FoundationError, RuntimeError):
     max_errors
         The limit that was reached.
     """
+
+
+class LMConfigurationError(FoundationError, RuntimeError, ValueError):
+    """No LM is configured for a predictor, or what is configured is not an LM."""
+
+
+class ProgramCallError(FoundationError, TypeError, ValueError):
+    """A program was called the wrong way (positional arguments to a predictor)."""
+
+
+class StateMismatchError(FoundationError, KeyError, ValueError):
+    """Saved state does not match the program it is loaded into (``missing``: names of
+    predictors the state lacks, ``extra``: names the program lacks)."""
+
+    missing: list[str] | None = None
+    extra: list[str] | None = None
 
 
 class OptimizationStopped(FoundationError, RuntimeError):  # noqa: N818 - a signal more than an error

@@ -28,6 +28,7 @@ from foundation_dask.dspex.adapters import (
     ChatAdapter,
     CompletionAdapter,
 )
+from foundation_dask.dspex.callbacks import ACTIVE_CALL_ID, BaseCallback, with_callbacks
 from foundation_dask.dspex.lm import (
     LM,
     BaseLM,
@@ -39,32 +40,44 @@ from foundation_dask.dspex.lm import (
     OpenAICompatibleLM,
     clear_cache,
 )
+from foundation_dask.dspex.metrics import (
+    EM,
+    F1,
+    answer_exact_match,
+    answer_passage_match,
+    normalize_text,
+)
 from foundation_dask.dspex.predict import ChainOfThought, Predict
 from foundation_dask.dspex.primitives import (
     Completions,
     Example,
+    History,
     Module,
     Prediction,
+    load,
     load_program,
 )
-from foundation_dask.dspex.settings import configure, context, settings
+from foundation_dask.dspex.settings import configure, context, load_settings, settings
 from foundation_dask.dspex.signatures import (
     Field,
     InputField,
     OutputField,
     Signature,
     ensure_signature,
+    infer_prefix,
     make_signature,
 )
 
 if TYPE_CHECKING:  # what the lazy names below resolve to, for editors and type checkers
     from foundation_dask.dspex.evaluate import Evaluate as Evaluate
     from foundation_dask.dspex.evaluate import EvaluationResult as EvaluationResult
+    from foundation_dask.dspex.interop import on_cluster as on_cluster
     from foundation_dask.dspex.optimizers import BootstrapFewShot as BootstrapFewShot
     from foundation_dask.dspex.optimizers import (
         BootstrapFewShotWithRandomSearch as BootstrapFewShotWithRandomSearch,
     )
     from foundation_dask.dspex.optimizers import LabeledFewShot as LabeledFewShot
+    from foundation_dask.dspex.optimizers import Teleprompter as Teleprompter
     from foundation_dask.dspex.orchestration import AdaptiveOptimizer as AdaptiveOptimizer
     from foundation_dask.dspex.orchestration import DistributedOptimizer as DistributedOptimizer
     from foundation_dask.dspex.orchestration import OptimizationResult as OptimizationResult
@@ -75,7 +88,9 @@ if TYPE_CHECKING:  # what the lazy names below resolve to, for editors and type 
 
 _LAZY = {
     "Evaluate": "foundation_dask.dspex.evaluate",
+    "on_cluster": "foundation_dask.dspex.interop._on_cluster",
     "LabeledFewShot": "foundation_dask.dspex.optimizers",
+    "Teleprompter": "foundation_dask.dspex.optimizers",
     "BootstrapFewShot": "foundation_dask.dspex.optimizers",
     "BootstrapFewShotWithRandomSearch": "foundation_dask.dspex.optimizers",
     "DistributedOptimizer": "foundation_dask.dspex.orchestration",
@@ -86,11 +101,24 @@ _LAZY = {
     "OptimizationResult": "foundation_dask.dspex.orchestration",
 }
 
-_SUBMODULES = ("datasets", "evaluate", "optimizers", "orchestration", "distributed")
+_SUBMODULES = ("datasets", "evaluate", "optimizers", "orchestration", "distributed",
+               "interop")
 
 __all__ = [
+    "ACTIVE_CALL_ID",
+    "EM",
+    "F1",
     "LM",
     "Adapter",
+    "BaseCallback",
+    "History",
+    "answer_exact_match",
+    "answer_passage_match",
+    "infer_prefix",
+    "load",
+    "load_settings",
+    "normalize_text",
+    "with_callbacks",
     "AdapterParseError",
     "BaseLM",
     "ChainOfThought",

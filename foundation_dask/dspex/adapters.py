@@ -22,12 +22,16 @@ chat models.
 from __future__ import annotations
 
 import ast
+import datetime
+import enum
+import functools
 import json
 import re
 import types
 import typing
 from typing import Any, Literal, Union
 
+from foundation_dask.dspex.callbacks import run_with_callbacks, with_callbacks
 from foundation_dask.dspex.fields import Field, default_prefix, type_name
 from foundation_dask.dspex.signatures import SignatureMeta
 from foundation_dask.errors import AdapterParseError  # noqa: F401  (re-exported)
@@ -50,8 +54,17 @@ def format_value(value: Any) -> str:
     """Render a field value for a prompt (strings as they are, containers as JSON)."""
     if isinstance(value, str):
         return value
+    if isinstance(value, enum.Enum):
+        return format_value(value.value)
+    if isinstance(value, (datetime.date, datetime.time)):
+        return value.isoformat()
     if hasattr(value, "toDict"):
         value = value.toDict()
+    elif hasattr(value, "model_dump") and not isinstance(value, type):
+        try:
+            value = value.model_dump(mode="json")  # pydantic models
+        except TypeError:
+            value = value.model_dump()
     if isinstance(value, (list, tuple, dict)):
         try:
             return json.dumps(value, ensure_ascii=False)
@@ -98,6 +111,18 @@ def _coerce(tp: Any, text: str) -> Any:
             except ValueError as exc:
                 errors.append(str(exc))
         raise ValueError("; ".join(errors) or f"cannot read {text!r} as {type_name(tp)}")
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return _coerce_enum(tp, text)
+    if isinstance(tp, type) and issubclass(tp, (datetime.date, datetime.time)):
+        try:
+            return tp.fromisoformat(_clean_scalar(text))
+        except ValueError:
+            raise ValueError(f"expected an ISO {tp.__name__}, got {text!r}") from None
+    if isinstance(tp, type) and hasattr(tp, "model_validate_json"):
+        try:
+            return tp.model_validate_json(text.strip())  # pydantic models
+        except Exception as exc:
+            raise ValueError(f"expected {tp.__name__} as JSON: {exc}") from None
     if tp is bool:
         word = _clean_scalar(text).lower()
         if word in _TRUE:
@@ -138,6 +163,23 @@ def _coerce(tp: Any, text: str) -> Any:
             raise ValueError(f"expected {type_name(tp)}, got {type(value).__name__}: {text!r}")
         return value
     return text
+
+
+def _coerce_enum(tp: type[enum.Enum], text: str) -> enum.Enum:
+    """An Enum member by value, else by name (DSPy's order), else case-insensitively."""
+    cleaned = _clean_scalar(text)
+    if cleaned.startswith(f"{tp.__name__}."):
+        cleaned = cleaned[len(tp.__name__) + 1:]
+    for member in tp:
+        if str(member.value) == cleaned:
+            return member
+    for member in tp:
+        if member.name == cleaned:
+            return member
+    for member in tp:
+        if cleaned.lower() in (str(member.value).lower(), member.name.lower()):
+            return member
+    raise ValueError(f"expected one of {[m.value for m in tp]}, got {text!r}")
 
 
 def coerce_value(field: Field, text: str) -> Any:
@@ -293,6 +335,7 @@ class CompletionAdapter(Adapter):
         return "\n".join(self._line(f, values[name]) for name, f in signature.fields.items()
                          if values.get(name) is not None)
 
+    @with_callbacks
     def format(self, signature: SignatureMeta, demos: list[Any], inputs: dict[str, Any]) -> str:
         """The completion prompt, ending with the first output field's prefix."""
         blocks = [signature.instructions.strip()]
@@ -376,8 +419,12 @@ class CompletionAdapter(Adapter):
         kwargs.pop("n", None)
         results: list[Any] = []
         for text in texts:
-            try:
-                results.append(self._complete(lm, kwargs, user_stop, signature, prompt, text))
+            try:  # each completion read (and completed) as one "parse" for callbacks
+                results.append(run_with_callbacks(
+                    self, "parse",
+                    functools.partial(self._complete, lm, kwargs, user_stop, signature,
+                                      prompt, text),
+                    {"signature": signature, "completion": text}))
             except AdapterParseError as exc:
                 results.append(exc)
         return self._first_success(results)
@@ -441,7 +488,7 @@ class ChatAdapter(Adapter):
         def describe(fields: dict[str, Field]) -> list[str]:
             lines = []
             for i, field in enumerate(fields.values(), 1):
-                notes = [n for n in (field.desc, _type_hint(field)) if n]
+                notes = [n for n in (field.desc, _type_hint(field), field.constraints) if n]
                 text = f"{i}. `{field.name}` ({type_name(field.annotation)})"
                 lines.append(text + (f": {'. '.join(notes)}" if notes else ""))
             return lines
@@ -462,6 +509,7 @@ class ChatAdapter(Adapter):
         return "\n\n".join(f"{_header(n)}\n{format_value(values[n])}" for n in names
                            if values.get(n) is not None)
 
+    @with_callbacks
     def format(self, signature: SignatureMeta, demos: list[Any], inputs: dict[str, Any]
                ) -> list[dict[str, str]]:
         """Chat messages: system, (user, assistant) per demo, user."""
@@ -480,6 +528,7 @@ class ChatAdapter(Adapter):
         messages.append({"role": "user", "content": f"{user}\n\n{request}" if user else request})
         return messages
 
+    @with_callbacks
     def parse(self, signature: SignatureMeta, completion: str) -> dict[str, Any]:
         """Output fields from ``[[ ## name ## ]]`` sections (a lone field may be bare)."""
         parts = re.split(r"\[\[ ## (\w+) ## \]\]", completion)

@@ -39,6 +39,8 @@ from typing import TYPE_CHECKING, Any
 from foundation_dask._html import html_repr
 from foundation_dask.core._client import current_client, worker_infos
 from foundation_dask.core.channels import Channels
+from foundation_dask.dspex.callbacks import run_with_callbacks
+from foundation_dask.dspex.interop._pickling import ship
 from foundation_dask.dspex.settings import context
 from foundation_dask.dspex.snapshot import SettingsSnapshot, snapshot_settings
 from foundation_dask.errors import EvaluationError
@@ -175,8 +177,9 @@ class EvaluationResult:
         return float(self.score)
 
     def __repr__(self) -> str:
-        return (f"EvaluationResult(score={self.score:.2f}, n={len(self.records)}, "
-                f"errors={len(self.errors)}, wall_time={self.wall_time:.2f}s)")
+        # DSPy's repr; errors and timing are in the HTML repr and in ``frame``
+        return (f"EvaluationResult(score={self.score}, "
+                f"results=<list of {len(self.results)} results>)")
 
     def _repr_html_(self) -> str:
         workers = sorted({r.worker for r in self.records})
@@ -248,6 +251,11 @@ class Evaluate:
         The channel progress goes out on (``None``: none).
     label
         Name of the evaluation in progress lines and messages.
+    save_as_json, save_as_csv
+        Write the per-example results there (:mod:`~foundation_dask.dspex.results`).
+    callbacks
+        Callbacks of this evaluator; its ``on_evaluate_start`` / ``on_evaluate_end``
+        handlers (and those configured) run on the client around each call.
     """
 
     def __init__(self, *, devset: Sequence[Any], metric: Callable | None = None,
@@ -255,7 +263,9 @@ class Evaluate:
                  chunk_size: int | str = "auto", display_progress: bool = False,
                  workers: Sequence[str] | None = None, lm: Any = None,
                  num_threads: int | None = None, client: distributed.Client | None = None,
-                 progress_channel: str | None = "telemetry", label: str = "Evaluate"):
+                 progress_channel: str | None = "telemetry", label: str = "Evaluate",
+                 save_as_json: str | None = None, save_as_csv: str | None = None,
+                 callbacks: list[Any] | None = None):
         if chunk_size != "auto" and (not isinstance(chunk_size, int) or chunk_size < 1):
             raise ValueError(f"chunk_size must be a positive integer or 'auto', not {chunk_size!r}")
         if max_errors is not None and max_errors < 0:
@@ -271,6 +281,10 @@ class Evaluate:
         self.client = client
         self.progress_channel = progress_channel
         self.label = label
+        self.num_threads = num_threads
+        self.save_as_json = save_as_json
+        self.save_as_csv = save_as_csv
+        self.callbacks = list(callbacks or [])
 
     def __call__(self, program: Any, metric: Callable | None = None,
                  devset: Sequence[Any] | None = None, *,
@@ -281,6 +295,13 @@ class Evaluate:
         setting; other keyword arguments (DSPy's ``num_threads``...) are accepted and
         ignored.
         """
+        inputs = {"program": program, "metric": metric, "devset": devset, **kwargs}
+        return run_with_callbacks(self, "__call__",
+                                  lambda: self._evaluate(program, metric, devset, client,
+                                                         **kwargs), inputs)
+
+    def _evaluate(self, program: Any, metric: Callable | None, devset: Sequence[Any] | None,
+                  client: distributed.Client | None, **kwargs: Any) -> EvaluationResult:
         metric = metric or self.metric
         devset = list(devset) if devset is not None else self.devset
         if metric is None:
@@ -289,13 +310,21 @@ class Evaluate:
             raise ValueError("Evaluate got an empty devset: pass at least one Example")
         carried = snapshot_settings()
         client = client or self.client or current_client()
-        return evaluate_many(
+        result = evaluate_many(
             client, [program], devset, metric, failure_score=self.failure_score,
             max_errors=self.max_errors, chunk_size=self.chunk_size,
             display_progress=kwargs.get("display_progress", self.display_progress),
             workers=self.workers, lm=self.lm, progress_channel=self.progress_channel,
             label=self.label, carried=carried,
         )[0]
+        save_as_json = kwargs.get("save_as_json") or self.save_as_json
+        save_as_csv = kwargs.get("save_as_csv") or self.save_as_csv
+        if save_as_json or save_as_csv:
+            from foundation_dask.dspex.results import save_results
+
+            save_results(result.results, metric, save_as_json=save_as_json,
+                         save_as_csv=save_as_csv)
+        return result
 
 
 def evaluate_many(client: distributed.Client, programs: Sequence[Any], devset: Sequence[Any],
@@ -327,6 +356,7 @@ def evaluate_many(client: distributed.Client, programs: Sequence[Any], devset: S
     t0 = time.perf_counter()
     futures = {}
     for p, program in enumerate(programs):
+        program = ship(program)  # a DSPy program: pickled once, a part that does not is named
         todo = [(i, ex) for i, ex in enumerate(devset) if (p, i) not in done]
         chunks = [todo[i:i + size] for i in range(0, len(todo), size)]
         for c, chunk in enumerate(chunks):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import re
+import types
 import typing
 from collections.abc import Iterable
 from typing import Any, Literal, Optional, Union
@@ -21,7 +22,9 @@ __all__ = [
     "InputField",
     "OutputField",
     "by_name",
+    "canonical_type",
     "default_prefix",
+    "infer_prefix",
     "parse_signature_string",
     "parse_type",
     "type_name",
@@ -30,12 +33,57 @@ __all__ = [
 _KINDS = ("input", "output")
 
 
+def infer_prefix(attribute_name: str) -> str:
+    """A readable label from a field name, as DSPy writes it.
+
+    ``camelCaseText`` -> ``'Camel Case Text'``, ``snake_case_text`` -> ``'Snake Case
+    Text'``, ``text2number`` -> ``'Text 2 Number'``, ``HTMLParser`` -> ``'HTML Parser'``.
+    """
+    s1 = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", attribute_name)
+    snake = re.sub("([a-z0-9])([A-Z])", r"\1_\2", s1)
+    snake = re.sub(r"([a-zA-Z])(\d)", r"\1_\2", snake)
+    snake = re.sub(r"(\d)([a-zA-Z])", r"\1_\2", snake)
+    words = [w for w in snake.split("_") if w]
+    return " ".join(w if w.isupper() else w.capitalize() for w in words)
+
+
 def default_prefix(name: str) -> str:
-    """``movie_review`` / ``movieReview`` -> ``'Movie Review:'``."""
-    words: list[str] = []
-    for chunk in name.split("_"):
-        words.extend(w for w in re.split(r"(?<=[a-z0-9])(?=[A-Z])", chunk) if w)
-    return " ".join(w[:1].upper() + w[1:] for w in words) + ":"
+    """``movie_review`` / ``movieReview`` -> ``'Movie Review:'`` (:func:`infer_prefix`)."""
+    return infer_prefix(name) + ":"
+
+
+#: Field constraints (pydantic's names) and how they are described to the LM.
+CONSTRAINTS = {
+    "gt": "greater than: ",
+    "ge": "greater than or equal to: ",
+    "lt": "less than: ",
+    "le": "less than or equal to: ",
+    "min_length": "minimum length: ",
+    "max_length": "maximum length: ",
+    "multiple_of": "a multiple of the given number: ",
+    "allow_inf_nan": "allow 'inf', '-inf', 'nan' values: ",
+}
+
+#: ``Field.default`` when the field has no default value.
+NO_DEFAULT: Any = type("NoDefault", (), {"__repr__": lambda self: "NO_DEFAULT",
+                                         "__reduce__": lambda self: "NO_DEFAULT"})()
+
+
+def canonical_type(tp: Any) -> Any:
+    """``tp`` with every ``X | Y`` written ``Union[X, Y]`` (for comparisons)."""
+    args = typing.get_args(tp)
+    if not args or isinstance(tp, str):
+        return tp
+    origin = typing.get_origin(tp)
+    try:
+        new = tuple(canonical_type(a) for a in args)
+        if origin is Union or origin is types.UnionType:
+            return Union[new]  # noqa: UP007
+        if isinstance(tp, types.GenericAlias):
+            return types.GenericAlias(origin, new)
+        return tp.copy_with(new)
+    except Exception:
+        return tp
 
 
 def type_name(tp: Any) -> str:
@@ -75,7 +123,8 @@ class Field:
 
     def __init__(self, kind: str, *, desc: str | None = None, prefix: str | None = None,
                  multiline: bool = False, name: str | None = None,
-                 annotation: Any = str, **extra: Any):
+                 annotation: Any = str, default: Any = NO_DEFAULT, typed: bool = True,
+                 **extra: Any):
         if kind not in _KINDS:
             raise ValueError(f"field kind must be 'input' or 'output', not {kind!r}")
         if desc is not None and not isinstance(desc, str):
@@ -88,6 +137,8 @@ class Field:
         self.multiline = bool(multiline)
         self.name = name
         self.annotation = annotation
+        self.default = default
+        self.typed = bool(typed)  # False: no type was declared (str assumed)
         self.extra = dict(extra)
 
     @property
@@ -103,22 +154,43 @@ class Field:
         return self.kind == "input"
 
     @property
+    def constraints(self) -> str:
+        """The constraints given (``min_length=5``...) described for the LM, or ``""``."""
+        return ", ".join(f"{text}{self.extra[key]}" for key, text in CONSTRAINTS.items()
+                         if key in self.extra)
+
+    @property
+    def is_optional(self) -> bool:
+        """Whether a value may be left out: a default is set or the type admits None."""
+        if self.default is not NO_DEFAULT:
+            return True
+        origin = typing.get_origin(self.annotation)
+        return ((origin is Union or origin is types.UnionType)
+                and type(None) in typing.get_args(self.annotation))
+
+    @property
     def json_schema_extra(self) -> dict[str, Any]:
-        """DSPy-style view of the field's metadata."""
-        return {"__dspy_field_type": self.kind, "desc": self.desc, "prefix": self.prefix,
-                **self.extra}
+        """DSPy's view of the field's metadata (``desc`` is ``${name}`` when none was given)."""
+        out = {"__dspy_field_type": self.kind,
+               "desc": self.desc or (f"${{{self.name}}}" if self.name else ""),
+               "prefix": self.prefix, **self.extra}
+        if self.constraints:
+            out["constraints"] = self.constraints
+        return out
 
     def copy(self, **changes: Any) -> Field:
         """A copy with some attributes changed (``desc``, ``prefix``, ``annotation``...)."""
         state = {"desc": self.desc, "prefix": self._prefix, "multiline": self.multiline,
-                 "name": self.name, "annotation": self.annotation, **self.extra}
+                 "name": self.name, "annotation": self.annotation, "default": self.default,
+                 "typed": self.typed, **self.extra}
         state.update(changes)
         kind = state.pop("kind", self.kind)
         return Field(kind, **state)
 
     def _key(self) -> tuple:
-        return (self.name, self.kind, type_name(self.annotation), self.desc, self.prefix,
-                self.multiline, tuple(sorted((k, repr(v)) for k, v in self.extra.items())))
+        return (self.name, self.kind, type_name(canonical_type(self.annotation)), self.desc,
+                self.prefix, self.multiline, repr(self.default),
+                tuple(sorted((k, repr(v)) for k, v in self.extra.items())))
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Field):
@@ -140,26 +212,34 @@ class Field:
 
 
 def InputField(*, desc: str | None = None, prefix: str | None = None,
-               multiline: bool = False, **extra: Any) -> Any:
+               multiline: bool = False, default: Any = NO_DEFAULT, **extra: Any) -> Any:
     """Declare an input field of a signature.
 
     Parameters
     ----------
     desc
-        What the field holds, shown to the LM.
+        What the field holds, shown to the LM (``description=`` is read as well).
     prefix
         Label in completion prompts (default: the title-cased field name and a colon).
     multiline
         Values may span several lines.
+    default
+        The value used when a call leaves the field out.
     **extra
-        Free-form metadata kept on the field.
+        Free-form metadata kept on the field; pydantic's constraints (``min_length``,
+        ``ge``...) are also described to the LM (:attr:`Field.constraints`).
     """
-    return Field("input", desc=desc, prefix=prefix, multiline=multiline, **extra)
+    if desc is None and isinstance(extra.get("description"), str):
+        desc = extra.pop("description")
+    return Field("input", desc=desc, prefix=prefix, multiline=multiline, default=default,
+                 **extra)
 
 
 def OutputField(*, desc: str | None = None, prefix: str | None = None,
                 multiline: bool = False, **extra: Any) -> Any:
     """Declare an output field of a signature (same parameters as :func:`InputField`)."""
+    if desc is None and isinstance(extra.get("description"), str):
+        desc = extra.pop("description")
     return Field("output", desc=desc, prefix=prefix, multiline=multiline, **extra)
 
 
@@ -267,7 +347,7 @@ def _parse_side(text: str, kind: str, spec: str,
             annotation = parse_type(tp, custom_types) if tp.strip() else str
         except ValueError as exc:
             raise ValueError(f"invalid signature {spec!r}: {exc}") from None
-        fields.append(Field(kind, name=name, annotation=annotation))
+        fields.append(Field(kind, name=name, annotation=annotation, typed=bool(tp.strip())))
     return fields
 
 
@@ -290,6 +370,7 @@ def parse_signature_string(spec: str, custom_types: dict[str, Any] | None = None
     seen: set[str | None] = set()
     for f in fields:
         if f.name in seen:
-            raise ValueError(f"invalid signature {spec!r}: field {f.name!r} appears twice")
+            raise ValueError(f"invalid signature {spec!r}: field {f.name!r} appears twice; "
+                             "input and output fields must have distinct names")
         seen.add(f.name)
     return fields

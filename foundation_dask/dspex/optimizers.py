@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
 from foundation_dask.core._client import current_client, worker_infos
+from foundation_dask.dspex.callbacks import with_compile_callbacks
 from foundation_dask.dspex.evaluate import (
     EvaluationResult,
     _carried_context,
@@ -42,6 +43,9 @@ from foundation_dask.dspex.evaluate import (
     checked_score,
     evaluate_many,
 )
+from foundation_dask.dspex.interop._dspy import is_dspy_module
+from foundation_dask.dspex.interop._pickling import ship
+from foundation_dask.dspex.interop._programs import as_dspy_demos, capture_calls
 from foundation_dask.dspex.primitives import Example
 from foundation_dask.dspex.settings import context
 from foundation_dask.dspex.snapshot import SettingsSnapshot, snapshot_settings
@@ -106,6 +110,8 @@ def _examples_equal(a: Any, b: Any) -> bool:
 
 def _capture(program: Any, inputs: dict[str, Any]) -> tuple[Any, list[tuple[str, dict, dict]]]:
     """Run ``program`` and record every predictor call: (name, inputs, outputs)."""
+    if is_dspy_module(program):  # its calls are in dspy.settings.trace
+        return capture_calls(program, inputs)
     names = {id(pred): name for name, pred in program.named_predictors()}
     trace: list = []
     with context(trace=trace):
@@ -144,9 +150,26 @@ def _teacher_chunk(teacher: Any, examples: list[tuple[int, Any]], metric: Callab
                 error = None
             except Exception as exc:
                 ok, calls, error = False, [], f"{type(exc).__name__}: {exc}"
-            out.append({"index": index, "success": bool(ok), "calls": calls if ok else [],
-                        "error": error, "duration": time.perf_counter() - t0})
+                failure = _picklable(exc)
+            else:
+                failure = None
+            run = {"index": index, "success": bool(ok), "calls": calls if ok else [],
+                   "error": error, "duration": time.perf_counter() - t0}
+            if failure is not None:
+                run["exception"] = failure  # re-raised on the client by max_errors
+            out.append(run)
     return out
+
+
+def _picklable(exc: BaseException) -> BaseException | None:
+    """``exc`` when it survives pickling (it travels back to the client), else None."""
+    import pickle
+
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:
+        return None
+    return exc
 
 
 def run_teacher(teacher: Any, trainset: Sequence[Any], metric: Callable, *,
@@ -172,6 +195,7 @@ def run_teacher(teacher: Any, trainset: Sequence[Any], metric: Callable, *,
     carried = carried if carried is not None else snapshot_settings()
     teacher_settings = SettingsSnapshot(settings) if settings else None
     indexed = [(i, ex) for i, ex in enumerate(trainset) if i not in runtime.done_teacher]
+    teacher = ship(teacher)  # a DSPy program: pickled once, a part that does not is named
     futures = [
         client.submit(_teacher_chunk, teacher, indexed[i:i + size], metric, metric_threshold,
                       runtime.lm, teacher_settings, carried, workers=runtime.workers,
@@ -180,10 +204,13 @@ def run_teacher(teacher: Any, trainset: Sequence[Any], metric: Callable, *,
     ]
     results: list[dict[str, Any]] = list(runtime.done_teacher.values())
     errors = sum(1 for r in results if r["error"])
+    first_failure: BaseException | None = None
     runtime.evaluations += len(results)
     try:
         for fut in as_completed(futures):
             chunk = fut.result()
+            failures = [r.pop("exception") for r in chunk if "exception" in r]
+            first_failure = first_failure or (failures[0] if failures else None)
             results.extend(chunk)
             if runtime.on_teacher_runs is not None:
                 runtime.on_teacher_runs(chunk)
@@ -192,7 +219,10 @@ def run_teacher(teacher: Any, trainset: Sequence[Any], metric: Callable, *,
             if runtime.on_progress:
                 runtime.on_progress({"phase": label, "done": len(results),
                                      "total": len(trainset), "evaluations": runtime.evaluations})
-            if max_errors is not None and errors > max_errors:
+            if max_errors is not None and errors >= max_errors and errors:
+                # as DSPy: stop at max_errors failed runs, raising the first run's error
+                if first_failure is not None:
+                    raise first_failure
                 first = [r for r in results if r["error"]][:5]
                 raise EvaluationError(
                     f"{label}: {errors} teacher runs failed (max_errors={max_errors}); first: "
@@ -236,6 +266,8 @@ def _assign_demos(student: Any, trainset: Sequence[Any], teacher_runs: list[dict
     for name, pred in program.named_predictors():
         demos = augmented[name][:max_bootstrapped]
         pred.demos = demos + raw[: max(0, max_labeled - len(demos))]
+        if is_dspy_module(program):  # DSPy's demos are dspy.Example objects
+            pred.demos = as_dspy_demos(pred.demos)
     return program
 
 
@@ -247,6 +279,19 @@ class Teleprompter:
     """Base class: ``compile(student, trainset=...) -> program``."""
 
     runtime: Runtime
+
+    def __init__(self) -> None:
+        pass
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # callbacks' on_compile_start / on_compile_end around the compile a class defines
+        if "compile" in cls.__dict__:
+            cls.compile = with_compile_callbacks(cls.__dict__["compile"])  # type: ignore[method-assign]
+
+    def get_params(self) -> dict[str, Any]:
+        """The optimizer's parameters (its attributes), as DSPy's ``get_params``."""
+        return dict(self.__dict__)
 
     def compile(self, student: Any, *, trainset: Sequence[Any],
                 client: distributed.Client | None = None, **kwargs: Any) -> Any:
@@ -311,7 +356,8 @@ class BootstrapFewShot(Teleprompter):
     max_bootstrapped_demos, max_labeled_demos
         Demos per predictor from teacher traces, and from the labelled trainset.
     max_errors
-        Stop when more teacher runs than this raise.
+        Stop once this many teacher runs raised, raising the first run's error (as
+        DSPy does).
     teacher_settings
         DSPEx settings (``lm=``...) the teacher runs under, e.g. a stronger LM.
     runtime
@@ -494,9 +540,12 @@ class BootstrapFewShotWithRandomSearch(Teleprompter):
         return candidates
 
     def compile(self, student: Any, *, trainset: Sequence[Any], teacher: Any | None = None,
-                valset: Sequence[Any] | None = None,
+                valset: Sequence[Any] | None = None, restrict: Any = None,
                 client: distributed.Client | None = None, **kwargs: Any) -> Any:
         """The best candidate program on ``valset``, with ``score`` and ``candidate_programs``.
+
+        ``restrict`` (seeds, as DSPy's: -3 zero-shot, -2 labelled, -1 bootstrapped, then
+        0, 1...) keeps only those candidates; ``ValueError`` if it names none of them.
 
         Parameters
         ----------
@@ -514,11 +563,18 @@ class BootstrapFewShotWithRandomSearch(Teleprompter):
         if not trainset:
             raise ValueError("BootstrapFewShotWithRandomSearch needs a non-empty trainset")
         valset = list(valset) if valset is not None else trainset
+        seeds = None if restrict is None else set(restrict)
+        if seeds is not None and not seeds & set(range(-3, self.num_candidate_programs)):
+            raise ValueError(
+                f"restrict={sorted(seeds)} matches no candidate seed: seeds run from -3 to "
+                f"{self.num_candidate_programs - 1}")
         carried = snapshot_settings()
         runtime = self.runtime
         client = client or runtime.get_client()
         self.candidates = self.candidate_programs(student, trainset, teacher, client=client,
                                                   carried=carried)
+        if seeds is not None:
+            self.candidates = [c for c in self.candidates if c.seed in seeds]
         history: list[dict[str, Any]] = []
         self.history = history
 
@@ -559,7 +615,7 @@ class BootstrapFewShotWithRandomSearch(Teleprompter):
             # the highest score, the first candidate on ties (as DSPy); scores may be < 0
             if chosen is None or res.score > cast(float, chosen.score):
                 chosen = cand
-        assert chosen is not None  # there are always the three fixed candidates
+        assert chosen is not None  # restrict keeps at least one candidate
         program = chosen.program
         program.candidate_programs = [
             {"seed": c.seed, "kind": c.kind, "score": c.score} for c in self.candidates

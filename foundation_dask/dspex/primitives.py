@@ -1,271 +1,40 @@
-"""Any process: examples, predictions and the program base class (:class:`Module`).
+"""Any process: the program base class (:class:`Module`), its structure, callbacks and
+saved state; the data classes (:class:`Example`, :class:`Prediction`...) are re-exported
+from :mod:`~foundation_dask.dspex.examples`.
 
-All of them pickle, so programs and data go to Dask workers with the tasks that use
-them; programs save to and load from JSON files.
+Programs pickle, so they go to Dask workers with the tasks that use them; they save to
+and load from JSON files (DSPy's state format, with DSPEx's additions), pickled state
+files and, with ``save_program=True``, whole pickled programs.
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
+import logging
 import os
+import platform
 import tempfile
+from collections import deque
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
-from foundation_dask._html import html_repr
-from foundation_dask.dspex.signatures import signature_from_state
+import cloudpickle
 
-__all__ = ["Completions", "Example", "Module", "Parameter", "Prediction", "load_program"]
+from foundation_dask.dspex.callbacks import with_callbacks
+from foundation_dask.dspex.examples import Completions, Example, History, Prediction
+from foundation_dask.dspex.settings import calling_module
+from foundation_dask.dspex.signatures import signature_from_state
+from foundation_dask.errors import StateMismatchError
+
+__all__ = ["Completions", "Example", "History", "Module", "Parameter", "Prediction", "load",
+           "load_program", "set_attribute_by_name"]
+
+logger = logging.getLogger(__name__)
 
 STATE_FORMAT = "foundation_dask.dspex/1"
-
-
-def _freeze(value: Any) -> Any:
-    if isinstance(value, dict):
-        return tuple(sorted((str(k), _freeze(v)) for k, v in value.items()))
-    if isinstance(value, (list, tuple, set)):
-        return tuple(_freeze(v) for v in value)
-    try:
-        hash(value)
-    except TypeError:
-        return repr(value)
-    return value
-
-
-def _short(value: Any, limit: int = 200) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-class Example:
-    """A data point: named fields, some of them marked as inputs.
-
-    ``Example(question="2+2?", answer="4").with_inputs("question")``. Fields are read
-    as attributes or items; ``inputs()`` and ``labels()`` split them.
-
-    Parameters
-    ----------
-    base
-        Another :class:`Example` (copied, with its input keys) or a mapping.
-    **kwargs
-        Fields.
-    """
-
-    def __init__(self, base: Example | dict[str, Any] | None = None, **kwargs: Any):
-        object.__setattr__(self, "_store", {})
-        object.__setattr__(self, "_input_keys", None)
-        if isinstance(base, Example):
-            self._store.update(base._store)
-            object.__setattr__(self, "_input_keys", base._input_keys)
-        elif base is not None:
-            self._store.update(dict(base))
-        self._store.update(kwargs)
-
-    # -- field access ------------------------------------------------------------------
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__") or name in ("_store", "_input_keys", "_completions"):
-            raise AttributeError(name)
-        store = self.__dict__.get("_store", {})
-        if name in store:
-            return store[name]
-        raise AttributeError(
-            f"{type(self).__name__} has no field {name!r}; fields: {list(store)}"
-        )
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name.startswith("_") or hasattr(type(self), name):
-            object.__setattr__(self, name, value)
-        else:
-            self._store[name] = value
-
-    def __delattr__(self, name: str) -> None:
-        if name in self._store:
-            del self._store[name]
-        else:
-            object.__delattr__(self, name)
-
-    def __getitem__(self, key: str) -> Any:
-        return self._store[key]
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        self._store[key] = value
-
-    def __delitem__(self, key: str) -> None:
-        del self._store[key]
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._store
-
-    def __len__(self) -> int:
-        return len([k for k in self._store if not str(k).startswith("dspy_")])
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.keys())
-
-    def keys(self, include_dspy: bool = False) -> list[str]:
-        """Field names (``dspy_*`` bookkeeping fields only with ``include_dspy``)."""
-        return [k for k in self._store if include_dspy or not str(k).startswith("dspy_")]
-
-    def values(self, include_dspy: bool = False) -> list[Any]:
-        """Field values, in :meth:`keys` order."""
-        return [self._store[k] for k in self.keys(include_dspy)]
-
-    def items(self, include_dspy: bool = False) -> list[tuple[str, Any]]:
-        """``(name, value)`` pairs, in :meth:`keys` order."""
-        return [(k, self._store[k]) for k in self.keys(include_dspy)]
-
-    def get(self, key: str, default: Any = None) -> Any:
-        """The value of field ``key``, or ``default``."""
-        return self._store.get(key, default)
-
-    # -- inputs / labels ---------------------------------------------------------------
-    @property
-    def input_keys(self) -> tuple[str, ...] | None:
-        """The fields marked as inputs by :meth:`with_inputs` (None when never marked)."""
-        return self._input_keys
-
-    def with_inputs(self, *keys: str) -> Example:
-        """A copy with ``keys`` marked as the inputs."""
-        for k in keys:
-            if not isinstance(k, str):
-                raise TypeError(f"with_inputs takes field names, got {k!r}")
-        new = self.copy()
-        object.__setattr__(new, "_input_keys", tuple(dict.fromkeys(keys)))
-        return new
-
-    def inputs(self) -> Example:
-        """An Example holding only the input fields."""
-        if self._input_keys is None:
-            raise ValueError(
-                "inputs() needs to know which fields are inputs: build the example with "
-                ".with_inputs('question', ...)"
-            )
-        new = type(self).__new__(type(self))
-        Example.__init__(new, {k: self._store[k] for k in self._input_keys if k in self._store})
-        object.__setattr__(new, "_input_keys", self._input_keys)
-        return new
-
-    def labels(self) -> Example:
-        """An Example holding the non-input fields."""
-        keys = set(self._input_keys or ())
-        return Example({k: v for k, v in self._store.items() if k not in keys})
-
-    # -- copies ------------------------------------------------------------------------
-    def copy(self, **kwargs: Any) -> Example:
-        """A shallow copy, with ``kwargs`` fields added or replaced."""
-        new = type(self).__new__(type(self))
-        for k, v in self.__dict__.items():
-            object.__setattr__(new, k, copy.copy(v) if k == "_store" else v)
-        new._store.update(kwargs)
-        return new
-
-    def without(self, *keys: str) -> Example:
-        """A copy without the fields ``keys``."""
-        new = self.copy()
-        for k in keys:
-            new._store.pop(k, None)
-        return new
-
-    def toDict(self) -> dict[str, Any]:  # noqa: N802  (DSPy's name)
-        """The fields as a plain dict (nested examples converted too)."""
-
-        def convert(value: Any) -> Any:
-            if isinstance(value, Example):
-                return value.toDict()
-            if isinstance(value, list):
-                return [convert(v) for v in value]
-            if isinstance(value, dict):
-                return {k: convert(v) for k, v in value.items()}
-            return value
-
-        return {k: convert(v) for k, v in self._store.items()}
-
-    to_dict = toDict
-
-    # -- comparison / display ----------------------------------------------------------
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Example):
-            return NotImplemented
-        return self._store == other._store
-
-    def __hash__(self) -> int:
-        return hash(_freeze(self._store))
-
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{k}={_short(v)}" for k, v in self.items())
-        marks = f", input_keys={list(self._input_keys)}" if self._input_keys is not None else ""
-        return f"{type(self).__name__}({fields}{marks})"
-
-    __str__ = __repr__
-
-    def _repr_html_(self) -> str:
-        inputs = set(self._input_keys or ())
-        return html_repr(repr(self), type(self).__name__,
-                         fields=[(f"{k} (input)" if k in inputs else k, v)
-                                 for k, v in self.items()])
-
-
-class Completions:
-    """All completions of one prediction: ``completions.answer`` is the list of answers."""
-
-    def __init__(self, items: list[dict[str, Any]]):
-        self._items = [dict(i) for i in items]
-
-    def __getattr__(self, name: str) -> list[Any]:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        if self._items and name in self._items[0]:
-            return [i.get(name) for i in self._items]
-        raise AttributeError(f"completions have no field {name!r}")
-
-    def __getitem__(self, index: int) -> Prediction:
-        return Prediction(**self._items[index])
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __iter__(self) -> Iterator[Prediction]:
-        return (Prediction(**i) for i in self._items)
-
-    def __repr__(self) -> str:
-        return f"Completions({self._items!r})"
-
-
-class Prediction(Example):
-    """The output of a predictor: output fields as attributes; ``completions`` if several.
-
-    Examples
-    --------
-    >>> Prediction(answer="4").answer
-    '4'
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        object.__setattr__(self, "_completions", None)
-
-    @classmethod
-    def from_completions(cls, completions: list[dict[str, Any]],
-                         signature: Any = None) -> Prediction:
-        """The first completion's fields, with all of them in ``completions``."""
-        if not completions:
-            raise ValueError("from_completions needs at least one completion")
-        pred = cls(**completions[0])
-        object.__setattr__(pred, "_completions", Completions(completions))
-        return pred
-
-    @property
-    def completions(self) -> Completions:
-        """Every completion the LM returned (one unless ``n`` > 1 was asked for)."""
-        if self.__dict__.get("_completions") is None:
-            return Completions([dict(self._store)])
-        return self._completions
-
-    def __repr__(self) -> str:
-        text = super().__repr__()
-        n = len(self.__dict__.get("_completions") or ())
-        return text if n <= 1 else f"{text[:-1]}, completions={n})"
 
 
 class Parameter:
@@ -275,12 +44,54 @@ class Parameter:
 # ---------------------------------------------------------------------------------------
 
 
-def _read_state(path: str | os.PathLike) -> dict[str, Any]:
-    with open(path, encoding="utf-8") as f:
-        state = json.load(f)
+def dependency_versions() -> dict[str, str]:
+    """The versions saved programs record (a mismatch on load is logged)."""
+    from foundation_dask import __version__
+
+    return {"python": ".".join(platform.python_version_tuple()[:2]),
+            "foundation_dask": __version__, "cloudpickle": cloudpickle.__version__}
+
+
+def _read_state(path: str | os.PathLike, allow_pickle: bool = False) -> dict[str, Any]:
+    if Path(path).suffix == ".pkl":
+        if not allow_pickle:
+            raise ValueError("Loading .pkl files can run arbitrary code, which may be dangerous. "
+                             "Prefer saving with .json files if possible. Set "
+                             "`allow_pickle=True` if you are sure about the source of the file.")
+        with open(path, "rb") as fb:
+            state = cloudpickle.load(fb)
+    else:
+        with open(path, encoding="utf-8") as f:
+            state = json.load(f)
     if not isinstance(state, dict):
         raise ValueError(f"{os.fspath(path)} does not hold a saved program (a JSON object)")
+    _check_versions((state.get("metadata") or {}).get("dependency_versions") or {})
     return state
+
+
+def _check_versions(saved: dict[str, str]) -> None:
+    """Log each dependency whose saved version is not the one installed here."""
+    current = dependency_versions()
+    for key, version in saved.items():
+        if key in current and current[key] != version:
+            logger.warning("There is a mismatch of %s version between saved model and current "
+                           "environment: saved with %s==%s, now %s==%s.", key, key, version,
+                           key, current[key])
+
+
+def _write_atomic(path: str | os.PathLike, data: bytes) -> None:
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".dspex-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 class _ClassOrInstanceMethod:
@@ -316,16 +127,49 @@ class Module:
     ['answer']
     """
 
-    def __init__(self) -> None:
-        pass
+    #: Set on programs an optimizer returned.
+    _compiled: bool = False
+    #: Callbacks of this module only (:mod:`~foundation_dask.dspex.callbacks`).
+    callbacks: list[Any] = []  # noqa: RUF012  (read only; instances get their own)
 
+    def __init__(self, callbacks: list[Any] | None = None) -> None:
+        self.callbacks = list(callbacks or [])
+        self.history: list[dict[str, Any]] = []
+        self._compiled = False
+
+    @with_callbacks
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.forward(*args, **kwargs)
+        with calling_module(self):
+            return self.forward(*args, **kwargs)
+
+    @with_callbacks
+    async def acall(self, *args: Any, **kwargs: Any) -> Any:
+        """Call the module from asyncio code: ``await program.acall(question=...)``.
+
+        Runs :meth:`aforward`, which by default runs :meth:`forward` in a worker thread
+        (with the settings in effect here), so the event loop is not blocked.
+        """
+        with calling_module(self):
+            return await self.aforward(*args, **kwargs)
+
+    async def aforward(self, *args: Any, **kwargs: Any) -> Any:
+        """The asynchronous :meth:`forward` (default: ``forward`` in a thread)."""
+        return await asyncio.to_thread(self.forward, *args, **kwargs)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError(
             f"{type(self).__name__} must define forward(...) returning a Prediction"
         )
+
+    def __getstate__(self) -> dict[str, Any]:
+        # the LM calls recorded stay with the process that made them
+        state = dict(self.__dict__)
+        if "history" in state:
+            state["history"] = []
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
 
     # -- structure ---------------------------------------------------------------------
     def named_predictors(self) -> list[tuple[str, Any]]:
@@ -363,6 +207,45 @@ class Module:
     def predictors(self) -> list[Any]:
         """The predictors of :meth:`named_predictors`, without names."""
         return [p for _, p in self.named_predictors()]
+
+    def named_parameters(self) -> list[tuple[str, Any]]:
+        """The learnable parts (predictors) with their names (:meth:`named_predictors`)."""
+        return self.named_predictors()
+
+    def parameters(self) -> list[Any]:
+        """The learnable parts (predictors)."""
+        return self.predictors()
+
+    def named_sub_modules(self, type_: type | None = None, skip_compiled: bool = False
+                          ) -> Iterator[tuple[str, Any]]:
+        """Every module reachable from this one (itself first, as ``"self"``), breadth
+        first, each once: ``("self.sub", ...)``, ``("self.items[0]", ...)``,
+        ``("self.table[key]", ...)``. ``type_`` keeps only instances of that type;
+        ``skip_compiled`` does not look inside compiled modules."""
+        type_ = type_ or Module
+        queue: deque[tuple[str, Any]] = deque([("self", self)])
+        seen = {id(self)}
+
+        def add(name: str, item: Any) -> None:
+            if id(item) not in seen:
+                seen.add(id(item))
+                queue.append((name, item))
+
+        while queue:
+            name, item = queue.popleft()
+            if isinstance(item, type_):
+                yield name, item
+            if isinstance(item, Module):
+                if skip_compiled and getattr(item, "_compiled", False):
+                    continue
+                for sub_name, sub_item in vars(item).items():
+                    add(f"{name}.{sub_name}", sub_item)
+            elif isinstance(item, (list, tuple)):
+                for i, sub_item in enumerate(item):
+                    add(f"{name}[{i}]", sub_item)
+            elif isinstance(item, dict):
+                for key, sub_item in item.items():
+                    add(f"{name}[{key}]", sub_item)
 
     def map_named_predictors(self, func: Callable[[Any], Any]) -> Module:
         """Replace every predictor ``p`` by ``func(p)`` (in place); returns self."""
@@ -411,70 +294,105 @@ class Module:
         """A deep copy with every predictor reset (no demos). LMs set on predictors stay."""
         new = self.deepcopy()
         for predictor in new.predictors():
+            lm = getattr(predictor, "lm", None)
             predictor.reset()
+            predictor.lm = lm
         return new
 
     # -- state -------------------------------------------------------------------------
-    def dump_state(self) -> dict[str, Any]:
-        """``{predictor name: predictor state}``, JSON-able."""
-        return {name: p.dump_state() for name, p in self.named_predictors()}
+    def dump_state(self, json_mode: bool = True) -> dict[str, Any]:
+        """``{predictor name: predictor state}``, JSON-able (DSPy's layout)."""
+        return {name: p.dump_state(json_mode=json_mode) for name, p in self.named_predictors()}
 
     def load_state(self, state: dict[str, Any]) -> Module:
-        """Restore :meth:`dump_state` output (in place); returns self."""
+        """Restore :meth:`dump_state` output (in place); returns self.
+
+        All or nothing: a state that does not fit (a predictor missing from it, or
+        unknown to the program: :class:`~foundation_dask.errors.StateMismatchError`, a
+        ``KeyError``) leaves the program unchanged.
+        """
         state = {k: v for k, v in state.items() if k != "metadata"}
         mine = dict(self.named_predictors())
         missing = sorted(set(mine) - set(state))
         extra = sorted(set(state) - set(mine))
         if missing or extra:
-            raise ValueError(
+            raise StateMismatchError(
                 f"saved state does not match {type(self).__name__}: predictors missing from "
-                f"the state {missing}, unknown predictors in the state {extra}"
+                f"the state {missing}, unknown predictors in the state {extra}",
+                missing=missing, extra=extra,
             )
-        for name, predictor in mine.items():
+        trial = {name: copy.copy(p) for name, p in mine.items()}
+        for name, predictor in trial.items():  # raises before self is touched
             predictor.load_state(state[name])
+        for name, predictor in mine.items():
+            predictor.__dict__.update({k: v for k, v in vars(trial[name]).items()
+                                       if k != "history"})
         return self
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the state (instructions, field descriptions, demos, LM) as JSON."""
+    def save(self, path: str | os.PathLike, save_program: bool = False,
+             modules_to_serialize: list[Any] | None = None) -> None:
+        """Write the state (instructions, field descriptions, demos, LM).
+
+        ``path`` ending in ``.json`` (indented, human-readable) or ``.pkl`` (pickled
+        state, for values JSON cannot hold). With ``save_program=True``, ``path`` is a
+        directory and the whole program is pickled into ``program.pkl`` (classes of
+        ``modules_to_serialize`` by value), with ``metadata.json``; read it back with
+        :func:`load`.
+        """
         from foundation_dask import __version__
 
-        state = {"metadata": {"format": STATE_FORMAT, "foundation_dask": __version__,
-                              "program": type(self).__name__},
-                 **self.dump_state()}
+        metadata = {"format": STATE_FORMAT, "foundation_dask": __version__,
+                    "program": type(self).__name__,
+                    "dependency_versions": dependency_versions()}
+        target = Path(path)
+        if save_program:
+            if target.suffix:
+                raise ValueError("`path` must point to a directory without a suffix when "
+                                 f"`save_program=True`, but received: {target}")
+            target.mkdir(parents=True, exist_ok=True)
+            for module in modules_to_serialize or []:
+                cloudpickle.register_pickle_by_value(module)
+            try:
+                data = cloudpickle.dumps(self)
+            finally:
+                for module in modules_to_serialize or []:
+                    cloudpickle.unregister_pickle_by_value(module)
+            _write_atomic(target / "program.pkl", data)
+            _write_atomic(target / "metadata.json",
+                          (json.dumps(metadata, indent=2) + "\n").encode())
+            return
+        if target.suffix == ".pkl":
+            logger.warning("Loading untrusted .pkl files can run arbitrary code, which may be "
+                           "dangerous; prefer saving as JSON (module.save('module.json')).")
+            _write_atomic(target, cloudpickle.dumps(
+                {"metadata": metadata, **self.dump_state(json_mode=False)}))
+            return
+        state = {"metadata": metadata, **self.dump_state()}
         try:
             text = json.dumps(state, indent=2, ensure_ascii=False)
         except TypeError as exc:
             raise TypeError(f"cannot save {type(self).__name__} as JSON: {exc} (demos must "
-                            "hold JSON values: str, numbers, bools, lists, dicts)") from None
-        path = os.fspath(path)
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".dspex-", suffix=".json")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text + "\n")
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+                            "hold JSON values: str, numbers, bools, lists, dicts; or save to "
+                            "a .pkl path)") from None
+        _write_atomic(target, (text + "\n").encode("utf-8"))
 
-    def _load_into(self, path: str | os.PathLike) -> Module:
+    def _load_into(self, path: str | os.PathLike, allow_pickle: bool = False) -> Module:
         """Read a file written by :meth:`save` into this program (in place); returns self.
 
         Called on a class instead (``MyProgram.load(path, *args)``), builds
         ``MyProgram(*args)`` first; ``Predict.load(path)`` rebuilds the signature from
-        the file.
+        the file. ``.pkl`` files load only with ``allow_pickle=True``.
         """
-        return self.load_state(_read_state(path))
+        return self.load_state(_read_state(path, allow_pickle))
 
     @classmethod
     def _load_new(cls, path: str | os.PathLike, *args: Any, **kwargs: Any) -> Module:
-        state = _read_state(path)
+        state = _read_state(path, bool(kwargs.pop("allow_pickle", False)))
         program: Module
         if issubclass(cls, Parameter) and not args and not kwargs and "signature" in state:
             predictor: Any = cls  # a predictor class, built from its signature
-            program = predictor(signature_from_state(state["signature"]))
+            program = predictor(signature_from_state(state["signature"],
+                                                     spec=state.get("signature_spec")))
         else:
             try:
                 program = cls(*args, **kwargs)
@@ -489,6 +407,27 @@ class Module:
         lines = [f"  {name} = {p!r}" for name, p in self.named_predictors()]
         return f"{type(self).__name__}(\n" + "\n".join(lines) + "\n)" if lines \
             else f"{type(self).__name__}()"
+
+
+def set_attribute_by_name(obj: Any, name: str, value: Any) -> None:
+    """Set the attribute or item at path ``name`` (``"sub.items[0]['key'].attr"``)."""
+    _set_path(obj, name, value)
+
+
+def load(path: str | os.PathLike, allow_pickle: bool = False) -> Module:
+    """The whole program saved with ``program.save(directory, save_program=True)``.
+
+    Needs ``allow_pickle=True``: unpickling can run arbitrary code.
+    """
+    if not allow_pickle:
+        raise ValueError("Loading with pickle is not allowed by default: a saved program is "
+                         "unpickled, which can run arbitrary code. Set `allow_pickle=True` if "
+                         "you are sure about the source.")
+    directory = Path(path)
+    with open(directory / "metadata.json", encoding="utf-8") as f:
+        _check_versions(json.load(f).get("dependency_versions") or {})
+    with open(directory / "program.pkl", "rb") as f:
+        return cloudpickle.load(f)
 
 
 def _set_path(root: Any, path: str, value: Any) -> None:

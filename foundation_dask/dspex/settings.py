@@ -18,6 +18,7 @@ still wins over the configured one, as in DSPy.
 from __future__ import annotations
 
 import contextvars
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,10 +29,27 @@ _DEFAULTS: dict[str, Any] = {
     "adapter": None,
     "cache": True,
     "trace": None,
+    "callbacks": [],
+    "max_trace_size": None,
+    "max_history_size": 10000,
+    "disable_history": False,
+    "warn_on_type_mismatch": True,
 }
+
+
+
+def _fresh_defaults() -> dict[str, Any]:
+    """The defaults, with lists of their own (``settings.callbacks.append`` stays local)."""
+    return {k: list(v) if isinstance(v, list) else v for k, v in _DEFAULTS.items()}
+
 
 _overrides: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
     "foundation_dask_dspex_settings", default=None
+)
+
+#: The modules whose calls are running in this thread or task, outermost first.
+_caller_modules: contextvars.ContextVar[tuple[Any, ...]] = contextvars.ContextVar(
+    "foundation_dask_dspex_caller_modules", default=()
 )
 
 
@@ -39,12 +57,16 @@ class Settings:
     """Effective settings: context overrides first, then the process-wide configuration.
 
     Attributes are read with ``settings.lm``, ``settings.adapter``, ``settings.cache``,
-    ``settings.trace`` (a list while bootstrapping records predictor calls, else None);
-    any other key passed to :meth:`configure` is readable the same way.
+    ``settings.trace`` (a list while bootstrapping records predictor calls, else None;
+    at most ``max_trace_size`` entries when that is set), ``settings.callbacks``
+    (:mod:`~foundation_dask.dspex.callbacks`), ``max_history_size`` /
+    ``disable_history`` (the LM calls each module keeps in ``module.history``) and
+    ``warn_on_type_mismatch`` (log a warning when an input does not match its field's
+    type); any other key passed to :meth:`configure` is readable the same way.
     """
 
     def __init__(self) -> None:
-        object.__setattr__(self, "_global", dict(_DEFAULTS))
+        object.__setattr__(self, "_global", _fresh_defaults())
         object.__setattr__(self, "_configured", set())
         object.__setattr__(self, "_lock", threading.Lock())
 
@@ -116,8 +138,27 @@ class Settings:
         """Restore the process-wide defaults (context overrides are left alone)."""
         with self._lock:
             self._global.clear()
-            self._global.update(_DEFAULTS)
+            self._global.update(_fresh_defaults())
             self._configured.clear()
+
+    def save(self, path: str | os.PathLike, modules_to_serialize: list[Any] | None = None,
+             exclude_keys: list[str] | None = None) -> None:
+        """Pickle the effective settings (but ``exclude_keys``) to ``path``; read them back
+        with :func:`load_settings`. Classes of ``modules_to_serialize`` are pickled by
+        value (for callbacks or adapters defined where the file is read without them)."""
+        import cloudpickle
+
+        excluded = set(exclude_keys or ())
+        values = {k: v for k, v in self.as_dict().items() if k not in excluded}
+        for module in modules_to_serialize or []:
+            cloudpickle.register_pickle_by_value(module)
+        try:
+            data = cloudpickle.dumps(values)
+        finally:
+            for module in modules_to_serialize or []:
+                cloudpickle.unregister_pickle_by_value(module)
+        with open(path, "wb") as f:
+            f.write(data)
 
     def __repr__(self) -> str:
         items = ", ".join(f"{k}={v!r}" for k, v in self.as_dict().items())
@@ -138,6 +179,23 @@ def configure(**kwargs: Any) -> None:
     settings.configure(**kwargs)
 
 
+def load_settings(path: str | os.PathLike, allow_pickle: bool = False) -> dict[str, Any]:
+    """The settings :meth:`Settings.save` wrote, for ``configure(**settings)``.
+
+    Needs ``allow_pickle=True``: unpickling can run arbitrary code.
+    """
+    if not allow_pickle:
+        raise ValueError("Loading settings unpickles them, which can run arbitrary code. Set "
+                         "`allow_pickle=True` if you are sure about the source of the file.")
+    import cloudpickle
+
+    with open(path, "rb") as f:
+        values = cloudpickle.load(f)
+    if not isinstance(values, dict):
+        raise ValueError(f"{os.fspath(path)} does not hold saved settings")
+    return values
+
+
 def context(**kwargs: Any):
     """Context manager overriding DSPEx settings in the current thread or task only.
 
@@ -148,3 +206,31 @@ def context(**kwargs: Any):
     ...     pass
     """
     return settings.context(**kwargs)
+
+
+# ---------------------------------------------------------------------------------------
+# the modules running, for their per-module history of LM calls
+
+
+@contextmanager
+def calling_module(module: Any) -> Iterator[None]:
+    """Mark ``module`` as running (its LM calls go to its ``history``) inside the block."""
+    token = _caller_modules.set((*_caller_modules.get(), module))
+    try:
+        yield
+    finally:
+        _caller_modules.reset(token)
+
+
+def record_module_history(entry: dict[str, Any]) -> None:
+    """Append an LM call's history ``entry`` to every running module's ``history``
+    (the same dict object for all of them), keeping at most ``max_history_size``."""
+    modules = _caller_modules.get()
+    if not modules or settings.get("disable_history", False):
+        return
+    limit = settings.get("max_history_size", 10000)
+    for module in modules:
+        history = module.__dict__.setdefault("history", [])
+        history.append(entry)
+        if limit is not None and len(history) > limit:
+            del history[: len(history) - limit]

@@ -24,11 +24,13 @@ import typing
 from typing import Any
 
 from foundation_dask.dspex.fields import (
+    NO_DEFAULT,
     Field,
     InputField,
     OutputField,
     by_name,
     default_prefix,
+    infer_prefix,
     parse_signature_string,
     parse_type,
     type_name,
@@ -42,6 +44,7 @@ __all__ = [
     "SignatureMeta",
     "default_prefix",
     "ensure_signature",
+    "infer_prefix",
     "make_signature",
     "parse_signature_string",
     "parse_type",
@@ -122,7 +125,8 @@ class SignatureMeta(type):
         for fname, field in declared.items():
             if fname.startswith("_"):
                 raise ValueError(f"field names may not start with '_': {fname!r} in {name!r}")
-            fields[fname] = field.copy(name=fname, annotation=annotations.get(fname, str))
+            fields[fname] = field.copy(name=fname, annotation=annotations.get(fname, str),
+                                       typed=fname in annotations)
         doc = namespace.get("__doc__")
         if doc and doc.strip():
             instructions, explicit = inspect.cleandoc(doc), True
@@ -138,10 +142,22 @@ class SignatureMeta(type):
     def __call__(cls, *args: Any, **kwargs: Any) -> Any:
         if cls.__dict__.get("_is_base"):
             return make_signature(*args, **kwargs)
-        raise TypeError(
-            f"{cls.__name__} is a signature class: pass it to a predictor, e.g. "
-            f"dspex.Predict({cls.__name__}), instead of calling it"
-        )
+        fields = cls._fields
+        missing = [n for n, f in fields.items() if n not in kwargs and not f.is_optional]
+        unknown = [k for k in kwargs if k not in fields]
+        if args or missing or unknown:
+            problems = "".join([f"; missing field(s) {missing}" if missing else "",
+                                f"; unknown field(s) {unknown}" if unknown else ""])
+            raise TypeError(
+                f"{cls.__name__} is a signature class: pass it to a predictor, e.g. "
+                f"dspex.Predict({cls.__name__}), or build a value of it with every field as "
+                f"a keyword argument{problems}"
+            )
+        instance: Any = object.__new__(typing.cast(Any, cls))
+        for name, field in fields.items():
+            value = kwargs.get(name, None if field.default is NO_DEFAULT else field.default)
+            object.__setattr__(instance, name, value)
+        return instance
 
     # -- class-level properties ----------------------------------------------------
     @property
@@ -230,6 +246,14 @@ class Signature(metaclass=SignatureMeta):
         return cls._rebuild(cls.__name__, list(cls._fields.values()), instructions)
 
     @classmethod
+    def append_instructions(cls, text: str) -> type[Signature]:
+        """The same signature with ``text`` added after the instructions (a blank line
+        between)."""
+        if not isinstance(text, str):
+            raise TypeError("instructions must be a string")
+        return cls.with_instructions(f"{cls._instructions}\n\n{text}")
+
+    @classmethod
     def with_updated_fields(cls, name: str, type_: Any = None, **changes: Any
                             ) -> type[Signature]:
         """The same signature with field ``name`` changed (``desc=``, ``prefix=``...)."""
@@ -284,57 +308,90 @@ class Signature(metaclass=SignatureMeta):
 
     @classmethod
     def dump_state(cls) -> dict[str, Any]:
-        """JSON-able instructions and per-field prefix/description/type."""
+        """JSON-able instructions and each field's prefix and description, in field order
+        (DSPy's format: ``{"instructions": ..., "fields": [{"prefix", "description"}]}``).
+
+        A field without a description is written ``"${name}"``, as DSPy does.
+        """
         return {
-            "name": cls.__name__,
             "instructions": cls._instructions,
-            "fields": [{"name": f.name, "kind": f.kind, "type": type_name(f.annotation),
-                        "prefix": f.prefix, "desc": f.desc, "multiline": f.multiline}
+            "fields": [{"prefix": f.prefix, "description": f.json_schema_extra["desc"]}
                        for f in cls.fields.values()],
         }
 
     @classmethod
+    def dump_spec(cls) -> dict[str, Any]:
+        """What rebuilds the signature without its class: name, and each field's name,
+        kind, type and line mode (:func:`signature_from_state`)."""
+        return {"name": cls.__name__,
+                "fields": [{"name": f.name, "kind": f.kind, "type": type_name(f.annotation),
+                            "multiline": f.multiline} for f in cls.fields.values()]}
+
+    @classmethod
     def load_state(cls, state: dict[str, Any]) -> type[Signature]:
-        """A copy with instructions, prefixes and descriptions from :meth:`dump_state`."""
-        saved = {f["name"]: f for f in state.get("fields", [])}
+        """A copy with the instructions, prefixes and descriptions of :meth:`dump_state`.
+
+        Fields are matched by position (DSPy's format); states that name their fields
+        (written by earlier versions) are matched by name, and must name the same fields.
+        """
+        saved_fields = list(state.get("fields", []))
         mine = cls.fields
-        if set(saved) != set(mine):
-            raise ValueError(
-                f"saved signature fields {sorted(saved)} do not match {cls.__name__}'s fields "
-                f"{sorted(mine)}"
-            )
-        fields = []
-        for name, f in cls._fields.items():
-            s = saved[name]
+        if saved_fields and all("name" in f for f in saved_fields):
+            saved = {f["name"]: f for f in saved_fields}
+            if set(saved) != set(mine):
+                raise ValueError(
+                    f"saved signature fields {sorted(saved)} do not match {cls.__name__}'s "
+                    f"fields {sorted(mine)}"
+                )
+            ordered = [saved[name] for name in mine]
+        else:
+            ordered = saved_fields
+        changes: dict[str, dict[str, Any]] = {}
+        for (name, f), s in zip(mine.items(), ordered, strict=False):
             if s.get("kind", f.kind) != f.kind:
                 raise ValueError(f"field {name!r} is an {f.kind} field, saved as {s['kind']}")
+            desc = s.get("description", s.get("desc", f.desc))
+            if desc == f"${{{name}}}":
+                desc = ""
             prefix = s.get("prefix")
-            fields.append(f.copy(desc=s.get("desc", f.desc),
-                                 prefix=None if prefix == default_prefix(name) else prefix))
+            changes[name] = {"desc": desc or "",
+                             "prefix": None if prefix == default_prefix(name) else prefix}
+        fields = [f.copy(**changes[f.name]) if f.name in changes else f
+                  for f in cls._fields.values()]
         return cls._rebuild(cls.__name__, fields, state.get("instructions", cls._instructions))
 
 
-def signature_from_state(state: dict[str, Any],
-                         custom_types: dict[str, Any] | None = None) -> type[Signature]:
-    """Build a signature from :meth:`Signature.dump_state` output alone.
+def signature_from_state(state: dict[str, Any], custom_types: dict[str, Any] | None = None,
+                         spec: dict[str, Any] | None = None) -> type[Signature]:
+    """Build a signature from :meth:`Signature.dump_state` output and its
+    :meth:`Signature.dump_spec` (``spec``; states of earlier versions hold both).
 
     Types are read back with :func:`parse_type` (``str`` when a type is not known).
     """
+    saved = list(state.get("fields", []))
+    described = list((spec or {}).get("fields", [])) or saved
+    if not all("name" in f and "kind" in f for f in described):
+        raise ValueError("the saved signature does not name its fields: load it into a "
+                         "predictor built with the signature instead")
     fields: dict[str, Field] = {}
-    for f in state.get("fields", []):
+    for i, f in enumerate(described):
+        extra = saved[i] if i < len(saved) else {}
         try:
             annotation = parse_type(f.get("type") or "str", custom_types)
         except ValueError:
             annotation = str
-        prefix = f.get("prefix")
+        prefix = extra.get("prefix", f.get("prefix"))
+        desc = extra.get("description", extra.get("desc", f.get("desc")))
+        if desc == f"${{{f['name']}}}":
+            desc = None
         fields[f["name"]] = Field(
-            f["kind"], name=f["name"], annotation=annotation, desc=f.get("desc"),
+            f["kind"], name=f["name"], annotation=annotation, desc=desc,
             prefix=None if prefix == default_prefix(f["name"]) else prefix,
             multiline=bool(f.get("multiline", False)))
     default = _default_instructions(fields)
     instructions = state.get("instructions") or default
-    return _new_signature_class(state.get("name") or "StringSignature", fields, instructions,
-                                instructions != default)
+    name = (spec or {}).get("name") or state.get("name") or "StringSignature"
+    return _new_signature_class(name, fields, instructions, instructions != default)
 
 
 def _new_signature_class(name: str, fields: dict[str, Field], instructions: str,
@@ -348,6 +405,24 @@ def _new_signature_class(name: str, fields: dict[str, Field], instructions: str,
         "_explicit_instructions": explicit,
     }
     return typing.cast("type[Signature]", SignatureMeta(name, (Signature,), namespace))
+
+
+def _caller_names() -> dict[str, Any]:
+    """Names visible where the signature is made (the nearest frame outside DSPEx first):
+    ``Signature("path: Path -> n: int")`` finds ``Path`` imported by the caller."""
+    names: dict[str, Any] = {}
+    frame = sys._getframe(1)
+    depth = 0
+    while frame is not None and depth < 30:
+        module = str(frame.f_globals.get("__name__", ""))
+        if not module.startswith("foundation_dask.dspex"):
+            for scope in (frame.f_locals, frame.f_globals):
+                for key, value in scope.items():
+                    if not key.startswith("__"):
+                        names.setdefault(key, value)
+        frame = frame.f_back  # type: ignore[assignment]
+        depth += 1
+    return names
 
 
 def make_signature(signature: str | dict[str, Any] | type[Signature],
@@ -371,7 +446,12 @@ def make_signature(signature: str | dict[str, Any] | type[Signature],
         return signature.with_instructions(instructions) if instructions is not None \
             else signature
     if isinstance(signature, str):
-        fields = parse_signature_string(signature, custom_types)
+        try:
+            fields = parse_signature_string(signature, custom_types)
+        except ValueError as exc:
+            if "unknown type" not in str(exc):
+                raise
+            fields = parse_signature_string(signature, {**_caller_names(), **(custom_types or {})})
     elif isinstance(signature, dict):
         fields = []
         for name, value in signature.items():

@@ -12,14 +12,16 @@ described by its ``dump_state()`` and rebuilt on the worker with
 :func:`~foundation_dask.dspex.lm.base.lm_from_state`; any other value that does not
 pickle raises a ``TypeError`` naming the setting, before any work starts. Settings that
 stay with the process that sets them (``trace``, the record of predictor calls while
-bootstrapping) are not carried.
+bootstrapping) are not carried. Once DSPy is imported, :func:`snapshot_settings` also
+takes DSPy's own settings (``dspy.configure``, ``dspy.context``:
+:mod:`foundation_dask.dspex.interop`), and ``applied()`` puts both in effect.
 """
 
 from __future__ import annotations
 
 import pickle
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import cloudpickle
@@ -83,6 +85,8 @@ class SettingsSnapshot:
     values
         ``{setting: value}``, as :meth:`~foundation_dask.dspex.settings.Settings.explicit`
         returns them.
+    dspy
+        DSPy's settings to carry too (a ``DSPySettingsSnapshot``), or None.
 
     Raises
     ------
@@ -91,20 +95,23 @@ class SettingsSnapshot:
         names the setting.
     """
 
-    def __init__(self, values: dict[str, Any]):
+    def __init__(self, values: dict[str, Any], dspy: Any = None):
         self._values: dict[str, Any] | None = {
             k: v for k, v in values.items() if k not in LOCAL_SETTINGS}
         self._payload = {k: _encode(k, v) for k, v in self._values.items()}
+        self.dspy = dspy
 
     @classmethod
-    def _from_payload(cls, payload: dict[str, tuple[str, Any]]) -> SettingsSnapshot:
+    def _from_payload(cls, payload: dict[str, tuple[str, Any]],
+                      dspy: Any = None) -> SettingsSnapshot:
         new = cls.__new__(cls)
         new._values = None  # decoded on first use, inside the task
         new._payload = payload
+        new.dspy = dspy
         return new
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return SettingsSnapshot._from_payload, (self._payload,)
+        return SettingsSnapshot._from_payload, (self._payload, self.dspy)
 
     @property
     def values(self) -> dict[str, Any]:
@@ -121,8 +128,10 @@ class SettingsSnapshot:
 
     @contextmanager
     def applied(self) -> Iterator[None]:
-        """Run the block under these settings (``dspex.context(**values)``)."""
-        with context(**self.values):
+        """Run the block under these settings (``dspex.context(**values)``, and
+        DSPy's carried settings in ``dspy.context``)."""
+        with context(**self.values), (
+                self.dspy.applied() if self.dspy is not None else nullcontext()):
             yield
 
     def __repr__(self) -> str:
@@ -136,6 +145,9 @@ def snapshot_settings() -> SettingsSnapshot:
     Raises
     ------
     TypeError
-        A setting cannot travel to the workers (named in the message).
+        A setting cannot travel to the workers (named in the message), DSPy's
+        (``dspy.<name>``) included.
     """
-    return SettingsSnapshot(settings.explicit())
+    from foundation_dask.dspex.interop._settings import snapshot_dspy_settings
+
+    return SettingsSnapshot(settings.explicit(), dspy=snapshot_dspy_settings())

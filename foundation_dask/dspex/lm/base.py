@@ -19,8 +19,11 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from foundation_dask.dspex.lm.cache import cache_key, get_cache
-from foundation_dask.dspex.settings import settings
+from foundation_dask.dspex.callbacks import with_callbacks
+from foundation_dask.dspex.lm.cache import cache_key
+from foundation_dask.dspex.lm.cache import lookup as cache_lookup
+from foundation_dask.dspex.lm.cache import store as cache_store
+from foundation_dask.dspex.settings import record_module_history, settings
 from foundation_dask.tracecontext import SpanScope
 
 __all__ = ["HISTORY_SIZE", "BaseLM", "LMResponse", "lm_from_state", "messages_text",
@@ -70,7 +73,9 @@ class BaseLM:
     **kwargs
         Default generation arguments (``temperature``, ``max_tokens``, ``stop``...).
 
-    Subclasses implement :meth:`_generate` and :meth:`_cache_namespace`.
+    Subclasses implement :meth:`_generate` and :meth:`_cache_namespace`. Calls run the
+    callbacks configured (``dspex.configure(callbacks=[...])``) and those in the LM's own
+    ``callbacks`` attribute (:mod:`~foundation_dask.dspex.callbacks`).
     """
 
     def __init__(self, model: str, *, cache: bool = True, **kwargs: Any):
@@ -99,6 +104,7 @@ class BaseLM:
         self._init_runtime()
 
     # -- calling ---------------------------------------------------------------------
+    @with_callbacks
     def __call__(self, prompt: str | None = None, messages: list[dict[str, Any]] | None = None,
                  **kwargs: Any) -> list[str]:
         """Complete ``prompt`` or reply to chat ``messages``; returns the completions."""
@@ -156,14 +162,14 @@ class BaseLM:
 
     def _cache_get(self, key: str) -> dict[str, Any] | None:
         try:
-            return get_cache().get(key)
+            return cache_lookup(key)
         except (sqlite3.Error, OSError, ValueError) as exc:
             logger.warning("LM cache unavailable, calling the model: %s", exc)
             return None
 
     def _cache_set(self, key: str, value: dict[str, Any]) -> None:
         try:
-            get_cache().set(key, value)
+            cache_store(key, value)
         except (sqlite3.Error, OSError, TypeError, ValueError) as exc:
             logger.warning("could not write the LM cache: %s", exc)
 
@@ -184,6 +190,7 @@ class BaseLM:
                 self.prompt_tokens += response.prompt_tokens
                 self.completion_tokens += response.completion_tokens
             self.history.append(entry)
+        record_module_history(entry)
 
     def _generate(self, prompt: str | None, messages: list[dict[str, Any]] | None,
                   kwargs: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:

@@ -48,19 +48,47 @@ class DummyLM(BaseLM):
           current request (the last block of a prompt, the last user message), else
           anywhere in the prompt.
 
+    follow_examples
+        When a demo in the prompt has the same inputs as the current request, answer
+        with that demo's outputs (instead of the next answer), as DSPy's ``DummyLM``.
+
     Dict answers are written the way the adapters read them: ``[[ ## field ## ]]``
     sections for chat messages; for prompts, the value of the field whose prefix ends
-    the prompt, then ``Prefix: value`` lines for the following fields. Stop sequences
+    the prompt, then ``Prefix: value`` lines for the other fields. Stop sequences
     are honoured. Calls are not cached unless ``cache=True``.
     """
 
-    def __init__(self, answers: list[Any] | dict[str, Any] | Callable[[str], str], *,
-                 model: str = "dummy", cache: bool = False, **kwargs: Any):
+    def __init__(self, answers: list[Any] | dict[str, Any] | Callable[[str], str],
+                 follow_examples: bool = False, *, model: str = "dummy", cache: bool = False,
+                 **kwargs: Any):
         if not (isinstance(answers, (list, tuple, dict)) or callable(answers)):
             raise TypeError("DummyLM answers must be a list, a dict or a callable")
         super().__init__(model, cache=cache, **kwargs)
         self.answers = list(answers) if isinstance(answers, tuple) else answers
+        self.follow_examples = bool(follow_examples)
         self._index = 0
+
+    @staticmethod
+    def _from_examples(prompt: str | None, messages: list[dict[str, Any]] | None) -> str:
+        """The outputs of the demo whose inputs are the current request's ('' if none)."""
+        if prompt is not None:
+            blocks = prompt.rstrip("\n").split("\n\n")
+            lines = blocks[-1].split("\n")
+            inputs, label = lines[:-1], lines[-1].strip()
+            for block in reversed(blocks[:-1]):
+                demo = block.split("\n")
+                rest = demo[len(inputs):]
+                if demo[:len(inputs)] == inputs and rest and rest[0].startswith(label):
+                    return "\n".join([rest[0][len(label):], *rest[1:]])
+            return ""
+        turns = messages or []
+        final = str(turns[-1].get("content", "")) if turns else ""
+        for i in range(len(turns) - 2, 0, -1):
+            user, reply = turns[i - 1], turns[i]
+            if (user.get("role") == "user" and reply.get("role") == "assistant"
+                    and final.startswith(str(user.get("content")))):
+                return str(reply.get("content", ""))
+        return ""
 
     def _next(self, prompt: str | None, messages: list[dict[str, Any]] | None) -> Any:
         text = prompt if prompt is not None else messages_text(messages or [])
@@ -101,13 +129,17 @@ class DummyLM(BaseLM):
                 break
         text = " " + _value_text(answer[keys[start]])
         return text + "".join(f"\n{default_prefix(k)} {_value_text(answer[k])}"
-                              for k in keys[start + 1:])
+                              for k in keys if k != keys[start])
 
     def _generate(self, prompt: str | None, messages: list[dict[str, Any]] | None,
                   kwargs: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
         n = int(kwargs.get("n", 1) or 1)
         outputs = []
         for _ in range(n):
+            if self.follow_examples:
+                outputs.append(_apply_stop(self._from_examples(prompt, messages),
+                                           kwargs.get("stop")))
+                continue
             answer = self._next(prompt, messages)
             text = self._render(answer, prompt) if isinstance(answer, dict) else str(answer)
             outputs.append(_apply_stop(text, kwargs.get("stop")))
