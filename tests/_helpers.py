@@ -106,3 +106,47 @@ def lm_calls_on_workers(client) -> int:
 
 RESUME_KWARGS = dict(num_candidate_programs=4, max_bootstrapped_demos=3, max_labeled_demos=3,
                      seed=5, display_progress=False)
+
+
+class Ledger:
+    """A supervised process whose answers tell which instance gave them: ``append``
+    returns ``(instance id, items so far)``; the items survive restarts, the instance
+    id (made at each start) does not."""
+
+    def __init__(self) -> None:
+        import uuid
+
+        self.items: list = []
+        self.instance = uuid.uuid4().hex[:8]
+
+    def append(self, item) -> tuple[str, int]:
+        self.items.append(item)
+        return self.instance, len(self.items)
+
+    def all(self) -> list:
+        return list(self.items)
+
+    def checkpoint(self) -> list:
+        return list(self.items)
+
+    def restore(self, state: list) -> None:
+        self.items = list(state)
+
+
+class IntervalLedger(Ledger):
+    """A :class:`Ledger` checkpointed on an interval: its calls need no round trip to
+    the scheduler, so only the lease fences a cut-off instance."""
+
+    foundation_checkpoint = "interval"
+
+
+def register_worker_entry(tag: str) -> str:
+    """Register ``(tag, worker address)`` in the registry, owned by the worker running
+    this task (it goes when the worker goes); returns the address."""
+    from distributed import get_worker
+
+    import foundation_dask as fd
+
+    addr = get_worker().address
+    fd.ProcessRegistry.register((tag, addr), addr)
+    return addr

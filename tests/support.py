@@ -1,5 +1,6 @@
 """Tools of the test modules: polling with a deadline, subprocess clusters whose
-processes are killed for real, the scheduler's worker names.
+processes are killed for real, the scheduler's worker names, a scripted
+OpenAI-compatible LM server, the browser.
 
 Imported by test modules (``from tests.support import ...``); the fixtures built on
 them are in ``conftest.py``.
@@ -7,6 +8,7 @@ them are in ``conftest.py``.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -14,7 +16,10 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -53,11 +58,22 @@ async def async_wait_for(predicate: Callable[[], Any], timeout: float = 10.0,
     return last[0]
 
 
+def _loopback(role: str, index: int) -> tuple[list[str], str]:
+    return [], "127.0.0.1"
+
+
 class SubprocessCluster:
-    """A scheduler and workers, each its own OS process, on loopback."""
+    """A scheduler and workers, each its own OS process, on loopback.
+
+    ``launcher(role, index)`` (``role`` ``"scheduler"`` or ``"worker"``) gives each
+    process a command prefix and the address it listens on: by default none and
+    127.0.0.1; ``tests.network.Hosts.launcher`` puts each on a host of its own.
+    """
 
     def __init__(self, tmp_path: Path, *, scheduler_args: list[str] | None = None,
-                 worker_args: list[str] | None = None, protocol: str = "tcp"):
+                 worker_args: list[str] | None = None, protocol: str = "tcp",
+                 launcher: Callable[[str, int], tuple[list[str], str]] = _loopback):
+        self.launcher = launcher
         self.tmp_path = tmp_path
         self.scheduler_file = tmp_path / "scheduler.json"
         self.scheduler_args = scheduler_args or []
@@ -76,8 +92,9 @@ class SubprocessCluster:
         return open(self.tmp_path / f"{name}.log", "ab")
 
     def start(self, n_workers: int = 2) -> SubprocessCluster:
+        prefix, host = self.launcher("scheduler", 0)
         self.scheduler = subprocess.Popen(
-            [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+            [*prefix, sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", host,
              "--port", "0", "--dashboard-address", ":0", "--protocol", self.protocol,
              "--scheduler-file", str(self.scheduler_file), *self.scheduler_args],
             stdout=self._log("scheduler"), stderr=subprocess.STDOUT, env=self.env,
@@ -91,10 +108,11 @@ class SubprocessCluster:
     def add_worker(self, *extra: str) -> str:
         """Start one more worker process; returns its name (``w0``, ``w1``...)."""
         name = f"w{self._n}"
+        prefix, host = self.launcher("worker", self._n)
         self._n += 1
         self.workers[name] = subprocess.Popen(
-            [sys.executable, "-m", "distributed.cli.dask_worker", self.address, "--no-nanny",
-             "--nthreads", "1", "--name", name, "--host", "127.0.0.1",
+            [*prefix, sys.executable, "-m", "distributed.cli.dask_worker", self.address,
+             "--no-nanny", "--nthreads", "1", "--name", name, "--host", host,
              "--no-dashboard", "--memory-limit", "2GiB", *self.worker_args, *extra],
             stdout=self._log(name), stderr=subprocess.STDOUT, env=self.env,
         )
@@ -125,6 +143,41 @@ class SubprocessCluster:
         self.workers.clear()
 
 
+class LedgerCaller:
+    """Appends unique items to a ``tests._helpers.Ledger`` singleton from a thread and
+    notes each answer: ``(time, instance id, item)`` in ``acked``."""
+
+    def __init__(self, ledger) -> None:
+        self.ledger = ledger
+        self.acked: list[tuple[float, str, int]] = []  # (time, instance, item)
+        self.errors = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        i = 0
+        while not self._stop.is_set():
+            try:
+                instance, _ = self.ledger.append(i).result(timeout=120)
+                self.acked.append((time.time(), instance, i))
+            except Exception:
+                self.errors += 1
+            i += 1
+            time.sleep(0.01)
+
+    def instance_now(self) -> str | None:
+        return self.acked[-1][1] if self.acked else None
+
+    def first_answer_after(self, t: float, not_instance: str) -> float:
+        return wait_for(lambda: next((a for a, inst, _ in self.acked
+                                      if a > t and inst != not_instance), None), timeout=120)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=150)
+
+
 def worker_names(dask_client) -> dict[str, str]:
     """``{worker name: address}`` of the workers the scheduler knows."""
     return {w["name"]: addr for addr, w in dask_client.scheduler_info()["workers"].items()}
@@ -140,6 +193,83 @@ CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
+
+
+#: Every element, through open shadow roots (BokehJS renders its views in them).
+_DEEP_JS = """
+const deep = (root, out = []) => {
+  for (const el of root.querySelectorAll("*")) {
+    out.push(el);
+    if (el.shadowRoot) deep(el.shadowRoot, out);
+  }
+  return out;
+};
+const shown = (el) => {
+  const r = el.getBoundingClientRect();
+  if (r.width === 0 || r.height === 0) return false;
+  const style = getComputedStyle(el);
+  return style.visibility !== "hidden" && style.display !== "none";
+};
+"""
+
+#: What a user sees of a page of Bokeh views: missing values shown as text (``bad``), table
+#: cells whose text is cut (``cut``), plots with nothing drawn (``empty``; ``notes``: the
+#: note each shows instead), how far the page is wider than the window (``overflow``).
+LOOKS_JS = "() => {" + _DEEP_JS + """
+  const elements = deep(document);
+  const bad = [];
+  for (const el of elements) {
+    if (!shown(el)) continue;
+    for (const node of el.childNodes) {
+      if (node.nodeType !== Node.TEXT_NODE) continue;
+      const text = node.textContent;
+      if (/(^|[^A-Za-z])(nan|NaN|undefined|None)([^A-Za-z]|$)/.test(text)) bad.push(text.trim());
+    }
+  }
+  const cut = [];
+  let cells = 0;
+  for (const el of elements) {
+    if (!el.classList || !el.classList.contains("slick-cell") || !shown(el)) continue;
+    cells += 1;
+    if (el.scrollWidth > el.clientWidth + 1) {
+      cut.push(`${el.textContent.trim()} (${el.scrollWidth} > ${el.clientWidth} px)`);
+    }
+  }
+  const plots = [];
+  const empty = [];
+  const docs = (typeof Bokeh === "undefined" || !Bokeh.documents) ? [] : Bokeh.documents;
+  for (const doc of docs) {
+    for (const model of doc.all_models) {
+      if (!("renderers" in model && "toolbar" in model && "x_range" in model)) continue;
+      const title = model.title != null && typeof model.title === "object"
+        ? model.title.text : String(model.title ?? "");
+      plots.push(title);
+      // a renderer draws something when its source has rows whose coordinates are all
+      // there (a line: two such rows)
+      const drawn = model.renderers.filter((r) => r.data_source != null && r.glyph != null
+                                           && r.visible).some((r) => {
+        const glyph = r.glyph;
+        const data = r.data_source.data instanceof Map ? r.data_source.data
+          : new Map(Object.entries(r.data_source.data));
+        const fields = ["x", "y", "left", "right", "top", "bottom", "x0", "y0", "x1", "y1"]
+          .filter((k) => k in glyph && glyph[k] != null && typeof glyph[k] === "object"
+                  && "field" in glyph[k]).map((k) => data.get(glyph[k].field) ?? []);
+        const n = r.data_source.get_length() ?? 0;
+        let complete = 0;
+        for (let i = 0; i < n; i++) {
+          if (fields.every((col) => col[i] != null
+                           && !(typeof col[i] === "number" && !Number.isFinite(col[i])))) {
+            complete += 1;
+          }
+        }
+        return complete >= (glyph.type === "Line" ? 2 : 1);
+      });
+      if (!drawn) empty.push(title || model.name || model.id);
+    }
+  }
+  const overflow = document.documentElement.scrollWidth - document.documentElement.clientWidth;
+  return {bad, cut, cells, plots, empty, overflow, documents: docs.length};
+}"""
 
 
 def require_browser(*modules: str) -> None:
@@ -179,6 +309,95 @@ def local_chromium(playwright: Any, profile: str, **options: Any) -> tuple[Any, 
         profile, executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS, **options)
     context.route("**/*", local_only)
     return context, external
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: ScriptedLMServer
+
+    def log_message(self, *args):
+        pass
+
+    def _send(self, status: int, payload: dict, headers: dict | None = None) -> None:
+        data = json.dumps(payload).encode()
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up (timeout test)
+
+    def do_POST(self):
+        srv = self.server
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+        with srv.lock:
+            srv.requests.append({"path": self.path, "body": body, "time": time.monotonic(),
+                                 "headers": dict(self.headers)})
+            n = len(srv.requests)
+            action = srv.script.pop(0) if srv.script else ("ok",)
+        if action[0] == "status":
+            _, status, headers, payload = action
+            self._send(status, payload, headers)
+            return
+        if action[0] == "slow":
+            srv.release.wait(action[1])
+        text = srv.reply(body, n) if srv.reply else f"reply-{n}"
+        usage = {"prompt_tokens": 11, "completion_tokens": 3, "total_tokens": 14,
+                 "prompt_tokens_details": {"cached_tokens": 8}}
+        if self.path.endswith("/chat/completions"):
+            choice = {"index": 0, "message": {"role": "assistant", "content": text},
+                      "finish_reason": "stop"}
+        elif self.path.endswith("/completions"):
+            choice = {"index": 0, "text": text, "finish_reason": "stop"}
+        else:
+            self._send(404, {"error": {"message": f"no route {self.path}"}})
+            return
+        self._send(200, {"id": f"r{n}", "choices": [choice], "usage": usage})
+
+
+class ScriptedLMServer(ThreadingHTTPServer):
+    """An OpenAI-compatible server on 127.0.0.1 answering from a script.
+
+    Every request is recorded in ``requests`` (path, JSON body, headers, time). Each
+    takes the next entry of ``script``: ``("ok",)`` (the default), ``("status", code,
+    headers, payload)``, or ``("slow", seconds)`` (waits for ``release`` or the
+    seconds first); the text answered is ``reply(body, n)`` when set, else
+    ``reply-<n>``.
+    """
+
+    daemon_threads = True
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.lock = threading.Lock()
+        self.requests: list[dict] = []
+        self.script: list[tuple] = []
+        self.release = threading.Event()
+        self.reply = None
+
+    @property
+    def api_base(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/v1"
+
+
+    @classmethod
+    @contextlib.contextmanager
+    def running(cls) -> Iterator[ScriptedLMServer]:
+        """The server, serving from a thread until the block ends."""
+        srv = cls()
+        thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05},
+                                  daemon=True)
+        thread.start()
+        try:
+            yield srv
+        finally:
+            srv.release.set()
+            srv.shutdown()
+            srv.server_close()
+            thread.join(timeout=10)
 
 
 def free_port() -> int:

@@ -3,15 +3,20 @@
 Every facade call goes through :func:`scheduler_call` (or calls
 ``current_client().sync`` itself), which works from a notebook (blocking), from an
 asynchronous client (returns an awaitable, as Dask does) and from code running
-inside tasks on workers (through the worker's client).
+inside tasks on workers (through the worker's client). :func:`send_here` and
+:func:`call_here` reach the scheduler of *this* process's connection without making
+one (the worker's own comms inside a task, else the default client), for parts that
+work with or without a cluster (secrets, the cluster-wide LM cache).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
 import distributed
+from distributed.utils import sync
 
 logger = logging.getLogger(__name__)
 
@@ -98,3 +103,64 @@ def scheduler_call(op: str, client: distributed.Client | None = None, **kwargs: 
     """
     client = client or current_client()
     return client.sync(_call, client, op, kwargs)
+
+
+def _here() -> tuple[distributed.Worker | None, distributed.Client | None]:
+    """The worker this code runs in (inside a task or actor), else the default client
+    if it is running and has the Foundation plugins; ``(None, None)`` otherwise."""
+    try:
+        return distributed.get_worker(), None
+    except ValueError:
+        pass
+    from foundation_dask.core.cluster import plugins_installed
+
+    client = distributed.client._get_global_client()
+    if client is None or client.status != "running" or not plugins_installed(client):
+        return None, None
+    return None, client
+
+
+def send_here(msg: dict[str, Any], unless: set[str] | frozenset[str] = frozenset()
+              ) -> str | None:
+    """Put ``msg`` on this process's batched stream to the scheduler (ordered before
+    what this thread sends after it), unless that scheduler's address is in ``unless``;
+    returns the address, or ``None`` when this process has no connection to a
+    Foundation cluster (nothing is sent)."""
+    worker, client = _here()
+    if worker is not None:
+        if worker.batched_stream is None:
+            return None
+        address = str(worker.scheduler.address)
+        if address not in unless:
+            worker.loop.add_callback(worker.batched_send, msg)
+        return address
+    if client is not None:
+        address = str(client.scheduler.address)
+        if address not in unless:
+            client._send_to_scheduler(msg)
+        return address
+    return None
+
+
+def _on_loop(loop: Any) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop.asyncio_loop
+    except RuntimeError:
+        return False
+
+
+def call_here(op: str, timeout: float = 10.0, **kwargs: Any) -> tuple[bool, Any]:
+    """Call the scheduler handler ``op`` from a thread of this process, through the
+    connection :func:`send_here` uses; ``(False, None)`` when there is none (or the
+    caller is on that connection's event loop, which must not block), else
+    ``(True, reply)``. Errors of the call are raised."""
+    worker, client = _here()
+    if worker is not None:
+        if _on_loop(worker.loop):
+            return False, None
+        return True, sync(worker.loop, getattr(worker.scheduler, op), callback_timeout=timeout,
+                          **kwargs)
+    if client is not None and not client.asynchronous and not _on_loop(client.loop):
+        return True, client.sync(getattr(client.scheduler, op), callback_timeout=timeout,
+                                 **kwargs)
+    return False, None

@@ -5,7 +5,11 @@ then the ``DASK_SCHEDULER_ADDRESS`` environment variable, and otherwise starts a
 embedded :class:`distributed.LocalCluster` with worker processes, whose scheduler
 preloads the modules of ``foundation.cluster.scheduler-preload`` (the Foundation
 pages of the Dask dashboard). Either way it installs the Foundation scheduler and
-worker plugins once. ``foundation_dask.cluster`` is the same module's public path.
+worker plugins once. ``connect(cluster)`` takes any :class:`distributed.deploy.Cluster`
+(``LocalCluster``, ``SpecCluster``, dask-jobqueue, dask-kubernetes, dask-gateway
+clusters): its own ``scale`` / ``adapt`` then serve the adaptive optimizer and the
+dashboard's scale buttons, which with an address alone cannot add workers.
+``foundation_dask.cluster`` is the same module's public path.
 
 The embedded cluster's dashboard listens on ``127.0.0.1`` only
 (``foundation.cluster.dashboard-address``); it has no authentication, so binding it to
@@ -50,6 +54,8 @@ logger = logging.getLogger(__name__)
 
 _default_client: Client | None = None
 _embedded_cluster: LocalCluster | None = None
+#: The cluster object given to :func:`connect` (the caller's: never closed here).
+_given_cluster: distributed.deploy.Cluster | None = None
 #: Scheduler address of the last client this process used (``None``: none yet, or
 #: :func:`close` was called since).
 _last_address: str | None = None
@@ -138,6 +144,11 @@ async def ensure_plugins(client: Client) -> None:
         await _install(client)
 
 
+def plugins_installed(client: Client) -> bool:
+    """Whether this process installed or found the Foundation plugins through ``client``."""
+    return client in _installed
+
+
 def use_client(client: Client) -> Client:
     """``client``, noted as this process's (see :func:`lost_connection`), its cluster
     given the Foundation plugins if it is synchronous and has not got them yet."""
@@ -197,7 +208,7 @@ def install_plugins(client: Client) -> Any:
 
 
 def connect(
-    address: str | None = None,
+    address: str | distributed.deploy.Cluster | None = None,
     *,
     security: Security | bool | None = None,
     **cluster_kwargs: Any,
@@ -207,7 +218,11 @@ def connect(
     Parameters
     ----------
     address
-        Scheduler address such as ``"tcp://10.0.0.5:8786"``. When omitted, dask config
+        Scheduler address such as ``"tcp://10.0.0.5:8786"``, or a cluster object (any
+        :class:`distributed.deploy.Cluster`: ``LocalCluster``, ``SpecCluster``,
+        dask-jobqueue's, dask-kubernetes', dask-gateway's), which then scales the
+        cluster for the adaptive optimizer and the scale buttons and stays the
+        caller's (:func:`close` does not close it). When omitted, dask config
         ``foundation.scheduler-address``, then ``DASK_SCHEDULER_ADDRESS``, then an
         embedded ``LocalCluster`` (options under ``foundation.cluster``).
     security
@@ -231,8 +246,15 @@ def connect(
     >>> import foundation_dask as fd
     >>> client = fd.connect()                      # doctest: +SKIP
     >>> client = fd.connect("tcp://scheduler:8786")  # doctest: +SKIP
+    >>> client = fd.connect(SLURMCluster(cores=8))   # doctest: +SKIP
     """
-    global _default_client, _embedded_cluster
+    global _default_client, _embedded_cluster, _given_cluster
+
+    if isinstance(address, distributed.deploy.Cluster):
+        return _connect_cluster(address, security, cluster_kwargs)
+    if address is not None and not isinstance(address, str):
+        raise TypeError(f"connect() takes a scheduler address (a string) or a "
+                        f"distributed.deploy.Cluster, not {type(address).__name__}")
 
     explicit = address is not None
     address = address or _configured_address()
@@ -275,13 +297,38 @@ def connect(
     return client
 
 
+def _connect_cluster(cluster: distributed.deploy.Cluster, security: Security | bool | None,
+                     cluster_kwargs: dict[str, Any]) -> Client:
+    global _default_client, _given_cluster
+    if cluster_kwargs:
+        raise TypeError(f"connect() got cluster options {sorted(cluster_kwargs)} together with "
+                        f"the cluster object {cluster!r}; configure that cluster instead.")
+    client = _default_client
+    if (client is not None and client.status == "running" and _given_cluster is cluster):
+        install_plugins(client)
+        note_client(client)
+        return client
+    close()
+    if security is not None and not isinstance(security, bool):
+        client = Client(cluster, security=security, set_as_default=True)
+    else:
+        client = Client(cluster, set_as_default=True)
+    _default_client, _given_cluster = client, cluster
+    note_client(client)
+    install_plugins(client)
+    logger.info("Connected to %s (%s)", client.scheduler.address, type(cluster).__name__)
+    return client
+
+
 def close() -> None:
-    """Close the default client and, if ``connect()`` started one, the embedded cluster.
+    """Close the default client and, if ``connect()`` started one, the embedded cluster
+    (a cluster object given to ``connect()`` stays open: it is the caller's).
 
     Afterwards a facade call with no client connects anew, as in a new process.
     """
-    global _default_client, _embedded_cluster, _last_address
+    global _default_client, _embedded_cluster, _last_address, _given_cluster
     _last_address = None
+    _given_cluster = None
     if _default_client is not None:
         _default_client.close()
         _default_client = None
@@ -291,5 +338,6 @@ def close() -> None:
 
 
 def get_cluster() -> distributed.deploy.Cluster | None:
-    """The embedded cluster started by :func:`connect`, if any."""
-    return _embedded_cluster
+    """The cluster object :func:`connect` started (the embedded cluster) or was given,
+    if any; ``None`` when it connected by address only."""
+    return _embedded_cluster or _given_cluster

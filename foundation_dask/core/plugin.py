@@ -35,6 +35,7 @@ SCHEDULER_EXTENSIONS = [
     "foundation_dask.core.channels:ChannelHub",
     "foundation_dask.core.health:HealthExtension",
     "foundation_dask.core.processes:Supervisor",
+    "foundation_dask.core.secrets:SecretStore",
 ]
 
 #: The core's worker-side parts; those of ``foundation.extensions.worker`` follow.

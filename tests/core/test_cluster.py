@@ -28,7 +28,7 @@ from foundation_dask.core.plugin import _load, extension_paths
 from foundation_dask.errors import ClusterConnectionError
 from tests.support import SubprocessCluster, wait_for
 
-CORE_EXTENSIONS = {"channels", "health", "processes", "registry"}
+CORE_EXTENSIONS = {"channels", "health", "processes", "registry", "secrets"}
 #: Every scheduler-side part the plugin is configured to start.
 EXTENSIONS = sorted(_load(path).name for path in extension_paths("scheduler"))
 
@@ -107,6 +107,34 @@ def test_connect_embedded_with_temporary_tls(no_configured_address, closing):
     assert client.security.require_encryption
     assert client.submit(lambda x: x * 2, 21).result(timeout=30) == 42
     assert ping(client)["worker_plugin"] is True
+
+
+@pytest.mark.timeout(120)
+def test_connect_takes_a_cluster_object_which_then_scales(closing):
+    from foundation_dask.dspex.orchestration import scale_cluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                      dashboard_address=None) as cluster:
+        client = fd.connect(cluster)
+        assert client.cluster is cluster and get_cluster() is cluster
+        assert fd.connect(cluster) is client  # the same connection again
+        assert ping(client)["worker_plugin"]
+        decision = scale_cluster(client, "up", 1, reason="test")
+        assert decision["outcome"] == "requested 2 workers"
+        client.wait_for_workers(2, timeout=60)
+        with pytest.raises(TypeError, match="configure that cluster instead"):
+            fd.connect(cluster, n_workers=3)
+        fd.close()
+        assert cluster.status.name == "running"  # the caller's cluster stays open
+        # by address only: scaling is not possible, and the decision says why
+        client = fd.connect(cluster.scheduler_address)
+        assert get_cluster() is None
+        decision = scale_cluster(client, "up", 1, reason="test")
+        assert decision["outcome"].startswith("cannot add workers: only the scheduler address")
+        assert "foundation_dask.connect(cluster)" in decision["outcome"]
+        assert len(client.scheduler_info()["workers"]) == 2
+        with pytest.raises(TypeError, match="scheduler address .* or a distributed.deploy"):
+            fd.connect(8786)  # type: ignore[arg-type]
 
 
 @pytest.mark.timeout(60)

@@ -13,7 +13,6 @@ import sys
 import textwrap
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import cloudpickle
 import dask.config
@@ -21,6 +20,7 @@ import pytest
 
 from foundation_dask import dspex
 from foundation_dask.dspex import lm as lm_module
+from tests.support import ScriptedLMServer
 
 
 class Sentiment(dspex.Signature):
@@ -54,83 +54,10 @@ def isolated(tmp_path):
     dspex.settings.reset()
 
 
-# -- a scripted OpenAI-compatible server ---------------------------------------------------
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: ScriptedServer
-
-    def log_message(self, *args):
-        pass
-
-    def _send(self, status: int, payload: dict, headers: dict | None = None) -> None:
-        data = json.dumps(payload).encode()
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            for k, v in (headers or {}).items():
-                self.send_header(k, v)
-            self.end_headers()
-            self.wfile.write(data)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the client gave up (timeout test)
-
-    def do_POST(self):
-        srv = self.server
-        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-        with srv.lock:
-            srv.requests.append({"path": self.path, "body": body, "time": time.monotonic(),
-                                 "headers": dict(self.headers)})
-            n = len(srv.requests)
-            action = srv.script.pop(0) if srv.script else ("ok",)
-        if action[0] == "status":
-            _, status, headers, payload = action
-            self._send(status, payload, headers)
-            return
-        if action[0] == "slow":
-            srv.release.wait(action[1])
-        text = srv.reply(body, n) if srv.reply else f"reply-{n}"
-        usage = {"prompt_tokens": 11, "completion_tokens": 3, "total_tokens": 14,
-                 "prompt_tokens_details": {"cached_tokens": 8}}
-        if self.path.endswith("/chat/completions"):
-            choice = {"index": 0, "message": {"role": "assistant", "content": text},
-                      "finish_reason": "stop"}
-        elif self.path.endswith("/completions"):
-            choice = {"index": 0, "text": text, "finish_reason": "stop"}
-        else:
-            self._send(404, {"error": {"message": f"no route {self.path}"}})
-            return
-        self._send(200, {"id": f"r{n}", "choices": [choice], "usage": usage})
-
-
-class ScriptedServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self):
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.lock = threading.Lock()
-        self.requests: list[dict] = []
-        self.script: list[tuple] = []
-        self.release = threading.Event()
-        self.reply = None
-
-    @property
-    def api_base(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/v1"
-
-
 @pytest.fixture
 def server():
-    srv = ScriptedServer()
-    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05},
-                              daemon=True)
-    thread.start()
-    yield srv
-    srv.release.set()
-    srv.shutdown()
-    srv.server_close()
-    thread.join(timeout=10)
+    with ScriptedLMServer.running() as srv:
+        yield srv
 
 
 def make_lm(server, **kwargs) -> dspex.OpenAICompatibleLM:

@@ -108,6 +108,7 @@ class Link:
         self._pending_acks: dict[int, tuple[asyncio.Future, Subscription]] = {}
         self._drain_waiters: list[asyncio.Future] = []
         self._tasks: set[asyncio.Task] = set()
+        self._watching = False
         self.sent = 0
         self.dropped = 0
         self.breaks = 0
@@ -267,11 +268,25 @@ class Link:
             # Subscription counts are absolute, so re-sending them is idempotent.
             self._ctrl = [("sub", -1, ch, len(s)) for ch, s in enumerate(self._subs) if s]
             self._sleeping = False
-        for coro in (self._flush_loop(comm), self._read_loop(comm)):
+        coros = [self._flush_loop(comm), self._read_loop(comm)]
+        if not self._watching:
+            self._watching = True
+            coros.append(self._watch_owner())
+        for coro in coros:
             task = asyncio.ensure_future(coro)
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         self._wake.set()
+
+    async def _watch_owner(self) -> None:
+        """Close the link (telling the hub, which then forgets this process at once)
+        when its client or worker closes; a process that is only cut off (a client
+        reconnecting) keeps it, and the hub keeps its queues for the replay window."""
+        while not self._closed:
+            await asyncio.sleep(OWNER_CHECK_INTERVAL)
+            if not self._alive():
+                await self.close()
+                return
 
     def _take(self) -> list[tuple]:
         # called with the lock held
@@ -501,6 +516,9 @@ class Link:
         self._drain_waiters.clear()
 
 
+#: Seconds between two checks that the link's client or worker is still open.
+OWNER_CHECK_INTERVAL = 0.5
+
 _client_links: weakref.WeakKeyDictionary[distributed.Client, Link] = weakref.WeakKeyDictionary()
 _client_links_lock = threading.Lock()
 
@@ -521,9 +539,9 @@ def client_link(client: distributed.Client) -> Link:
             raise RuntimeError(f"Client {client.id} is {client.status}")
         ref = weakref.ref(client)
 
-        def alive() -> bool:
+        def alive() -> bool:  # closing or gone; "connecting" is a client cut off
             c = ref()
-            return c is not None and c.status == "running"
+            return c is not None and c.status not in ("closing", "closed")
 
         loop = client.loop
         if loop is None:

@@ -15,9 +15,13 @@ sent again. Records a publisher sends twice are dropped by its sequence numbers.
 full queue (``foundation.channels.subscriber-buffer`` messages or
 ``subscriber-buffer-bytes`` bytes; ``control`` is never dropped) drops its oldest
 records and tells the subscriber with a gap marker, from which it counts them as
-missed. The state of a process goes when the scheduler removes the client or worker,
-when the process closes its link, or when a new link of the process (another token)
-replaces a broken one. A link id is bound to the comm that holds it: a second link
+missed. The state of a process goes when the process closes its link, when a new link
+of the process (another token) replaces a broken one, or
+``foundation.channels.replay-window`` after the scheduler removed the client or worker
+without the process linking again (a partition longer than Dask's TCP timeout, a
+client that reconnects): within the window the process gets all it missed; after it,
+the messages queued for it are gone and its subscriptions count them as missed from
+the publishers' sequence numbers. A link id is bound to the comm that holds it: a second link
 under the id of a live one is refused, and the live one stays.
 """
 
@@ -31,6 +35,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from dask.utils import parse_timedelta
 from distributed.comm.core import CommClosedError
 from distributed.core import Status
 
@@ -74,7 +79,7 @@ class _Peer:
     __slots__ = (
         "endpoint", "kind", "token", "inc", "comm", "queues", "nbytes", "skips", "subs",
         "acks", "owed", "unacked", "wake", "closed", "task", "published", "delivered",
-        "dropped", "breaks",
+        "dropped", "breaks", "expiry",
     )
 
     def __init__(self, endpoint: str, kind: str, token: str):
@@ -99,6 +104,7 @@ class _Peer:
         self.delivered = 0
         self.dropped = 0
         self.breaks = 0
+        self.expiry: asyncio.TimerHandle | None = None
 
 
 class ChannelHub(SchedulerExtension):
@@ -164,6 +170,9 @@ class ChannelHub(SchedulerExtension):
             self.peers[endpoint] = peer
         else:
             self._detach(peer)  # its own reconnect: an older comm goes
+            if peer.expiry is not None:  # back within the replay window
+                peer.expiry.cancel()
+                peer.expiry = None
         peer.comm = comm
         peer.owed = 0
         try:
@@ -243,6 +252,9 @@ class ChannelHub(SchedulerExtension):
         if peer.closed:
             return
         peer.closed = True
+        if peer.expiry is not None:
+            peer.expiry.cancel()
+            peer.expiry = None
         if self.peers.get(peer.endpoint) is peer:
             del self.peers[peer.endpoint]
         for subs in self._subscribers:
@@ -387,18 +399,42 @@ class ChannelHub(SchedulerExtension):
 
     # -- hooks and info -----------------------------------------------------------------
 
-    def remove_worker(self, worker: str, **kwargs: Any) -> None:
-        peer = self.peers.get(worker)
-        if peer is not None:
+    def _lost(self, endpoint: str) -> None:
+        """The scheduler removed ``endpoint``: keep its state (a subscriber's queues, a
+        publisher's sequence numbers) for the replay window, in case the process links
+        again."""
+        peer = self.peers.get(endpoint)
+        if peer is None:
+            self._forget_publisher(endpoint)
+            return
+        window = float(parse_timedelta(setting("replay-window"), "s") or 0)
+        if window <= 0 or peer.closed:
             self._drop(peer)
+            self._forget_publisher(endpoint)
+            return
+        if peer.expiry is None:
+            peer.expiry = asyncio.get_running_loop().call_later(window, self._expire, peer)
+
+    def _expire(self, peer: _Peer) -> None:
+        peer.expiry = None
+        if peer.comm is None and not peer.closed:
+            logger.info("Channels: %s did not come back within the replay window; its "
+                        "queued messages are dropped", peer.endpoint)
+            self._drop(peer)
+            self._forget_publisher(peer.endpoint)
+
+    def _forget_publisher(self, endpoint: str) -> None:
+        if endpoint in self.peers:
+            return
+        for received in self._received:
+            for key in [k for k in received if k[0] == endpoint]:
+                del received[key]
+
+    def remove_worker(self, worker: str, **kwargs: Any) -> None:
+        self._lost(worker)
 
     def remove_client(self, client: str) -> None:
-        peer = self.peers.get(client)
-        if peer is not None:
-            self._drop(peer)
-        for received in self._received:  # a client id never comes back
-            for key in [k for k in received if k[0] == client]:
-                del received[key]
+        self._lost(client)
 
     async def close(self) -> None:
         for peer in list(self.peers.values()):

@@ -18,6 +18,10 @@ if TYPE_CHECKING:
     from foundation_dask.core.plugin import FoundationWorkerPlugin
 
 
+#: Worker states in which its link closes.
+_GONE = frozenset({Status.closing, Status.closed, Status.failed})
+
+
 class WorkerChannels(WorkerExtension):
     """Worker side of Channels: the worker's link, shared by its tasks and actors."""
 
@@ -36,9 +40,9 @@ class WorkerChannels(WorkerExtension):
                 worker = self.worker
                 ref = weakref.ref(worker)
 
-                def alive() -> bool:
+                def alive() -> bool:  # a paused or cut-off worker keeps its link
                     w = ref()
-                    return w is not None and w.status == Status.running
+                    return w is not None and w.status not in _GONE
 
                 self._link = Link(
                     loop=worker.loop,

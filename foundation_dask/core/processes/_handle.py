@@ -35,6 +35,7 @@ from distributed.protocol.pickle import dumps, loads
 from foundation_dask import config
 from foundation_dask._compat import add_client_stream_handler
 from foundation_dask.core._client import current_client, scheduler_call
+from foundation_dask.core.processes._lease import lease_seconds
 from foundation_dask.core.processes._names import MOVED_OP, STOPPED_OP, name_key
 from foundation_dask.errors import ProcessLostError, ProcessNotFoundError
 from foundation_dask.tracecontext import current
@@ -371,9 +372,35 @@ class SingletonHandle:
                 return loads(value)
             if tag == "error":
                 raise loads(value)
+            if tag == "fenced":
+                # its worker has been cut off from the supervisor for longer than the
+                # lease: a successor is (or will be) elsewhere, if we can reach the
+                # supervisor to learn where
+                locs.cache.pop(self._key, None)
+                await self._fenced(client, locs, inc, loc["worker"], failover)
+                min_incarnation = inc + 1
+                continue
             # stale or moving: a newer incarnation is (or will be) there
             locs.cache.pop(self._key, None)
             min_incarnation = max(inc, value) + 1 if tag == "stale" else inc + 1
+
+
+    async def _fenced(self, client: distributed.Client, locs: _Locations, inc: int,
+                      worker: str, failover: float) -> None:
+        """Wait (one lease at most) to learn of the successor of a fenced instance."""
+        lease, margin = lease_seconds()
+        try:
+            await asyncio.wait_for(self._resolve(client, locs, inc + 1, failover),
+                                   min(failover, 2 * lease + margin))
+        except (asyncio.TimeoutError, OSError, CommClosedError):
+            raise ProcessLostError(
+                f"{self._name!r}: its instance on {worker} stopped answering because that "
+                f"worker lost contact with the scheduler for longer than its lease "
+                f"({lease:g} s, foundation.processes.lease), and the scheduler, which "
+                "knows of the instance that replaces it, is not reachable from here "
+                "either (a network partition?). No answer of the cut-off instance is "
+                "given; the call took effect only if its checkpoint reached the scheduler "
+                "first.", name=self._name, worker=worker) from None
 
 
 class _MethodProxy:

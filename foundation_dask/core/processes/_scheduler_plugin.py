@@ -32,6 +32,7 @@ from distributed.comm.core import CommClosedError
 
 from foundation_dask.core.plugin import SchedulerExtension, extension
 from foundation_dask.core.processes._checkpoints import persist, persisted
+from foundation_dask.core.processes._lease import LeaseTable, lease_seconds
 from foundation_dask.core.processes._names import MOVED_OP, STOPPED_OP, name_from_key, name_key
 from foundation_dask.core.processes._records import _Group, _NameLocks, _Record
 from foundation_dask.core.processes._wire import plain_loads, plain_start_args
@@ -76,6 +77,7 @@ class Supervisor(SchedulerExtension):
         # name started again after stop() goes on counting from it, so an old handle
         # sees its incarnation as stale (one number for all names, none kept per name)
         self.incarnation_floor = 0
+        self.leases = LeaseTable()
         self._background: set[asyncio.Future[Any]] = set()
 
     def handlers(self) -> dict[str, Callable[..., Any]]:
@@ -90,7 +92,32 @@ class Supervisor(SchedulerExtension):
             "foundation_process_named": self.named,
             "foundation_replicated_start": self.start_replicated,
             "foundation_replicated_lookup": self.lookup_replicated,
+            "foundation_process_renew": self.renew,
         }
+
+    async def start(self) -> None:
+        lease, _ = lease_seconds()
+        self._spawn(self._watch_leases(min(0.1, lease / 8)))
+
+    def renew(self, worker: str, live: dict[str, int] | None = None) -> dict[str, Any]:
+        """A worker renews its lease; the reply names its instances that were replaced
+        meanwhile (``fenced``: it destroys them)."""
+        self.leases.renew(worker)
+        current = {r.actor_key for r in self.records.values() if r.worker == worker}
+        return {"fenced": [k for k in (live or {}) if k not in current]}
+
+    async def _watch_leases(self, period: float) -> None:
+        """Restart elsewhere the singletons of workers whose lease ran out (cut off)."""
+        while True:
+            await asyncio.sleep(period)
+            for rec in builtins.list(self.records.values()):
+                worker = rec.worker
+                if (rec.kind == "singleton" and rec.state == "running" and worker is not None
+                        and self.leases.expired(worker)):
+                    silent = self.leases.silent_for(worker)
+                    rec.state = "restarting"
+                    self._spawn(self._restart(
+                        rec, f"no lease renewal from {worker} for {silent:.1f} s", {worker}))
 
     def watch(self, client: str) -> None:
         """``client`` caches locations: tell it when a process moves or stops."""
@@ -105,14 +132,8 @@ class Supervisor(SchedulerExtension):
     def records_named(self, first: str) -> builtins.list[tuple[tuple[Any, ...], _Record]]:
         """The records of the processes whose name is a tuple starting with ``first``.
 
-        For code that runs inside the scheduler process and reads processes of one
-        family, e.g. ``records_named("trace_coordinator")`` gives every trace's
-        coordinator (ElixirScope) with its checkpoint.
-
-        Parameters
-        ----------
-        first
-            The first element of the names.
+        For code of the scheduler process that reads processes of one family, e.g.
+        ``records_named("trace_coordinator")``: every trace's coordinator (ElixirScope).
 
         Returns
         -------
@@ -145,7 +166,8 @@ class Supervisor(SchedulerExtension):
 
     def _choose_worker(self, exclude: Collection[str]) -> str | None:
         candidates = [
-            ws.address for ws in self.scheduler.running if ws.address not in exclude
+            ws.address for ws in self.scheduler.running
+            if ws.address not in exclude and not self.leases.expired(ws.address)
         ]
         if not candidates:
             return None
@@ -182,6 +204,7 @@ class Supervisor(SchedulerExtension):
         )
         if status == "closing":
             raise OSError(f"worker {worker} is closing")
+        self.leases.renew(worker)
         rec.worker = worker
         rec.state = "running"
         rec.error = None
@@ -290,6 +313,7 @@ class Supervisor(SchedulerExtension):
     # -- hooks ---------------------------------------------------------------------------
 
     def add_worker(self, worker: str) -> None:
+        self.leases.renew(worker)
         for rec in builtins.list(self.records.values()):
             if rec.state == "pending":
                 self._spawn(self._restart_pending(rec))
@@ -302,6 +326,7 @@ class Supervisor(SchedulerExtension):
                 await self._place(rec)
 
     def remove_worker(self, worker: str, **kwargs: Any) -> None:
+        self.leases.forget(worker)
         for rec in builtins.list(self.records.values()):
             if rec.worker != worker:
                 continue

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from inspect import iscoroutinefunction
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +22,7 @@ from distributed.protocol import pickle
 from foundation_dask import config
 from foundation_dask._compat import run_in_actor_thread
 from foundation_dask.core.plugin import WorkerExtension
+from foundation_dask.core.processes._lease import WorkerLease
 from foundation_dask.core.processes._wire import join_checkpoint, split_checkpoint
 from foundation_dask.errors import ProcessError, ProcessPermissionError
 from foundation_dask.tracecontext import SpanScope, TraceContext, attach, detach
@@ -64,6 +65,7 @@ class _Host:
         self._mode = mode if hasattr(instance, "checkpoint") else "never"
         self._interval = interval
         self._applied: OrderedDict[str, bytes] = applied  # call id -> pickled result
+        self._lease: WorkerLease | None = None  # set by WorkerProcesses.create
         self._token = token  # what the supervisor gave this incarnation: its checkpoints
         # carry it, and the supervisor's own requests (freeze, destroy) too
         self._checkpoint_error: str | None = None
@@ -92,9 +94,15 @@ class _Host:
     async def _send_checkpoint(self, snap: bytes) -> bool:
         if snap == self._last_sent and self._checkpoint_error is None:
             return True
-        status = await self._worker.scheduler.foundation_process_checkpoint(
-            name_key=self._name_key, incarnation=self._incarnation, state=snap,
-            token=self._token,
+        # an answer waits for its checkpoint, but not past the lease: a cut-off
+        # instance's call is then not acknowledged ("fenced"), and is retried elsewhere
+        lease = self._lease
+        status = await asyncio.wait_for(
+            self._worker.scheduler.foundation_process_checkpoint(
+                name_key=self._name_key, incarnation=self._incarnation, state=snap,
+                token=self._token,
+            ),
+            timeout=None if lease is None else max(0.001, lease.until - time.monotonic()),
         )
         if status != "OK":
             self._stopped = True
@@ -182,8 +190,13 @@ class _Host:
             if isinstance(snap, BaseException):
                 failed = await self._checkpoint_failed(snap)
                 error = error or failed
-            elif snap is not None and not await self._send_checkpoint(snap):
-                return ("stale", self._incarnation)
+            elif snap is not None:
+                try:
+                    sent = await self._send_checkpoint(snap)
+                except asyncio.TimeoutError:
+                    return ("fenced", self._incarnation)
+                if not sent:
+                    return ("stale", self._incarnation)
             if error is not None:
                 return ("error", error)
             return ("ok", result)
@@ -285,6 +298,7 @@ class WorkerProcesses(WorkerExtension):
         super().__init__(worker, plugin)
         self.hosts: dict[str, _Host] = {}
         self._pc: PeriodicCallback | None = None
+        self.lease = WorkerLease(worker, self._live_incarnations, self._fence)
 
     def handlers(self) -> dict[str, Callable[..., Any]]:
         return {
@@ -300,6 +314,7 @@ class WorkerProcesses(WorkerExtension):
         interval_ms = max(50, config.get_seconds("processes.checkpoint-interval") * 1000 / 4)
         self._pc = PeriodicCallback(self._tick, interval_ms)
         self._pc.start()
+        self.lease.start()
 
     async def _tick(self) -> None:
         for host in list(self.hosts.values()):
@@ -333,7 +348,9 @@ class WorkerProcesses(WorkerExtension):
             raise
         host = _Host(w, instance, actor_key, name_key, display, incarnation, mode, interval,
                      applied, token)
+        host._lease = self.lease
         self.hosts[actor_key] = host
+        self.lease.granted()
         return "OK"
 
     async def call(self, actor_key: str, function: str, incarnation: int, target: str,
@@ -347,6 +364,8 @@ class WorkerProcesses(WorkerExtension):
         host = self.hosts.get(actor_key)
         if host is None:
             reply: Reply = ("stale", -1)
+        elif not self.lease.valid():
+            reply = ("fenced", incarnation)  # cut off from the supervisor for too long
         elif function == "_foundation_call":
             args, kwargs = pickle.loads(payload) if payload is not None else ((), {})
             reply = await host._foundation_call(incarnation, target, args, kwargs, call_id,
@@ -355,7 +374,9 @@ class WorkerProcesses(WorkerExtension):
             reply = await host._foundation_getattr(incarnation, target)
         else:
             reply = ("stale", -1)
-        if reply[0] == "error":
+        if reply[0] in ("ok", "error") and not self.lease.valid():
+            reply = ("fenced", incarnation)  # the lease ran out while it ran: no late answer
+        elif reply[0] == "error":
             reply = ("error", self._pickled_error(reply[1], host, target))
         return {"result": reply}
 
@@ -401,6 +422,13 @@ class WorkerProcesses(WorkerExtension):
         if host is not None:
             host._stopped = True
 
+    def _live_incarnations(self) -> dict[str, int]:
+        return {k: h._incarnation for k, h in self.hosts.items() if not h._stopped}
+
+    def _fence(self, actor_keys: Iterable[str]) -> None:
+        for key in actor_keys:
+            self._forget(key)
+
     def live(self) -> dict[str, tuple[str, int]]:
         """``{actor key: (name key, incarnation)}`` of the instances answering here."""
         return {
@@ -408,6 +436,7 @@ class WorkerProcesses(WorkerExtension):
         }
 
     async def teardown(self) -> None:
+        self.lease.stop()
         if self._pc is not None:
             self._pc.stop()
         for key in list(self.hosts):

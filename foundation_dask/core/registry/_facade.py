@@ -237,6 +237,9 @@ def _register_message(
     }
     if kind == "service":
         msg["capabilities"] = check_capabilities(capabilities)
+    process = getattr(value, "__foundation_process__", None)
+    if isinstance(process, str):
+        msg["process"] = process  # a supervised process: its host is where it runs now
     return msg
 
 

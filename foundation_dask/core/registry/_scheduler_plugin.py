@@ -8,6 +8,13 @@ When a client or worker owner goes away (a client closes, a worker dies, even by
 SIGKILL) its records disappear with it. Replacing or removing a record of another
 owner needs ``force=True``, and a forced take-over makes the caller the owner.
 
+A record has a *host* too: the worker that owns it, or, for the handle of a supervised
+process, the worker the process runs on now. While the host is unreachable (not heard
+from for ``foundation.health.unreachable-after``: a network partition, before Dask's
+TCP timeout removes it) lookups, ``select`` and ``discover_services`` do not return the
+record; it is back once the host is heard from again (or follows its process to
+another host).
+
 The scheduler decides who the caller is, never the request: a client or worker first
 asks for an identity token (``foundation_registry_identify``), which the scheduler
 sends only on the batched stream it opened for that client or worker; requests then
@@ -25,6 +32,7 @@ from typing import Any
 
 import distributed
 
+from foundation_dask.core.health import health_thresholds
 from foundation_dask.core.plugin import FoundationSchedulerPlugin, SchedulerExtension
 from foundation_dask.core.registry._core import (
     CLUSTER_OWNER,
@@ -123,6 +131,7 @@ class RegistryExtension(SchedulerExtension):
         replace: bool = False,
         force: bool = False,
         cluster: bool = False,
+        process: str | None = None,
     ) -> dict[str, Any]:
         """Store a record for the caller ``owner`` and return it.
 
@@ -171,6 +180,8 @@ class RegistryExtension(SchedulerExtension):
         }
         if kind == "service":
             record["capabilities"] = caps
+        if isinstance(process, str):
+            record["process"] = process
         table[key_id] = record
         self.owned[record_owner].add((kind, key_id))
         return record
@@ -226,7 +237,38 @@ class RegistryExtension(SchedulerExtension):
             if metadata_matches(r["metadata"], wanted)
             and caps.issubset(r.get("capabilities", ()))
             and (owner is None or r["owner"] == owner)
+            and self.reachable(r)
         ]
+
+    def host_of(self, record: Mapping[str, Any]) -> str | None:
+        """The worker a record lives on: its process's current worker, else its owner if
+        that is a worker; ``None`` for records of clients and of the cluster."""
+        process = record.get("process")
+        if process is not None:
+            supervisor = self.plugin.extensions.get("processes")
+            rec = getattr(supervisor, "records", {}).get(process)
+            worker = getattr(rec, "worker", None)
+            if worker is not None:
+                return str(worker)
+        owner = record["owner"]
+        return owner if owner in self.scheduler.workers else None
+
+    def reachable(self, record: Mapping[str, Any]) -> bool:
+        """Whether the record's host (:meth:`host_of`) was heard from within
+        ``foundation.health.unreachable-after`` (records without a host are)."""
+        host = self.host_of(record)
+        if host is None:
+            return True
+        ws = self.scheduler.workers.get(host)
+        if ws is None:
+            return False
+        return time.time() - ws.last_seen <= self._unreachable_after()
+
+    def _unreachable_after(self) -> float:
+        try:
+            return float(health_thresholds()["unreachable_after"])
+        except ValueError:
+            return 10.0
 
     def count_owned_by(self, owner: str) -> int:
         """Number of entries and services owned by ``owner``."""
@@ -321,6 +363,7 @@ class RegistryExtension(SchedulerExtension):
         force: bool = False,
         cluster: bool = False,
         owner: object = None,
+        process: str | None = None,
     ) -> dict[str, Any]:
         if owner is not None:
             return error_reply(ValueError(
@@ -332,16 +375,18 @@ class RegistryExtension(SchedulerExtension):
             return dict(UNKNOWN_IDENTITY)
         try:
             record = self.register(kind, key_id, key, value, owner, metadata, capabilities,
-                                   bool(replace), bool(force), bool(cluster))
+                                   bool(replace), bool(force), bool(cluster), process)
         except (AlreadyRegisteredError, NotOwnerError, TypeError, ValueError) as exc:
             return error_reply(exc)
         return {"error": None, "owner": record["owner"], "registered_at": record["registered_at"]}
 
     def _handle_lookup(self, kind: str, key_id: str) -> dict[str, Any]:
         try:
-            return {"error": None, "record": self.lookup(kind, key_id)}
+            record = self.lookup(kind, key_id)
         except ValueError as exc:
             return error_reply(exc)
+        return {"error": None,
+                "record": record if record is not None and self.reachable(record) else None}
 
     def _handle_unregister(self, kind: str, key_id: str, token: str | None = None,
                            force: bool = False) -> dict[str, Any]:

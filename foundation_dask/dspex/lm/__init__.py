@@ -1,7 +1,7 @@
 """Any process: the LM clients of DSPEx (an LM runs in the client's process or on a worker).
 
 :mod:`~.base` (:class:`BaseLM`, :class:`LMResponse`, :func:`lm_from_state`),
-:mod:`~.cache` (the disk cache of calls), :mod:`~.dummy` (:class:`DummyLM`, for tests),
+:mod:`~.cache` (the disk cache of calls, and the cluster's), :mod:`~.dummy` (:class:`DummyLM`, for tests),
 :mod:`~.http` (:class:`OpenAICompatibleLM`, :class:`LM`) and :mod:`~.local`
 (:class:`LocalLM`, a GGUF model through llama.cpp).
 """
@@ -14,6 +14,7 @@ from foundation_dask.dspex.lm.cache import (
     DiskCache,
     cache_dir,
     clear_cache,
+    cluster_cache_info,
     get_cache,
 )
 from foundation_dask.dspex.lm.dummy import DummyLM
@@ -37,6 +38,7 @@ __all__ = [
     "OpenAICompatibleLM",
     "cache_dir",
     "clear_cache",
+    "cluster_cache_info",
     "default_model_path",
     "get_cache",
     "lm_from_state",

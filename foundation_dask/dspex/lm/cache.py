@@ -5,12 +5,20 @@ messages and every generation argument), in a SQLite file (WAL mode, safe for se
 processes) under the dask config ``foundation.dspex.cache-dir`` (default
 ``~/.cache/foundation_dask/lm``). ``cache=False`` on an LM, or
 ``dspex.configure(cache=False)``, bypasses it; :func:`clear_cache` empties it.
+
+In a process connected to a Foundation cluster (a worker, or a client) a call missing
+from the disk cache is looked up in the cluster's cache, in the scheduler's memory
+(:class:`~foundation_dask.dspex.lm._scheduler_plugin.LMCacheExtension`), and a new
+result goes to both, so a call answered on one host is not made again on another
+(``foundation.dspex.cluster-cache``). :func:`lookup` and :func:`store` are the two
+steps; :data:`stats` counts what the cluster cache answered in this process.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -19,9 +27,12 @@ from contextlib import closing
 from typing import Any
 
 from foundation_dask import config
+from foundation_dask.core._client import call_here, scheduler_call, send_here
 
 __all__ = ["DEFAULT_CACHE_DIR", "DiskCache", "cache_dir", "cache_key", "clear_cache",
-           "get_cache"]
+           "cluster_cache_info", "get_cache", "lookup", "stats", "store"]
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_CACHE_DIR = os.path.join("~", ".cache", "foundation_dask", "lm")
 
@@ -98,8 +109,14 @@ def get_cache() -> DiskCache:
 
 
 def clear_cache() -> int:
-    """Empty the LM call cache of the configured directory; returns the entries removed."""
-    return get_cache().clear()
+    """Empty the LM call cache of the configured directory, and the cluster's when this
+    process is connected to one; returns the entries removed from the disk cache."""
+    removed = get_cache().clear()
+    try:
+        call_here("foundation_lmcache_clear", timeout=10.0)
+    except Exception as exc:
+        logger.warning("could not clear the cluster LM cache: %s", exc)
+    return removed
 
 
 def cache_key(namespace: dict[str, Any], prompt: str | None,
@@ -109,3 +126,60 @@ def cache_key(namespace: dict[str, Any], prompt: str | None,
     text = json.dumps(request, sort_keys=True, ensure_ascii=False, default=repr)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
+
+
+#: What the cluster cache did for this process: ``hits``, ``misses``, ``puts`` and
+#: ``errors`` (a failed lookup is a miss, logged and counted here).
+stats = {"hits": 0, "misses": 0, "puts": 0, "errors": 0}
+
+
+def _cluster_cache() -> bool:
+    return bool(config.get("dspex.cluster-cache", True))
+
+
+def lookup(key: str) -> dict[str, Any] | None:
+    """The cached result of ``key``: from this host's disk cache, else the cluster's
+    (then written to the disk cache too); ``None`` when neither has it.
+
+    Raises what the disk cache raises (``sqlite3.Error``, ``OSError``)."""
+    value = get_cache().get(key)
+    if value is not None or not _cluster_cache():
+        return value
+    try:
+        found, text = call_here("foundation_lmcache_get", timeout=2.0, key=key)
+    except Exception as exc:
+        stats["errors"] += 1
+        logger.warning("cluster LM cache unavailable, calling the model: %s", exc)
+        return None
+    if not found:
+        return None
+    if text is None:
+        stats["misses"] += 1
+        return None
+    stats["hits"] += 1
+    value = json.loads(text)
+    get_cache().set(key, value)
+    return value
+
+
+def store(key: str, value: dict[str, Any]) -> None:
+    """Write ``value`` to this host's disk cache and to the cluster's."""
+    get_cache().set(key, value)
+    if _cluster_cache():
+        text = json.dumps(value, ensure_ascii=False)
+        if send_here({"op": "foundation_lmcache_put", "key": key, "value": text}):
+            stats["puts"] += 1
+
+
+def cluster_cache_info(client: Any = None) -> dict[str, Any]:
+    """The cluster cache, as the scheduler sees it: ``entries``, ``bytes``,
+    ``max_bytes``, and since the scheduler started ``hits``, ``misses``, ``puts`` and
+    ``evicted``.
+
+    Parameters
+    ----------
+    client
+        Client to ask through; by default the current one.
+    """
+    info: dict[str, Any] = scheduler_call("foundation_lmcache_info", client=client)
+    return info

@@ -4,7 +4,9 @@
 retries (429, 5xx, connection errors and timeouts, exponential backoff with jitter,
 ``Retry-After`` honoured); :class:`LM` is DSPy's entry point with the chat endpoint by
 default. An LM runs in any process (the client's, or a Dask worker's when a program is
-shipped there); its API key never shows in reprs, logs or saved programs.
+shipped there); its API key and headers are :class:`~foundation_dask.core.secrets.Secret`
+values: they travel to the workers by reference and never show in reprs, logs, saved
+programs, resume specs, checkpoint files, traces or the LM cache.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from foundation_dask.core.secrets import Secret, reveal
 from foundation_dask.dspex.lm.base import BaseLM, messages_text, restorable
 from foundation_dask.errors import LMError, LMTimeoutError
 
@@ -84,7 +87,11 @@ class OpenAICompatibleLM(BaseLM):
         else ``https://api.openai.com/v1``).
     api_key
         Bearer token (default: the ``OPENAI_API_KEY`` environment variable at call time).
-        Never logged nor shown in reprs or saved programs.
+        Kept as a :class:`~foundation_dask.core.secrets.Secret`: never logged, shown or
+        written to a file; where its value is gone (a resume after the scheduler
+        restarted) ``OPENAI_API_KEY`` is read instead.
+    headers
+        Extra HTTP headers (kept as secrets too: they often carry credentials).
     model_type
         ``"chat"``, ``"text"`` or None (by what is given).
     timeout
@@ -124,19 +131,24 @@ class OpenAICompatibleLM(BaseLM):
         base = (api_base or os.environ.get("OPENAI_API_BASE") or os.environ.get("OPENAI_BASE_URL")
                 or default_base or "https://api.openai.com/v1")
         self.api_base = base.rstrip("/")
-        self._api_key = api_key
+        what = f"the API key of {type(self).__name__}(model={model!r})"
+        self._api_key = (api_key if isinstance(api_key, Secret) or api_key is None
+                         else Secret(api_key, env="OPENAI_API_KEY", what=what))
         self.model_type = model_type
         self.timeout = float(timeout)
         self.max_retries = int(max_retries)
         self.backoff_base = float(backoff_base)
         self.backoff_max = float(backoff_max)
         self.max_retry_after = float(max_retry_after)
-        self.headers = dict(headers or {})
+        self.headers = {
+            k: v if isinstance(v, Secret)
+            else Secret(v, what=f"the header {k!r} of {type(self).__name__}(model={model!r})")
+            for k, v in (headers or {}).items()}
 
     @property
     def api_key(self) -> str | None:
         """The key given, else ``OPENAI_API_KEY`` (read at call time)."""
-        return self._api_key or os.environ.get("OPENAI_API_KEY") or None
+        return reveal(self._api_key) or os.environ.get("OPENAI_API_KEY") or None
 
     def _cache_namespace(self) -> dict[str, Any]:
         return {"type": "openai-compatible", "model": self.request_model,
@@ -186,7 +198,8 @@ class OpenAICompatibleLM(BaseLM):
         url = self.api_base + path
         payload = json.dumps(body).encode("utf-8")
         headers = {"Content-Type": "application/json", "Accept": "application/json",
-                   "User-Agent": "foundation-dask-dspex", **self.headers}
+                   "User-Agent": "foundation-dask-dspex",
+                   **{k: str(reveal(v)) for k, v in self.headers.items()}}
         key = self.api_key
         if key:
             headers["Authorization"] = f"Bearer {key}"

@@ -59,7 +59,10 @@ def scale_cluster(client: distributed.Client, direction: str, n: int, *, reason:
     cluster = _cluster_of(client)
     if direction == "up":
         if cluster is None:
-            entry["outcome"] = "no cluster manager: cannot add workers"
+            entry["outcome"] = (
+                f"cannot add workers: only the scheduler address "
+                f"({client.scheduler.address}) is known, not the cluster that started it; "
+                "connect with its Cluster object (foundation_dask.connect(cluster)) to scale")
         else:
             cluster.scale(before + n)
             entry["outcome"] = f"requested {before + n} workers"
