@@ -231,7 +231,7 @@ class Evaluate:
     failure_score
         Score of an example whose program or metric raised.
     max_errors
-        Stop after more than this many failed examples (``None``: never stop).
+        Stop once this many examples have failed, as DSPy does (``None``: never stop).
     chunk_size
         Examples per task, or ``"auto"`` (:func:`auto_chunk_size`).
     display_progress
@@ -395,7 +395,8 @@ def evaluate_many(client: distributed.Client, programs: Sequence[Any], devset: S
             if progress_channel:
                 _publish(progress_channel, {"type": "evaluation_progress", "eval_id": eval_id,
                                             "label": label, **state}, client)
-            if max_errors is not None and len(errors) > max_errors:
+            # as DSPy's executor: the run stops once max_errors examples have failed
+            if max_errors is not None and errors and len(errors) >= max_errors:
                 first = "\n".join(
                     f"  example {r.index}: {r.error}" for _, r in errors[:5]
                 )

@@ -72,6 +72,11 @@ def test_failures_are_recorded_and_max_errors_stops(cluster_client):
         dspex.Evaluate(devset=devset, metric=raising_metric, max_errors=1, chunk_size=1)(
             program())
     assert "cannot score" in str(info.value)
+    # DSPy's count: the run stops when the max_errors-th example fails
+    with pytest.raises(EvaluationError, match="2 examples failed"):
+        dspex.Evaluate(devset=devset, metric=raising_metric, max_errors=2)(program())
+    assert dspex.Evaluate(devset=devset, metric=raising_metric, max_errors=3)(
+        program()).score == res.score
     with pytest.raises(ValueError, match="empty devset"):
         dspex.Evaluate(devset=[], metric=metric)(program())
     with pytest.raises(ValueError, match="chunk_size"):
