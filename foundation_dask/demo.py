@@ -7,9 +7,11 @@ run on the workers, so they live in an importable module.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -58,6 +60,50 @@ def publish_from_worker(i: int) -> str:
     return addr
 
 
+class HealthRecorder:
+    """Samples the cluster health every ``interval`` seconds in a thread: the CPU,
+    memory and load history the report shows, as the live panel collects it.
+
+    Use as a context manager; :attr:`last` is the newest report, :meth:`frame` the
+    history (``time``, ``node``, ``cpu``, ``memory``, ``load_avg``).
+    """
+
+    def __init__(self, interval: float = 1.0) -> None:
+        self.interval = interval
+        self.last: Any = None
+        self.rows: list[tuple[float, str, Any, Any, Any]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="demo-health", daemon=True)
+
+    def sample(self) -> Any:
+        """Read the health once and record it."""
+        health: Any = HealthMonitor.get_cluster_health()  # a ClusterHealth (a sync client)
+        self.last = health
+        self.rows.extend((health.timestamp, n.node, n.cpu, n.memory, n.load_avg)
+                         for n in health.cluster.node_health)
+        return health
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(Exception):  # a worker restarting: the next sample
+                self.sample()
+            self._stop.wait(self.interval)
+
+    def frame(self) -> Any:
+        """The recorded history, one row per node and sample."""
+        import pandas as pd
+
+        return pd.DataFrame(self.rows, columns=["time", "node", "cpu", "memory", "load_avg"])
+
+    def __enter__(self) -> HealthRecorder:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
 class _Printer:
     def __init__(self, out: Callable[[str], None]):
         self.out = out
@@ -98,9 +144,10 @@ def run_demo(*, n_workers: int = 2, quick: bool = False, llm: bool = True,
         client.wait_for_workers(n_workers, timeout=120)
         p.line(f"scheduler {client.scheduler.address}, {n_workers} worker processes")
         p.line(f"Dask dashboard: {client.dashboard_link}")
-        _foundation_tour(client, p, summary, n_workers)
-        if llm:
-            _dspex_tour(client, p, summary, n_workers, quick, out_dir)
+        with HealthRecorder() as recorder:
+            _foundation_tour(client, p, summary, n_workers)
+            if llm:
+                _dspex_tour(client, p, summary, n_workers, quick, out_dir, recorder)
         p.header(f"Done in {time.perf_counter() - p.t0:.1f}s")
         summary["wall_time_s"] = time.perf_counter() - p.t0
     finally:
@@ -180,9 +227,7 @@ def _print_health(client: Any, p: _Printer, summary: dict[str, Any], n_workers: 
 
 
 def _dspex_tour(client: Any, p: _Printer, summary: dict[str, Any], n_workers: int,
-                quick: bool, out_dir: str) -> None:
-    import threading
-
+                quick: bool, out_dir: str, recorder: HealthRecorder) -> None:
     from foundation_dask import dspex, scope
     from foundation_dask.dspex.datasets import (
         SENTIMENT_INSTRUCTIONS,
@@ -277,14 +322,36 @@ def _dspex_tour(client: Any, p: _Printer, summary: dict[str, Any], n_workers: in
                               if len(report.code_hotspots) else None)
 
     p.header(f"Report in {out_dir}/")
-    paths = write_report(out_dir, data, report, result)
+    try:
+        history = dspex.optimization_history(result.optimization_id)
+    except Exception:  # the coordinator is gone: the snapshots the run returned
+        history = result.progress
+    recorder.sample()  # the health at the end of the run, as the live panel shows it
+    paths = write_report(out_dir, data, report, result, health=recorder.last,
+                         health_history=recorder.frame(), progress=history)
     for name, path in paths.items():
         p.line(f"{name:10s} {path}")
     summary["report"] = paths
 
 
-def write_report(out_dir: str, data: Any, report: Any, result: Any) -> dict[str, str]:
-    """The static HTML report (Bokeh views, inline) and the trace in JSON and Perfetto."""
+def write_report(out_dir: str, data: Any, report: Any, result: Any, *, health: Any = None,
+                 health_history: Any = None, progress: Any = None) -> dict[str, str]:
+    """The static HTML report (Bokeh views, inline) and the trace in JSON and Perfetto.
+
+    Parameters
+    ----------
+    out_dir
+        The folder written.
+    data, report, result
+        The trace (``scope.collect_trace_data``), the performance report
+        (``scope.analyze_cluster_performance``) and the optimization's result.
+    health, health_history
+        The last cluster health and the history recorded during the run
+        (:class:`HealthRecorder`); default the health now, without history.
+    progress
+        The optimization's progress snapshots (``dspex.optimization_history``);
+        default ``result.progress``.
+    """
     from pathlib import Path
 
     from bokeh.embed import file_html
@@ -297,18 +364,23 @@ def write_report(out_dir: str, data: Any, report: Any, result: Any) -> dict[str,
 
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    health = ClusterHealthView()
-    health.update()
+    health_view = ClusterHealthView()
+    health_view.update(health)
+    if health_history is not None and len(health_history):
+        health_view.set_history(health_history)
     timeline = TraceTimelineView()
     timeline.update(data)
     hotspots = HotspotsView()
     hotspots.update(report.code_hotspots)
-    progress = OptimizationProgressView(result.optimization_id)
-    progress.update(result.progress)
+    progress_view = OptimizationProgressView(result.optimization_id)
+    progress_view.update(result.progress if progress is None else progress)
+    best = "-" if result.best_score is None else f"{result.best_score:.1f}%"
     layout = column(
         Div(text=f"<h1>foundation_dask demo</h1><p>Optimization {result.optimization_id}: "
-                 f"best validation score {result.best_score}, trace {result.trace_id}</p>"),
-        health.root, progress.root, timeline.root, hotspots.root, sizing_mode="stretch_width",
+                 f"{result.status}, best validation score {best}, trace {result.trace_id}</p>",
+            sizing_mode="stretch_width"),
+        health_view.root, progress_view.root, timeline.root, hotspots.root,
+        sizing_mode="stretch_width",
     )
     html_path = folder / "report.html"
     html_path.write_text(file_html(layout, resources=INLINE, title="foundation_dask demo"))

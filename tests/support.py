@@ -237,6 +237,7 @@ LOOKS_JS = "() => {" + _DEEP_JS + """
   }
   const plots = [];
   const empty = [];
+  const notes = [];
   const docs = (typeof Bokeh === "undefined" || !Bokeh.documents) ? [] : Bokeh.documents;
   for (const doc of docs) {
     for (const model of doc.all_models) {
@@ -264,11 +265,16 @@ LOOKS_JS = "() => {" + _DEEP_JS + """
         }
         return complete >= (glyph.type === "Line" ? 2 : 1);
       });
-      if (!drawn) empty.push(title || model.name || model.id);
+      if (!drawn) {
+        empty.push(title || model.name || model.id);
+        const shownNotes = [...model.center, ...model.below, ...model.above]
+          .filter((a) => a.type === "Label" && a.visible && a.text).map((a) => a.text);
+        notes.push(shownNotes.join(" "));
+      }
     }
   }
   const overflow = document.documentElement.scrollWidth - document.documentElement.clientWidth;
-  return {bad, cut, cells, plots, empty, overflow, documents: docs.length};
+  return {bad, cut, cells, plots, empty, notes, overflow, documents: docs.length};
 }"""
 
 

@@ -220,6 +220,17 @@ def _error_columns(errors: list) -> dict[str, list]:
     }
 
 
+def _thread_name(threads: dict[Any, str], thread_id: Any) -> str | None:
+    """The name of thread ``thread_id`` in ``threads``, else its id as text; ``None``
+    for a missing id (a task whose worker did not report its thread: lost with it). A
+    column with missing ids holds floats: the id is written as an integer."""
+    if thread_id is None or (isinstance(thread_id, float) and thread_id != thread_id):
+        return None
+    if isinstance(thread_id, float) and thread_id.is_integer():
+        thread_id = int(thread_id)
+    return threads.get(thread_id, str(thread_id))
+
+
 def _frame_from_process(payload: dict[str, Any], offset_ns: float) -> pd.DataFrame:
     """The spans one process recorded, as a frame on the collector's clock."""
     import pandas as pd
@@ -232,7 +243,7 @@ def _frame_from_process(payload: dict[str, Any], offset_ns: float) -> pd.DataFra
     shift = round(offset_ns)  # integer ns: epoch ns in a float lose 256 ns steps
     df["start_ns"] = df["start_ns"].astype("int64") - shift
     df["end_ns"] = df["end_ns"].astype("int64") - shift
-    df["thread"] = [threads.get(t, str(t)) for t in df["thread_id"]]
+    df["thread"] = [_thread_name(threads, t) for t in df["thread_id"]]
     df["node"] = payload["node"]
     df["pid"] = payload["pid"]
     df["host"] = payload.get("host")
@@ -265,7 +276,7 @@ def _frame_from_tasks(tasks: list[dict], offsets: dict[str, float],
     df["pid"] = [processes.get(n, {}).get("pid") for n in df["node"]]
     df["host"] = [processes.get(n, {}).get("host") for n in df["node"]]
     df["thread"] = [
-        processes.get(n, {}).get("threads", {}).get(t, str(t))
+        _thread_name(processes.get(n, {}).get("threads", {}), t)
         for n, t in zip(df["node"], df["thread_id"], strict=True)
     ]
     df["attrs"] = [
@@ -274,6 +285,28 @@ def _frame_from_tasks(tasks: list[dict], offsets: dict[str, float],
         for t in df.pop("transfers")
     ]
     return df.reindex(columns=_ROW_COLUMNS)
+
+
+def _lane_names(events: pd.DataFrame) -> list[str]:
+    """One lane name per event: ``"<node> / <thread>"``, the node alone for events
+    without a thread (scheduler tasks), ``"<thread>"`` without a node."""
+    import pandas as pd
+
+    def text(value: Any) -> str:
+        if value is None or value is pd.NA or (isinstance(value, float) and value != value):
+            return ""
+        if isinstance(value, float) and value.is_integer():  # a thread id in a float column
+            return str(int(value))
+        text = str(value)
+        return "" if text in ("nan", "None") else text
+
+    nodes = events["node"].tolist() if "node" in events else [None] * len(events)
+    threads = events["thread"].tolist() if "thread" in events else [None] * len(events)
+    names = []
+    for node, thread in zip(nodes, threads, strict=True):
+        n, t = text(node), text(thread)
+        names.append(f"{n} / {t}" if n and t else (n or t))
+    return names
 
 
 def critical_path_text(path: list[dict[str, Any]]) -> str:
@@ -403,7 +436,7 @@ def correlate(trace_id: str, info: dict[str, Any], payloads: list[dict[str, Any]
 
     timeline = events.copy()
     timeline["depth"] = [depth(s) for s in timeline["span_id"]]
-    timeline["lane"] = timeline["node"].astype(str) + " / " + timeline["thread"].astype(str)
+    timeline["lane"] = _lane_names(timeline)
     cross = sum(
         1 for sid, p in parent_of.items() if p in node_of and node_of[p] != node_of[sid]
     )

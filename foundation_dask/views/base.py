@@ -245,19 +245,98 @@ def make_table(source: ColumnDataSource, spec: Sequence[tuple], *, name: str | N
     table = DataTable(
         source=source, columns=table_columns(spec), name=name, height=height,
         sizing_mode=sizing_mode, index_position=None,
-        # "fit_columns" trips a SlickGrid bug in BokehJS 3.9 (ReferenceError: row is not
-        # defined) when a table has text rows at render time or is resized
-        autosize_mode="force_fit",
+        # columns as wide as their content (fit_widths), a horizontal scroll bar when
+        # they are wider than the table: "force_fit" squeezed them to the table's width
+        # ("tcp://127", "healt"), and "fit_columns" trips a SlickGrid bug in BokehJS 3.9
+        # (ReferenceError: row is not defined)
+        autosize_mode="none",
         **kwargs,
     )
+    fit_widths(table)
     redraw_on_change(table)
     return table
 
 
+#: Pixels of the characters of a table cell (BokehJS tables: 12 px sans-serif), by
+#: class: narrow, wide, capitals; :data:`CHAR_PX` for the rest (digits, most letters).
+_NARROW, _WIDE = set("il.,:;'|!()[]{}/\\ Ijft1r-"), set("mwMW@%")
+NARROW_PX, WIDE_PX, CAPITAL_PX, CHAR_PX = 3.6, 10.0, 8.2, 6.8
+#: Tables whose columns are wider than this get room for a horizontal scroll bar.
+SCROLL_ABOVE_PX, SCROLLBAR_PX = 1000, 16
+#: Padding of a cell (both sides, and the header's sort mark).
+CELL_PAD_PX = 18
+#: Columns are never narrower than this, nor wider than :data:`MAX_PX` (the table
+#: scrolls; the whole value is in the source and the hover).
+MIN_PX, MAX_PX = 36, 900
+
+
+def text_px(text: str) -> float:
+    """About the width of ``text`` in a table cell, in pixels."""
+    px = 0.0
+    for c in text:
+        if c in _NARROW:
+            px += NARROW_PX
+        elif c in _WIDE:
+            px += WIDE_PX
+        elif c.isupper():
+            px += CAPITAL_PX
+        else:
+            px += CHAR_PX
+    return px
+
+
+def _shown_text(formatter: Any, value: Any) -> str:
+    """About the text a cell formatted by ``formatter`` shows for ``value``."""
+    if isinstance(formatter, DateFormatter):
+        return "0000-00-00 00:00:00"
+    if isinstance(formatter, NumberFormatter):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            return "-"
+        if number != number or number in (math.inf, -math.inf):
+            return "-"
+        fmt = formatter.format
+        if fmt.endswith(" b"):
+            return "1023.9 MiB"
+        decimals = len(fmt.split(".", 1)[1]) if "." in fmt else 0
+        text = f"{number:,.{decimals}f}" if "," in fmt else f"{number:.{decimals}f}"
+        return text
+    return text_column([value])[0]
+
+
+def column_width(title: str, values: Iterable[Any], formatter: Any = None) -> int:
+    """Pixels a column needs to show ``title`` and each of ``values`` whole."""
+    widest = text_px(title)
+    for value in values:
+        widest = max(widest, text_px(_shown_text(formatter, value)))
+    return int(math.ceil(min(MAX_PX, max(MIN_PX, widest)))) + CELL_PAD_PX
+
+
+def fit_widths(table: DataTable) -> None:
+    """Give each column of ``table`` the width of its longest value or title (no cell
+    cut to a few characters); changes nothing when the widths are right."""
+    source = table.source
+    data = source.data if isinstance(source, ColumnDataSource) else {}
+    for col in table.columns:
+        values = data.get(col.field, [])
+        if isinstance(col.formatter, NumberFormatter) and len(values):
+            arr = float_column(values)
+            finite = arr[np.isfinite(arr)]
+            values = [finite.max(), finite.min()] if len(finite) else [math.nan]
+        width = column_width(str(col.title or col.field), values, col.formatter)
+        if col.width != width:
+            col.width = width
+
+
 def fit_height(table: DataTable, rows: int, most: int, row_px: int = 25) -> None:
     """Make ``table`` as tall as its header and ``rows`` rows, at most ``most`` pixels
-    (no blank band under a short table); changes nothing when the height is right."""
-    height = min(most, 30 + row_px * max(rows, 1))
+    (no blank band under a short table), with its columns as wide as their content
+    (:func:`fit_widths`) and room for a horizontal scroll bar when they are wider than
+    most tables are shown; changes nothing when the size is right."""
+    fit_widths(table)
+    wide = sum(c.width or 0 for c in table.columns) > SCROLL_ABOVE_PX
+    height = min(most, 30 + row_px * max(rows, 1) + (SCROLLBAR_PX if wide else 0))
     if table.height != height:
         table.height = height
 
@@ -285,6 +364,28 @@ def redraw_on_change(table: DataTable) -> DataTable:
     for event in ("data", "streaming", "patching"):
         source.js_on_change(event, redraw)
     return table
+
+
+def empty_note(fig: figure, text: str) -> Any:
+    """A note inside ``fig`` saying what will appear there and how to start it; show it
+    with :func:`show_note` while the plot has nothing to draw. ``"\n"`` breaks lines
+    (narrow plots)."""
+    from bokeh.models.annotations import Label
+
+    note = Label(x=12, y=12, x_units="screen", y_units="screen", text=text,
+                 text_font_size="10pt", text_color="#616161", text_font_style="italic",
+                 visible=True)
+    fig.add_layout(note)
+    return note
+
+
+def show_note(note: Any, empty: bool, text: str | None = None) -> None:
+    """Show ``note`` (with ``text``, if given) when ``empty``, else hide it; changes
+    nothing when it is as asked."""
+    if text is not None and empty and note.text != text:
+        note.text = text
+    if note.visible != empty:
+        note.visible = empty
 
 
 def title_of(fig: figure) -> Title:
@@ -383,7 +484,8 @@ class View:
 
 
 __all__ = [
-    "DEFAULT_STATUS_COLOUR", "STATUS_COLOURS", "View", "colour_for", "empty_columns",
-    "fit_height", "float_column", "make_table", "palette", "records_to_columns", "redraw_on_change",
-    "set_data", "status_colours", "table_columns", "text_column", "title_of",
+    "DEFAULT_STATUS_COLOUR", "STATUS_COLOURS", "View", "colour_for", "column_width",
+    "empty_columns", "empty_note", "fit_height", "fit_widths", "float_column", "make_table",
+    "palette", "records_to_columns", "redraw_on_change", "set_data", "show_note",
+    "status_colours", "table_columns", "text_column", "title_of",
 ]

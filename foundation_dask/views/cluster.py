@@ -32,11 +32,13 @@ from foundation_dask.views.base import (
     View,
     colour_for,
     empty_columns,
+    empty_note,
     fit_height,
     float_column,
     make_table,
     records_to_columns,
     set_data,
+    show_note,
     status_colours,
     text_column,
 )
@@ -78,6 +80,11 @@ METRICS = [
     ("memory", "memory", "Memory % of limit"),
     ("load", "load_avg", "Load average (1 min)"),
 ]
+
+
+#: The notes of the time series while they have no line.
+_WAITING = "a line per node\nfrom the second sample\n(the next refresh)"
+_NO_NODES = "no nodes yet: a line per\nnode once workers join"
 
 
 def fetch_health(client: distributed.Client | None = None
@@ -163,18 +170,22 @@ class ClusterHealthView(View):
         self.table = make_table(self.source["nodes"], _TABLE, height=table_height,
                                 name="foundation-health-table", sizing_mode="stretch_width")
         self.figures: dict[str, Any] = {}
+        self.notes: dict[str, Any] = {}
         for metric, _, label in METRICS:
             fig = figure(
                 x_axis_type="datetime", height=plot_height, sizing_mode="stretch_width",
-                tools="xpan,xwheel_zoom,box_zoom,reset,save", toolbar_location="above",
-                title=label, name=f"foundation-health-{metric}",
+                # the toolbar beside the plot: above, it took the title's line and cut
+                # the title ("Load average (1 min")
+                tools="xpan,xwheel_zoom,reset", toolbar_location="right",
+                title=label, name=f"foundation-health-{metric}", min_width=220,
             )
+            fig.toolbar.logo = None  # room for the tools beside a short plot
             fig.add_tools(HoverTool(
                 tooltips=[("node", "$name"), ("time", "@time{%H:%M:%S}"),
                           (label, "$y{0.0}")],
                 formatters={"@time": "datetime"},
             ))
-            fig.yaxis.axis_label = label
+            self.notes[metric] = empty_note(fig, _WAITING)
             x_range = cast(DataRange1d, fig.x_range)
             x_range.follow = "end"
             # a minute at least: with one sample Bokeh would zoom to microseconds, and
@@ -221,12 +232,11 @@ class ClusterHealthView(View):
         self._title_plots()
 
     def _title_plots(self) -> None:
-        """A line needs two samples: until then the summary says why the plots are empty
-        (their titles are too narrow for it)."""
-        waiting = len(self.source["history"].data["time"]) < 2
-        note = " · <i>plots: lines from the second sample on</i>"
-        text = self.summary.text.replace(note, "")
-        self.summary.text = text + note if waiting else text
+        """A line needs two samples: until then each plot says when its lines come."""
+        n = len(self.source["history"].data["time"])
+        text = _NO_NODES if not self.slots else _WAITING
+        for note in self.notes.values():
+            show_note(note, n < 2, text)
 
     def _reconcile(self, addresses: list[str], names: dict[str, str]) -> None:
         """Give new nodes a slot (columns and lines), drop the lines of departed nodes."""

@@ -22,11 +22,13 @@ from foundation_dask.dspex.orchestration import list_optimizations, optimization
 from foundation_dask.views.base import (
     View,
     empty_columns,
+    empty_note,
     fit_height,
     float_column,
     make_table,
     records_to_columns,
     set_data,
+    show_note,
     status_colours,
     text_column,
     title_of,
@@ -44,6 +46,26 @@ WORKER_COLUMNS = ["worker", "evaluations", "mean_ms", "errors", "rate"]
 def _eta(row: dict[str, Any]) -> float:
     eta = row.get("estimated_completion_time")
     return max(0.0, float(eta) - time.time()) if eta else float("nan")
+
+
+#: The progress plot's note while no optimization is shown.
+_NO_OPTIMIZATION = ("no optimization yet: its best and running scores appear here once "
+                    "dspex.DistributedOptimizer.optimize_program_distributed(...) runs")
+
+#: History fields under the names of the coordinator's progress (``get_progress``).
+_PROGRESS_NAMES = {"evaluations": "evaluations_completed", "best_score": "current_best_score"}
+
+
+def _history_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A history row (``optimization_history``) from a history row or a progress
+    snapshot (``OptimizationResult.progress``: ``evaluations_completed``...)."""
+    if all(k in row for k in _PROGRESS_NAMES):
+        return row
+    out = dict(row)
+    for name, other in _PROGRESS_NAMES.items():
+        if name not in out and other in out:
+            out[name] = out[other]
+    return out
 
 
 class OptimizationsView(View):
@@ -106,7 +128,7 @@ class OptimizationProgressView(View):
                      y_axis_label="score (%)", tools="pan,wheel_zoom,box_zoom,reset,save",
                      title="score over evaluations")
         fig.line("evaluations", "best_score", source=self.source, line_width=2,
-                 color="#2e7d32", legend_label="best so far")
+                 color="#2e7d32", legend_label="best candidate")
         fig.scatter("evaluations", "running_score", source=self.source, size=4,
                     color="#1565c0", legend_label="running score")
         fig.add_tools(HoverTool(tooltips=[("evaluations", "@evaluations"),
@@ -118,7 +140,8 @@ class OptimizationProgressView(View):
         # ten points at least: a constant score made ticks of 33.3315, 33.332...
         cast(DataRange1d, fig.y_range).min_interval = 10
         self.figure = fig
-        self.status = Div(text="no optimization selected")
+        self.note = empty_note(fig, _NO_OPTIMIZATION)
+        self.status = Div(text="no optimization selected", sizing_mode="stretch_width")
         self.root = column(self.status, fig, sizing_mode=self.sizing_mode)
 
     def select(self, optimization_id: str | None) -> None:
@@ -132,6 +155,7 @@ class OptimizationProgressView(View):
 
     def apply(self, data: Any) -> None:
         rows = data.to_dict("records") if hasattr(data, "to_dict") else list(data)
+        rows = [_history_row(r) for r in rows]
         cols: dict[str, Any] = records_to_columns(rows, HISTORY_COLUMNS)
         for c in HISTORY_COLUMNS:
             cols[c] = float_column(cols[c])
@@ -139,18 +163,23 @@ class OptimizationProgressView(View):
         title = title_of(self.figure)
         if rows:
             last = rows[-1]
+            # the coordinator's best is the best candidate's mean over its evaluations so
+            # far: the last one is the run's (its result's best score), not the highest
             scores = cols["best_score"][~np.isnan(cols["best_score"])]
-            best = f"{scores.max():.1f}" if len(scores) else "-"  # best so far, of any row
+            best = f"{scores[-1]:.1f}%" if len(scores) else "-"
             self.status.text = (
                 f"<b>{self.optimization_id}</b>: {last.get('completion_percent') or 0:.1f}% "
                 f"done, best {best}, {last.get('rate') or 0:.1f} evaluations/s"
             )
             title.text = "score over evaluations"
+            show_note(self.note, not np.isfinite(cols["best_score"]).any()
+                      and not np.isfinite(cols["running_score"]).any(),
+                      "no scores in these evaluations yet: they come with the next report")
         else:
             self.status.text = f"<b>{self.optimization_id or 'no optimization selected'}</b>"
-            title.text = ("score over evaluations: waiting for the first evaluations"
-                          if self.optimization_id else
-                          "score over evaluations: pick an optimization above")
+            title.text = "score over evaluations"
+            show_note(self.note, True, "waiting for the first evaluations of "
+                      f"{self.optimization_id}" if self.optimization_id else _NO_OPTIMIZATION)
 
 
 class WorkerStatsView(View):

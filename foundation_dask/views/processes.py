@@ -19,6 +19,7 @@ from foundation_dask.views._common import sort_rows
 from foundation_dask.views.base import (
     View,
     empty_columns,
+    fit_height,
     float_column,
     make_table,
     records_to_columns,
@@ -85,6 +86,7 @@ class ProcessesView(View):
 
     def __init__(self, *, height: int = 300, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.height = height
         self.source = ColumnDataSource(empty_columns(PROCESS_COLUMNS),
                                        name="foundation-processes")
         self.summary = Div(text="", sizing_mode="stretch_width")
@@ -99,6 +101,7 @@ class ProcessesView(View):
     def apply(self, data: Any) -> None:
         cols = process_columns(data)
         set_data(self.source, cols)
+        fit_height(self.table, len(cols["state"]), self.height)  # and widths
         states = cols["state"]
         counts = {s: states.count(s) for s in dict.fromkeys(states)}
         parts = ", ".join(

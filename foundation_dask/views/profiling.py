@@ -28,8 +28,10 @@ from foundation_dask.core._client import current_client
 from foundation_dask.views.base import (
     View,
     empty_columns,
+    empty_note,
     float_column,
     records_to_columns,
+    show_note,
     text_column,
     title_of,
 )
@@ -151,6 +153,11 @@ def hotspot_columns(frame: pd.DataFrame) -> dict[str, Any]:
     }
 
 
+#: The profile plots' note while they have no samples.
+_NO_SAMPLES = ("no profile samples yet: start profiling (scope.start_cluster_profiling() or "
+               "Start profiling) and run some work")
+
+
 class HotspotsView(View):
     """Top functions by self time: a horizontal bar chart (total time behind, lighter).
 
@@ -182,7 +189,7 @@ class HotspotsView(View):
         fig = figure(
             y_range=FactorRange(factors=[]), height=height, sizing_mode=self.sizing_mode,
             title="Code hotspots (self time)", x_axis_label="seconds",
-            tools="xpan,xwheel_zoom,box_zoom,reset,save", toolbar_location="above",
+            tools="xpan,xwheel_zoom,box_zoom,reset,save", toolbar_location="right",
             name="foundation-hotspots-figure",
         )
         fig.hbar(y="label", right="total_time_s", height=0.75, source=self.source,
@@ -201,6 +208,7 @@ class HotspotsView(View):
         fig.legend.location = "bottom_right"
         fig.ygrid.grid_line_color = None
         self.figure = fig
+        self.note = empty_note(fig, _NO_SAMPLES)
         self.summary = Div(text="", sizing_mode="stretch_width")
         self.root = column(self.summary, fig, sizing_mode=self.sizing_mode,
                            name="foundation-hotspots-view")
@@ -214,6 +222,7 @@ class HotspotsView(View):
         self.source.data = cols
         cast(FactorRange, self.figure.y_range).factors = list(reversed(cols["label"]))
         total = float(np.nansum(cols["self_time_s"])) if len(cols["label"]) else 0.0
+        show_note(self.note, not len(cols["label"]))
         self.summary.text = (f"<b>Top {len(cols['label'])} functions</b> by self time "
                              f"({total:.2f} s in these)")
 
@@ -346,7 +355,7 @@ class FlameGraphView(View):
             height=height, sizing_mode=self.sizing_mode, title="Flame graph",
             x_range=Range1d(start=0, end=1, bounds=(0, 1)), y_range=Range1d(start=0, end=1),
             tools="xpan,xwheel_zoom,box_zoom,reset,save,tap", active_scroll="xwheel_zoom",
-            toolbar_location="above", name="foundation-flame-figure",
+            toolbar_location="right", name="foundation-flame-figure",
         )
         boxes = fig.quad(left="left", right="right", bottom="bottom", top="top",
                          fill_color="color", line_color="white", line_width=0.5,
@@ -361,6 +370,7 @@ class FlameGraphView(View):
         fig.yaxis.axis_label = "stack depth"
         fig.grid.grid_line_color = None
         self.figure = fig
+        self.note = empty_note(fig, _NO_SAMPLES)
         self.root = fig
 
     def default_fetch(self) -> dict[str, Any]:
@@ -379,6 +389,7 @@ class FlameGraphView(View):
         self.figure.y_range.update(start=0, end=depth)
         samples = tree.get("count") or 0
         title_of(self.figure).text = f"Flame graph: {samples:,} samples"
+        show_note(self.note, not len(cols["top"]))
 
 
 __all__ = [

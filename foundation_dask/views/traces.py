@@ -34,11 +34,14 @@ from foundation_dask.views._common import sort_rows
 from foundation_dask.views.base import (
     View,
     empty_columns,
+    empty_note,
+    fit_height,
     float_column,
     make_table,
     palette,
     records_to_columns,
     set_data,
+    show_note,
     status_colours,
     text_column,
     title_of,
@@ -138,6 +141,7 @@ class TracesView(View):
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.include_completed = include_completed
+        self.height = height
         self.source = ColumnDataSource(empty_columns(TRACE_COLUMNS), name="foundation-traces")
         self.table = make_table(self.source, _TRACES_TABLE, height=height,
                                 name="foundation-traces-table", selectable=True)
@@ -191,6 +195,7 @@ class TracesView(View):
                 cols = {k: ([v[i] for i in keep] if isinstance(v, list) else v[keep])
                         for k, v in cols.items()}
         set_data(self.source, cols)
+        fit_height(self.table, len(cols["trace_id"]), self.height)  # and widths
         if self.selected_trace is not None:
             self.select(self.selected_trace)  # the row may have moved
         active = cols["status"].count("active")
@@ -381,6 +386,11 @@ def timeline_columns(frame: pd.DataFrame, max_spans: int | None = None
     return spans, links, lanes, facts
 
 
+#: The timeline's note while it shows no trace.
+_NO_TRACE = ("no trace selected: start one (scope.start_cluster_trace() or Start trace) and "
+             "pick it to see its spans here")
+
+
 def fetch_trace(trace_id: str, client: distributed.Client | None = None,
                 timeout: float = 10.0) -> TraceData:
     """Collect a trace through a client (``scope.collect_trace_data``)."""
@@ -436,7 +446,7 @@ class TraceTimelineView(View):
         fig = figure(
             height=height, sizing_mode=self.sizing_mode, title="No trace",
             tools="xpan,xwheel_zoom,box_zoom,reset,save,tap", active_scroll="xwheel_zoom",
-            active_drag="xpan", toolbar_location="above", y_range=Range1d(start=0.5, end=-0.5),
+            active_drag="xpan", toolbar_location="right", y_range=Range1d(start=0.5, end=-0.5),
             x_axis_label="ms since the first span", name="foundation-timeline",
         )
         bars = fig.quad(
@@ -456,6 +466,7 @@ class TraceTimelineView(View):
         fig.yaxis.ticker = FixedTicker(ticks=[])
         fig.ygrid.grid_line_color = None
         self.figure = fig
+        self.note = empty_note(fig, _NO_TRACE)
         self.summary = Div(text="", sizing_mode="stretch_width")
         self.root = column(self.summary, fig, sizing_mode=self.sizing_mode,
                            name="foundation-timeline-view")
@@ -502,6 +513,9 @@ class TraceTimelineView(View):
                                         "scale_height"):
                 self.figure.height = max(self.base_height, 60 + 30 * len(lanes))
         title_of(self.figure).text = title
+        show_note(self.note, facts["spans"] == 0,
+                  "no spans in this trace yet: traced work adds them" if self.trace_id
+                  else _NO_TRACE)
         shown = (f"{facts['spans']:,} spans" if facts["spans"] == facts["total"]
                  else f"{facts['spans']:,} longest of {facts['total']:,} spans")
         text = (f"<b>{title}</b>: {shown} on {len(lanes)} lanes, "

@@ -68,6 +68,14 @@ def bokeh_widget(model: Any) -> W.DOMWidget:
     return pane
 
 
+def controls_row(*children: W.Widget) -> W.HBox:
+    """A row of controls that wraps when the panel is narrow (a squeezed row cut the
+    labels: "Optimizati...")."""
+    for child in children:
+        child.layout.flex = "0 0 auto"  # each control keeps its width
+    return W.HBox(list(children), layout=W.Layout(flex_flow="row wrap"))
+
+
 T = TypeVar("T")
 
 
@@ -216,4 +224,4 @@ class Panel:
         return bundle
 
 
-__all__ = ["BokehPane", "Panel", "bokeh_widget", "load_bokehjs"]
+__all__ = ["BokehPane", "Panel", "bokeh_widget", "controls_row", "load_bokehjs"]

@@ -15,7 +15,7 @@ from foundation_dask.views import (
     TracesView,
     TraceTimelineView,
 )
-from foundation_dask.widgets._base import Panel, bokeh_widget, panel_doc
+from foundation_dask.widgets._base import Panel, bokeh_widget, controls_row, panel_doc
 from foundation_dask.widgets._frontend import DownloadWidget
 
 
@@ -58,9 +58,9 @@ class LiveDashboard(Panel):
         self.traces.on_select(self._on_trace_selected)
 
         trace_controls = W.VBox([
-            W.HBox([self.scope_text, self.options_text, self.start_button]),
-            W.HBox([self.trace_select, self.stop_button, self.export_button,
-                    self.show_button]),
+            controls_row(self.scope_text, self.options_text, self.start_button),
+            controls_row(self.trace_select, self.stop_button, self.export_button,
+                         self.show_button),
         ])
         self.tabs = W.Tab(children=[
             bokeh_widget(self.health.root),

@@ -15,7 +15,7 @@ from foundation_dask.views.optimization import (
     OptimizationsView,
     WorkerStatsView,
 )
-from foundation_dask.widgets._base import Panel, bokeh_widget, panel_doc
+from foundation_dask.widgets._base import Panel, bokeh_widget, controls_row, panel_doc
 
 
 @panel_doc
@@ -50,7 +50,7 @@ class OptimizationDashboard(Panel):
         self.widget = W.VBox([
             W.HTML(f"<h3>{self.title}</h3>"), self.flash,
             bokeh_widget(self.optimizations.root),
-            W.HBox([self.select, self.stop_button, self.up_button, self.down_button]),
+            controls_row(self.select, self.stop_button, self.up_button, self.down_button),
             bokeh_widget(self.progress.root), bokeh_widget(self.workers.root),
         ])
 

@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import free_port, local_chromium, require_browser, wait_for
+from tests.support import LOOKS_JS, free_port, local_chromium, require_browser, wait_for
 
 HERE = Path(__file__).parent
 NOTEBOOK = HERE / "browser" / "dashboard.ipynb"
@@ -355,6 +355,25 @@ def test_live_dashboard_in_a_browser(dashboard: VoilaDashboard, tmp_path: Path):
             assert len(final["nodes"]) == 2
             assert not final["errors"], final["errors"]
             timings["compared"] = time.monotonic() - t0
+
+            # 6. Each tab looks finished: no missing value shown, no cell cut, the health
+            # plots drawn; a plot with nothing to draw yet (no profile taken) says what
+            # will appear there and how to start it. Screenshots go to FD_SCREENSHOTS.
+            shots = Path(os.environ.get("FD_SCREENSHOTS") or tmp_path)
+            shots.mkdir(parents=True, exist_ok=True)
+            for tab in ["Cluster", "Processes", "Traces", "Performance"]:
+                page.get_by_role("tab", name=tab).click()
+                page.wait_for_timeout(500)  # the tab's layout pass
+                page.screenshot(path=shots / f"panel-{tab.lower()}.png", full_page=True)
+                looks = page.evaluate(LOOKS_JS)
+                assert not looks["bad"], (tab, looks["bad"])
+                assert not looks["cut"], (tab, looks["cut"])
+                unexplained = [t for t, note in zip(looks["empty"], looks["notes"], strict=True)
+                               if not note]
+                assert not unexplained, (tab, "plots empty without a note", unexplained)
+                assert looks["overflow"] <= 0, (tab, looks["overflow"])
+            assert not {"CPU %", "Memory % of limit", "Load average (1 min)"} & set(
+                looks["empty"]), looks["empty"]
 
             # Nothing went wrong in the page: no exception, no error but the refused
             # external requests, nothing asked of a Bokeh CDN, every local request served.

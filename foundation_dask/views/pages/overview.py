@@ -49,9 +49,11 @@ def overview_document(scheduler: distributed.Scheduler,
             progress.select(states[0]["optimization_id"])
             progress.update(list(states[0]["history"]))
 
-    root = column(row(health.root, traces.root, sizing_mode="stretch_width"),
-                  row(optimizations.root, progress.root, sizing_mode="stretch_width"),
-                  sizing_mode="stretch_width")
+    # nodes and optimizations on the left, traces and the score plot on the right: the
+    # short tables sit above the tall views, no blank band beside either
+    root = row(column(health.root, optimizations.root, sizing_mode="stretch_width"),
+               column(traces.root, progress.root, sizing_mode="stretch_width"),
+               sizing_mode="stretch_width")
     return root, refresh
 
 
