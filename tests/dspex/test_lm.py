@@ -181,7 +181,7 @@ def test_timeout_raises_after_retry(server):
     with pytest.raises(dspex.LMTimeoutError, match="timed out after 0.3 s") as info:
         lm(prompt="x")
     assert isinstance(info.value, TimeoutError)
-    assert 0.6 <= time.monotonic() - t0 < 10
+    assert time.monotonic() - t0 >= 0.6  # two attempts of 0.3 s each
     assert len(server.requests) == 2
 
 

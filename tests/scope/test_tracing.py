@@ -170,15 +170,15 @@ def test_unresponsive_node_gives_partial_result(cluster_client, tmp_path):
     # block that worker's event loop for a while (client.run runs plain functions on it)
     flag = tmp_path / "blocked"
     blocker = threading.Thread(
-        target=c.run, args=(block_loop, str(flag), 3), kwargs={"workers": [stuck]}
+        target=c.run, args=(block_loop, str(flag), 10), kwargs={"workers": [stuck]}
     )
     blocker.start()
     wait_for(flag.exists)
-    t0 = time.monotonic()
     data = scope.collect_trace_data(t.trace_id, timeout=0.5)
-    elapsed = time.monotonic() - t0
+    # bounded by the per-node timeout, not by the stall: the node is still blocked
+    stalled = blocker.is_alive()
     blocker.join()
-    assert elapsed < 2.5  # bounded by the per-node timeout, not by the stall
+    assert stalled
     assert data.missing_nodes == [stuck]
     assert data.partial
     assert "missing" in repr(data)
