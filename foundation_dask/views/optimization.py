@@ -1,5 +1,5 @@
-"""Client and scheduler: views of DSPEx optimizations, the list, the progress of one and
-per-worker statistics.
+"""Client and scheduler: views of DSPEx optimizations, the list, the progress of one,
+per-worker statistics, and the evaluations running on the cluster.
 
 Client side they read the coordinators through :func:`dspex.list_optimizations` and
 :func:`dspex.optimization_history`; on the scheduler (the dashboard's overview page)
@@ -9,7 +9,9 @@ they are given the coordinators' checkpointed states, which
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import OrderedDict
 from typing import Any, cast
 
 import numpy as np
@@ -41,6 +43,9 @@ LIST_COLUMNS = ["optimization_id", "status", "status_colour", "completion_percen
 HISTORY_COLUMNS = ["evaluations", "best_score", "running_score", "rate", "completion_percent"]
 
 WORKER_COLUMNS = ["worker", "evaluations", "mean_ms", "errors", "rate"]
+
+EVALUATION_COLUMNS = ["eval_id", "label", "done", "total", "percent", "running_score",
+                      "rate", "eta_s"]
 
 
 def _eta(row: dict[str, Any]) -> float:
@@ -216,4 +221,60 @@ class WorkerStatsView(View):
             "mean_ms": float_column(1000 * sum(stats[w]) / len(stats[w]) for w in workers),
             "errors": float_column(errors[w] for w in workers),
             "rate": float_column(len(stats[w]) / max(sum(stats[w]), 1e-9) for w in workers),
+        })
+
+
+class EvaluationsView(View):
+    """The evaluations running on the cluster, as they go: ``dspex.Evaluate``, the
+    candidates of the dspex optimizers, and DSPy's own evaluations inside
+    ``dspex.on_cluster()``, from the ``evaluation_progress`` messages they publish on
+    ``telemetry`` (:meth:`note` takes them; the newest ``keep`` are shown)."""
+
+    title = "Evaluations"
+
+    source: ColumnDataSource
+
+    def __init__(self, *, height: int = 200, keep: int = 20, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.height, self.keep = height, keep
+        self._latest: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._guard = threading.Lock()
+        self.source = ColumnDataSource(empty_columns(EVALUATION_COLUMNS))
+        self.root = make_table(self.source, [
+            ("label", "Evaluation"), ("eval_id", "Id"), ("done", "Done", "int"),
+            ("total", "Of", "int"), ("percent", "Done %", "float"),
+            ("running_score", "Score %", "float"), ("rate", "Examples/s", "float"),
+            ("eta_s", "ETA (s)", "float"),
+        ], height=height, sizing_mode=self.sizing_mode)
+
+    def note(self, message: dict[str, Any]) -> bool:
+        """Take one ``evaluation_progress`` message (any other is ignored); thread-safe."""
+        if not isinstance(message, dict) or message.get("type") != "evaluation_progress":
+            return False
+        key = str(message.get("eval_id"))
+        with self._guard:
+            self._latest.pop(key, None)
+            self._latest[key] = dict(message)
+            while len(self._latest) > self.keep:
+                self._latest.popitem(last=False)
+        return True
+
+    def default_fetch(self) -> Any:
+        with self._guard:
+            return list(reversed(self._latest.values()))
+
+    def apply(self, data: Any) -> None:
+        """``data``: the latest progress message of each evaluation, newest first."""
+        rows = list(data)
+        fit_height(self.root, len(rows), self.height)
+        set_data(self.source, {
+            "eval_id": [str(r.get("eval_id")) for r in rows],
+            "label": [str(r.get("label") or "") for r in rows],
+            "done": float_column(r.get("done") or 0 for r in rows),
+            "total": float_column(r.get("total") or 0 for r in rows),
+            "percent": float_column(100.0 * (r.get("done") or 0) / max(1, r.get("total") or 0)
+                                    for r in rows),
+            "running_score": float_column(r.get("running_score") or 0.0 for r in rows),
+            "rate": float_column(r.get("rate") or 0.0 for r in rows),
+            "eta_s": float_column(r.get("eta_s") or 0.0 for r in rows),
         })

@@ -1,5 +1,5 @@
 """Client: :class:`OptimizationDashboard`, the notebook panel of the cluster's DSPEx
-optimizations, with stop and scale buttons."""
+optimizations and evaluations, with stop and scale buttons."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from foundation_dask.core.channels import Channels
 from foundation_dask.core.processes import ProcessManager, SingletonHandle
 from foundation_dask.dspex.orchestration import coordinator_name
 from foundation_dask.views.optimization import (
+    EvaluationsView,
     OptimizationProgressView,
     OptimizationsView,
     WorkerStatsView,
@@ -21,7 +22,9 @@ from foundation_dask.widgets._base import Panel, bokeh_widget, controls_row, pan
 @panel_doc
 class OptimizationDashboard(Panel):
     """Active optimizations with progress, best score, workers and history; stop and
-    scale buttons acting through the ``control`` channel.
+    scale buttons acting through the ``control`` channel; below them the evaluations
+    running on the cluster (``dspex.Evaluate``, and DSPy's own optimizers inside
+    ``dspex.on_cluster()``), from their progress on ``telemetry``.
 
     %(panel_parameters)s
     scale_step
@@ -37,7 +40,9 @@ class OptimizationDashboard(Panel):
         self.optimizations = OptimizationsView()
         self.progress = OptimizationProgressView()
         self.workers = WorkerStatsView(fetch=self._worker_records)
-        self.views = [self.optimizations, self.progress, self.workers]
+        self.evaluations = EvaluationsView()
+        self.views = [self.optimizations, self.progress, self.workers, self.evaluations]
+        self._telemetry: Any = None
         self.select = W.Dropdown(description="Optimization", options=[],
                                  style={"description_width": "initial"})
         self.select.observe(self._on_select, names="value")
@@ -52,7 +57,22 @@ class OptimizationDashboard(Panel):
             bokeh_widget(self.optimizations.root),
             controls_row(self.select, self.stop_button, self.up_button, self.down_button),
             bokeh_widget(self.progress.root), bokeh_widget(self.workers.root),
+            bokeh_widget(self.evaluations.root),
         ])
+        self._listen()
+
+    def _listen(self) -> None:
+        """Follow the evaluations' progress on ``telemetry`` (in the subscription's own
+        thread, so also while a cell of this kernel runs them)."""
+        if self._telemetry is None or self._telemetry.closed:
+            self._telemetry = Channels.subscribe(
+                "telemetry", lambda msg: self.evaluations.note(msg.payload))
+
+    def close(self) -> None:
+        """Stop refreshing, stop following the evaluations and close the widgets."""
+        if self._telemetry is not None:
+            self._telemetry.close()
+        super().close()
 
     def _worker_records(self) -> list[dict[str, Any]]:
         if not self.progress.optimization_id:

@@ -133,3 +133,24 @@ def test_frontend_widgets_and_bad_input():
     assert down.send({"a": 1}, "a.json") == 1
     assert json.loads(down.content) == {"a": 1}
     assert down._esm and "download" in str(down._esm)
+
+
+@pytest.mark.timeout(120)
+def test_optimization_dashboard_follows_running_evaluations(cluster_client):
+    dash = OptimizationDashboard(refresh=None)
+    try:
+        with dspex.context(lm=dspex.DummyLM(slow_needs_demos)):
+            dspex.Evaluate(devset=make_examples(12), metric=metric, label="panel-eval",
+                           display_progress=False)(program())
+
+        def finished() -> bool:
+            dash.refresh()
+            data = dash.evaluations.source.data
+            return "panel-eval" in data["label"] and 100.0 in data["percent"]
+
+        wait_for(finished, timeout=30)
+        row = list(dash.evaluations.source.data["label"]).index("panel-eval")
+        assert dash.evaluations.source.data["total"][row] == 12
+        assert not dash.evaluations.note({"type": "something else"})
+    finally:
+        dash.close()
