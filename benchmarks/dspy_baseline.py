@@ -42,7 +42,7 @@ from typing import Any
 
 import dspy
 
-from foundation_dask import dspex
+from foundation_dask.dspex import interop as _interop
 
 __all__ = ["CompletionAdapter", "LlamaCppCompletionLM", "run_dspy_baseline", "to_dspy_examples"]
 
@@ -109,69 +109,10 @@ class LlamaCppCompletionLM(dspy.BaseLM):
         return self  # the loaded models are shared, never copied
 
 
-class CompletionAdapter(dspy.Adapter):
-    """The completion prompt of ``foundation_dask.dspex.CompletionAdapter``, for one output.
-
-    ::
-
-        <instructions>
-
-        Review: <demo review>
-        Sentiment: <demo label>
-
-        Review: <the input>
-        Sentiment:
-
-    The prompt is written by ``foundation_dask.dspex.CompletionAdapter`` itself, so that
-    both optimizers send the model the same text. Generation stops at the end of the
-    line; the value is the completion stripped, without the output prefix if the model
-    repeated it. An empty completion gives an empty value (which the metric scores 0)
-    rather than an error.
-    """
-
-    _ours = dspex.CompletionAdapter()
-
-    @staticmethod
-    def _output(signature: type[dspy.Signature]) -> tuple[str, Any]:
-        outputs = list(signature.output_fields.items())
-        if len(outputs) != 1:
-            raise ValueError(f"CompletionAdapter supports one output field, not "
-                             f"{list(signature.output_fields)}")
-        return outputs[0]
-
-    @staticmethod
-    def _prefix(field: Any) -> str:
-        return field.json_schema_extra["prefix"]
-
-    def format(self, signature: type[dspy.Signature], demos: list[Any],
-               inputs: dict[str, Any]) -> str:
-        """The prompt, ending with the output field's prefix."""
-        self._output(signature)
-        ours = dspex.Signature(f"{', '.join(signature.input_fields)} -> "
-                               f"{', '.join(signature.output_fields)}", signature.instructions)
-        return self._ours.format(ours, demos, inputs)
-
-    def parse(self, signature: type[dspy.Signature], completion: str) -> dict[str, Any]:
-        """The output field from the first line of the completion."""
-        name, output = self._output(signature)
-        line = completion.split("\n", 1)[0].strip()
-        prefix = self._prefix(output)
-        if line.lower().startswith(prefix.lower()):
-            line = line[len(prefix):].strip()
-        return {name: line}
-
-    def __call__(self, lm: dspy.BaseLM, lm_kwargs: dict[str, Any],
-                 signature: type[dspy.Signature], demos: list[Any],
-                 inputs: dict[str, Any]) -> list[dict[str, Any]]:
-        prompt = self.format(signature, demos, inputs)
-        outputs = lm(prompt, **{**lm_kwargs, "stop": ["\n"]})
-        return [self.parse(signature, o["text"] if isinstance(o, dict) else o or "")
-                for o in outputs]
-
-    async def acall(self, lm: dspy.BaseLM, lm_kwargs: dict[str, Any],
-                    signature: type[dspy.Signature], demos: list[Any],
-                    inputs: dict[str, Any]) -> list[dict[str, Any]]:
-        return self(lm, lm_kwargs, signature, demos, inputs)
+#: The completion prompt of ``foundation_dask.dspex.CompletionAdapter`` as a
+#: ``dspy.Adapter`` (the one ``dspex.interop`` gives DSPy programs), so that both
+#: optimizers send the model the same text.
+CompletionAdapter = _interop.CompletionAdapter
 
 
 def to_dspy_examples(examples: Sequence[Any]) -> list[dspy.Example]:
