@@ -195,8 +195,12 @@ def _write_small_report(tmp_path: Path) -> Path:
             result = dspex.DistributedOptimizer.optimize_program_distributed(
                 program(), make_examples(8), metric, num_candidate_programs=2,
                 display_progress=False, optimization_id="report-opt", trace=True)
-            wait_for(lambda: len(recorder.frame()["time"].unique()) >= 3, 30,
-                     what="three health samples")
+            def sampled() -> bool:  # every plot's line needs two points of each node
+                frame = recorder.frame().dropna(subset=["cpu", "memory", "load_avg"])
+                counts = frame.groupby("node").size()
+                return len(counts) == 2 and int(counts.min()) >= 3
+
+            wait_for(sampled, 60, what="three complete health samples of each node")
             data = scope.collect_trace_data(result.trace_id, timeout=15)
             report = scope.analyze_cluster_performance(wait=False)
             recorder.sample()
