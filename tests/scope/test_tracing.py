@@ -170,7 +170,7 @@ def test_unresponsive_node_gives_partial_result(cluster_client, tmp_path):
     # block that worker's event loop for a while (client.run runs plain functions on it)
     flag = tmp_path / "blocked"
     blocker = threading.Thread(
-        target=c.run, args=(block_loop, str(flag), 10), kwargs={"workers": [stuck]}
+        target=c.run, args=(block_loop, str(flag), 6), kwargs={"workers": [stuck]}
     )
     blocker.start()
     wait_for(flag.exists)
