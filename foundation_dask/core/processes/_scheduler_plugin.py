@@ -103,7 +103,9 @@ class Supervisor(SchedulerExtension):
         """A worker renews its lease; the reply names its instances that were replaced
         meanwhile (``fenced``: it destroys them)."""
         self.leases.renew(worker)
-        current = {r.actor_key for r in self.records.values() if r.worker == worker}
+        # each instance has its own actor key, which a record holds from before its
+        # creation until it is replaced: any other is of a replaced or stopped instance
+        current = {r.actor_key for r in self.records.values()}
         return {"fenced": [k for k in (live or {}) if k not in current]}
 
     async def _watch_leases(self, period: float) -> None:
