@@ -72,9 +72,10 @@ def ssh_hosts(tmp_path) -> Iterator[tuple[Hosts, Path]]:
         for i in range(3):
             config = tmp_path / f"sshd-{i}.conf"
             config.write_text(SSHD_CONFIG.format(address=hosts.address(i), tmp=tmp_path, i=i))
-            daemons.append(subprocess.Popen(
-                hosts.command(i, [SSHD, "-D", "-e", "-f", str(config)]),
-                stdout=open(tmp_path / f"sshd-{i}.log", "wb"), stderr=subprocess.STDOUT))
+            with open(tmp_path / f"sshd-{i}.log", "wb") as log:
+                daemons.append(subprocess.Popen(
+                    hosts.command(i, [SSHD, "-D", "-e", "-f", str(config)]),
+                    stdout=log, stderr=subprocess.STDOUT))
         yield hosts, key
     finally:
         fd.close()

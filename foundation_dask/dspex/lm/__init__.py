@@ -1,7 +1,8 @@
 """Any process: the LM clients of DSPEx (an LM runs in the client's process or on a worker).
 
 :mod:`~.base` (:class:`BaseLM`, :class:`LMResponse`, :func:`lm_from_state`),
-:mod:`~.cache` (the disk cache of calls, and the cluster's), :mod:`~.dummy` (:class:`DummyLM`, for tests),
+:mod:`~.cache` (the disk cache of calls, and the cluster's), :mod:`~.dummy`
+(:class:`DummyLM`, for tests),
 :mod:`~.http` (:class:`OpenAICompatibleLM`, :class:`LM`) and :mod:`~.local`
 (:class:`LocalLM`, a GGUF model through llama.cpp).
 """
