@@ -115,10 +115,12 @@ class WorkerLease:
 
 
 class LeaseTable:
-    """Scheduler side: when each worker last renewed its lease."""
+    """Scheduler side: when each worker last renewed its lease (the settings are read
+    once, when the supervisor starts)."""
 
     def __init__(self) -> None:
         self.renewed: dict[str, float] = {}
+        self.lease, self.margin = lease_seconds()
 
     def renew(self, worker: str) -> None:
         """A renewal from ``worker`` arrived (or the supervisor spoke to it)."""
@@ -135,5 +137,4 @@ class LeaseTable:
 
     def expired(self, worker: str) -> bool:
         """Whether the lease of ``worker`` has certainly run out on the worker too."""
-        lease, margin = lease_seconds()
-        return self.silent_for(worker) > lease + margin
+        return self.silent_for(worker) > self.lease + self.margin

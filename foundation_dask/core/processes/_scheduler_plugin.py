@@ -32,7 +32,7 @@ from distributed.comm.core import CommClosedError
 
 from foundation_dask.core.plugin import SchedulerExtension, extension
 from foundation_dask.core.processes._checkpoints import persist, persisted
-from foundation_dask.core.processes._lease import LeaseTable, lease_seconds
+from foundation_dask.core.processes._lease import LeaseTable
 from foundation_dask.core.processes._names import MOVED_OP, STOPPED_OP, name_from_key, name_key
 from foundation_dask.core.processes._records import _Group, _NameLocks, _Record
 from foundation_dask.core.processes._wire import plain_loads, plain_start_args
@@ -96,8 +96,7 @@ class Supervisor(SchedulerExtension):
         }
 
     async def start(self) -> None:
-        lease, _ = lease_seconds()
-        self._spawn(self._watch_leases(min(0.1, lease / 8)))
+        self._spawn(self._watch_leases(min(0.1, self.leases.lease / 8)))
 
     def renew(self, worker: str, live: dict[str, int] | None = None) -> dict[str, Any]:
         """A worker renews its lease; the reply names its instances that were replaced

@@ -231,13 +231,14 @@ class RegistryExtension(SchedulerExtension):
         else:
             record = table.get(key_id)
             candidates = [] if record is None else [record]
+        limit = self._unreachable_after()
         return [
             r
             for r in candidates
             if metadata_matches(r["metadata"], wanted)
             and caps.issubset(r.get("capabilities", ()))
             and (owner is None or r["owner"] == owner)
-            and self.reachable(r)
+            and self.reachable(r, limit)
         ]
 
     def host_of(self, record: Mapping[str, Any]) -> str | None:
@@ -253,16 +254,18 @@ class RegistryExtension(SchedulerExtension):
         owner = record["owner"]
         return owner if owner in self.scheduler.workers else None
 
-    def reachable(self, record: Mapping[str, Any]) -> bool:
-        """Whether the record's host (:meth:`host_of`) was heard from within
-        ``foundation.health.unreachable-after`` (records without a host are)."""
+    def reachable(self, record: Mapping[str, Any], limit: float | None = None) -> bool:
+        """Whether the record's host (:meth:`host_of`) was heard from within ``limit``
+        seconds (default ``foundation.health.unreachable-after``); records without a
+        host are."""
         host = self.host_of(record)
         if host is None:
             return True
         ws = self.scheduler.workers.get(host)
         if ws is None:
             return False
-        return time.time() - ws.last_seen <= self._unreachable_after()
+        return time.time() - ws.last_seen <= (self._unreachable_after() if limit is None
+                                              else limit)
 
     def _unreachable_after(self) -> float:
         try:
