@@ -31,7 +31,7 @@ import sys
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -344,7 +344,6 @@ def evaluate_many(client: distributed.Client, programs: Sequence[Any], devset: S
     is the settings every chunk runs under (default: those in effect here,
     :func:`~foundation_dask.dspex.snapshot.snapshot_settings`).
     """
-    from distributed import as_completed
 
     eval_id = eval_id or uuid.uuid4().hex[:12]
     carried = carried if carried is not None else snapshot_settings()
@@ -374,9 +373,8 @@ def evaluate_many(client: distributed.Client, programs: Sequence[Any], devset: S
     n_done = sum(len(r) for r in records)
     score_sum = sum(r.score for rs in records for r in rs)
     errors = [(p, r) for p, rs in enumerate(records) for r in rs if r.error]
-    seq = as_completed(futures)
-    try:
-        for fut in seq:
+    with contextlib.closing(as_they_complete(client, futures)) as finished:
+        for fut in finished:
             p = futures[fut]
             chunk_records = fut.result()
             records[p].extend(chunk_records)
@@ -389,12 +387,10 @@ def evaluate_many(client: distributed.Client, programs: Sequence[Any], devset: S
                     errors.append((p, r))
                 if on_record is not None:
                     on_record(p, r)
-            state = progress.update(n_done, score_sum)
+            state = report_progress(progress, n_done, score_sum, channel=progress_channel,
+                                    client=client, eval_id=eval_id, label=label)
             if on_chunk is not None:
                 on_chunk({"phase": label, "eval_id": eval_id, **state})
-            if progress_channel:
-                _publish(progress_channel, {"type": "evaluation_progress", "eval_id": eval_id,
-                                            "label": label, **state}, client)
             # as DSPy's executor: the run stops once max_errors examples have failed
             if max_errors is not None and errors and len(errors) >= max_errors:
                 first = "\n".join(
@@ -405,10 +401,6 @@ def evaluate_many(client: distributed.Client, programs: Sequence[Any], devset: S
                     f"first failures:\n{first}",
                     label=label, failed=len(errors), max_errors=max_errors,
                 )
-    finally:
-        remaining = [f for f in futures if not f.done()]
-        if remaining:
-            client.cancel(remaining)
     wall = time.perf_counter() - t0
     results = []
     for p in range(len(programs)):
@@ -425,3 +417,29 @@ def evaluate_many(client: distributed.Client, programs: Sequence[Any], devset: S
 def _publish(channel: str, msg: dict[str, Any], client: distributed.Client) -> None:
     with contextlib.suppress(Exception):  # progress reporting never fails an evaluation
         Channels.broadcast(channel, msg, client=client)
+
+
+def as_they_complete(client: distributed.Client, futures: Any) -> Generator[Any, None, None]:
+    """The futures of chunk tasks as they finish; close it (``contextlib.closing``) and
+    those not finished when the caller stops (an error, enough failures) are
+    cancelled."""
+    from distributed import as_completed
+
+    try:
+        yield from as_completed(futures)
+    finally:
+        remaining = [f for f in futures if not f.done()]
+        if remaining:
+            client.cancel(remaining)
+
+
+def report_progress(progress: _Progress, n_done: int, score_sum: float, *,
+                    channel: str | None, client: distributed.Client, eval_id: str,
+                    label: str) -> dict[str, Any]:
+    """Update the progress line and publish an ``evaluation_progress`` message on
+    ``channel`` (what the panels follow); returns the progress state."""
+    state = progress.update(n_done, score_sum)
+    if channel:
+        _publish(channel, {"type": "evaluation_progress", "eval_id": eval_id,
+                           "label": label, **state}, client)
+    return state

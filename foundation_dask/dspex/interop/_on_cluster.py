@@ -38,7 +38,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from foundation_dask.core._client import current_client, worker_infos
-from foundation_dask.dspex.evaluate import _Progress, _publish, auto_chunk_size
+from foundation_dask.dspex.evaluate import (
+    _Progress,
+    as_they_complete,
+    auto_chunk_size,
+    report_progress,
+)
 from foundation_dask.dspex.interop._dspy import require_dspy
 from foundation_dask.dspex.interop._pickling import dumps
 from foundation_dask.dspex.interop._settings import snapshot_dspy_settings
@@ -126,8 +131,6 @@ def _install() -> None:
 def _execute_on_cluster(executor: Any, function: Callable, data: list[Any],
                         run: ClusterExecution) -> list[Any]:
     """DSPy's ``ParallelExecutor.execute`` with the items run on the Dask cluster."""
-    from distributed import as_completed
-
     label = _label(function)
     payload = dumps(function, f"the work of {label}", getattr(function, "__name__", "work"))
     carried = snapshot_dspy_settings()
@@ -150,8 +153,8 @@ def _execute_on_cluster(executor: Any, function: Callable, data: list[Any],
     results: list[Any] = [_UNSET] * len(data)
     progress = _Progress(len(data), not executor.disable_progress_bar, label)
     done, score_sum = 0, 0.0
-    try:
-        for fut in as_completed(futures):
+    with contextlib.closing(as_they_complete(client, futures)) as finished:
+        for fut in finished:
             for index, outcome in fut.result():
                 done += 1
                 if isinstance(outcome, Exception):
@@ -161,17 +164,10 @@ def _execute_on_cluster(executor: Any, function: Callable, data: list[Any],
                 if executor.compare_results and isinstance(outcome, tuple) and outcome:
                     with contextlib.suppress(TypeError, ValueError):
                         score_sum += float(outcome[-1])
-            state = progress.update(done, score_sum)
-            if run.progress_channel:
-                _publish(run.progress_channel, {"type": "evaluation_progress",
-                                                "eval_id": batch, "label": label, **state},
-                         client)
+            report_progress(progress, done, score_sum, channel=run.progress_channel,
+                            client=client, eval_id=batch, label=label)
             if executor.cancel_jobs.is_set():
                 break
-    finally:
-        remaining = [f for f in futures if not f.done()]
-        if remaining:
-            client.cancel(remaining)
     if executor.cancel_jobs.is_set():
         raise EvaluationError(
             f"{label}: execution cancelled after {executor.error_count} failed items "
