@@ -198,8 +198,13 @@ class _Progress:
         self.enabled = enabled
         self.label = label
         self.t0 = time.perf_counter()
+        #: Evaluations (and their score sum) counted before the current call's (a race's
+        #: candidates that stopped in earlier rounds).
+        self.base_done = 0
+        self.base_sum = 0.0
 
     def update(self, done: int, score_sum: float) -> dict[str, Any]:
+        done, score_sum = done + self.base_done, score_sum + self.base_sum
         elapsed = time.perf_counter() - self.t0
         rate = done / elapsed if elapsed > 0 else 0.0
         eta = (self.total - done) / rate if rate > 0 else None
@@ -336,57 +341,69 @@ def evaluate_many(client: distributed.Client, programs: Sequence[Any], devset: S
                   on_chunk: Callable | None = None, on_records: Callable | None = None,
                   done: dict[tuple[int, int], EvaluationRecord] | None = None,
                   eval_id: str | None = None,
-                  carried: SettingsSnapshot | None = None) -> list[EvaluationResult]:
+                  carried: SettingsSnapshot | None = None,
+                  examples: Sequence[int] | None = None,
+                  program_ids: Sequence[int] | None = None,
+                  progress: _Progress | None = None) -> list[EvaluationResult]:
     """Evaluate several programs on one devset with every (program, chunk) in flight at once.
 
     This is what optimizers use to evaluate all their candidates together instead of
-    one after another. Returns one :class:`EvaluationResult` per program. ``carried``
-    is the settings every chunk runs under (default: those in effect here,
-    :func:`~foundation_dask.dspex.snapshot.snapshot_settings`).
+    one after another. Returns one :class:`EvaluationResult` per program, over the
+    devset indices ``examples`` (default: all). ``program_ids`` name the programs in
+    ``done`` (records made already, by (program id, example index)), in the callbacks
+    and in task keys (default: their positions). ``carried`` is the settings every
+    chunk runs under (default: those in effect here,
+    :func:`~foundation_dask.dspex.snapshot.snapshot_settings`); ``progress`` a progress
+    line shared by several calls (a race's rounds).
     """
 
     eval_id = eval_id or uuid.uuid4().hex[:12]
     carried = carried if carried is not None else snapshot_settings()
+    ids = list(program_ids) if program_ids is not None else list(range(len(programs)))
+    wanted = list(range(len(devset))) if examples is None else list(examples)
     n_workers = len(workers) if workers else max(1, len(worker_infos(client)))
-    size = (auto_chunk_size(len(devset) * len(programs), n_workers)
+    size = (auto_chunk_size(len(wanted) * len(programs), n_workers)
             if chunk_size == "auto" else int(chunk_size))
-    size = min(size, len(devset))
+    size = max(1, min(size, len(wanted)))
     done = done or {}
     t0 = time.perf_counter()
     futures = {}
     for p, program in enumerate(programs):
         program = ship(program)  # a DSPy program: pickled once, a part that does not is named
-        todo = [(i, ex) for i, ex in enumerate(devset) if (p, i) not in done]
+        todo = [(i, devset[i]) for i in wanted if (ids[p], i) not in done]
         chunks = [todo[i:i + size] for i in range(0, len(todo), size)]
-        for c, chunk in enumerate(chunks):
+        for chunk in chunks:
             fut = client.submit(
                 _evaluate_chunk, program, chunk, metric, failure_score, lm, carried,
-                key=f"evaluate-{eval_id}-{p}-{c}", workers=workers,
+                key=f"evaluate-{eval_id}-{ids[p]}-{chunk[0][0]}", workers=workers,
                 allow_other_workers=workers is not None, pure=False, retries=0,
             )
             futures[fut] = p
-    total = len(devset) * len(programs)
-    progress = _Progress(total, display_progress, label)
+    if progress is None:
+        progress = _Progress(len(wanted) * len(programs), display_progress, label)
+    position = {pid: p for p, pid in enumerate(ids)}
+    in_wanted = set(wanted)
     records: list[list[EvaluationRecord]] = [[] for _ in programs]
-    for (p, _), record in done.items():
-        records[p].append(record)
+    for (pid, i), record in done.items():
+        if pid in position and i in in_wanted:
+            records[position[pid]].append(record)
     n_done = sum(len(r) for r in records)
     score_sum = sum(r.score for rs in records for r in rs)
     errors = [(p, r) for p, rs in enumerate(records) for r in rs if r.error]
     with contextlib.closing(as_they_complete(client, futures)) as finished:
         for fut in finished:
-            p = futures[fut]
+            p = futures.pop(fut)  # its result is read once: the cluster may forget it
             chunk_records = fut.result()
             records[p].extend(chunk_records)
             if on_records is not None:
-                on_records(p, chunk_records)
+                on_records(ids[p], chunk_records)
             for r in chunk_records:
                 n_done += 1
                 score_sum += r.score
                 if r.error:
                     errors.append((p, r))
                 if on_record is not None:
-                    on_record(p, r)
+                    on_record(ids[p], r)
             state = report_progress(progress, n_done, score_sum, channel=progress_channel,
                                     client=client, eval_id=eval_id, label=label)
             if on_chunk is not None:

@@ -27,249 +27,29 @@ from __future__ import annotations
 
 import logging
 import random
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
-from foundation_dask.core._client import current_client, worker_infos
-from foundation_dask.dspex.callbacks import with_compile_callbacks
-from foundation_dask.dspex.evaluate import (
-    EvaluationResult,
-    _carried_context,
-    _inputs,
-    _lm_context,
-    auto_chunk_size,
-    checked_score,
-    evaluate_many,
+from foundation_dask.dspex.bootstrap import (
+    Runtime,
+    assign_demos,
+    bootstrap_runs,
 )
-from foundation_dask.dspex.interop._dspy import is_dspy_module
-from foundation_dask.dspex.interop._pickling import ship
-from foundation_dask.dspex.interop._programs import as_dspy_demos, capture_calls
-from foundation_dask.dspex.primitives import Example
-from foundation_dask.dspex.settings import context
+from foundation_dask.dspex.callbacks import with_compile_callbacks
+from foundation_dask.dspex.evaluate import EvaluationResult, evaluate_many
+from foundation_dask.dspex.racing import RaceRound, race
 from foundation_dask.dspex.snapshot import SettingsSnapshot, snapshot_settings
-from foundation_dask.errors import EvaluationError, OptimizationStopped
+from foundation_dask.errors import OptimizationStopped
 
 if TYPE_CHECKING:
     import distributed
     import pandas as pd
 
+__all__ = ["BootstrapFewShot", "BootstrapFewShotWithRandomSearch", "Candidate",
+           "LabeledFewShot", "Runtime", "Teleprompter"]
+
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class Runtime:
-    """How an optimizer reaches the cluster and reports progress.
-
-    Parameters
-    ----------
-    client
-        Dask client (the current one by default).
-    workers
-        Restrict tasks to these workers (a capacity plan).
-    on_progress
-        Called with a dict after each finished chunk of evaluations.
-    should_stop
-        Polled between chunks; when it returns true the optimizer stops.
-    display_progress
-        Print a progress line.
-    """
-
-    client: distributed.Client | None = None
-    workers: list[str] | None = None
-    on_progress: Callable[[dict[str, Any]], None] | None = None
-    should_stop: Callable[[], bool] | None = None
-    display_progress: bool = False
-    chunk_size: int | str = "auto"
-    lm: Any = None
-    evaluations: int = 0
-    #: Teacher runs finished earlier, by trainset index (a resumed optimization).
-    done_teacher: dict[int, dict[str, Any]] = field(default_factory=dict)
-    #: Candidate evaluations finished earlier, by (candidate, example index).
-    done_evals: dict[tuple[int, int], Any] = field(default_factory=dict)
-    #: Called with each chunk of new teacher runs / (candidate, evaluation records).
-    on_teacher_runs: Callable[[list[dict[str, Any]]], None] | None = None
-    on_evaluations: Callable[[int, list[Any]], None] | None = None
-
-    def get_client(self) -> distributed.Client:
-        """The client: the one given, else the current one."""
-        return self.client or current_client()
-
-
-def _examples_equal(a: Any, b: Any) -> bool:
-    try:
-        return a == b
-    except Exception:
-        return a is b
-
-
-# --------------------------------------------------------------------------------------
-# teacher runs
-
-
-def _capture(program: Any, inputs: dict[str, Any]) -> tuple[Any, list[tuple[str, dict, dict]]]:
-    """Run ``program`` and record every predictor call: (name, inputs, outputs)."""
-    if is_dspy_module(program):  # its calls are in dspy.settings.trace
-        return capture_calls(program, inputs)
-    names = {id(pred): name for name, pred in program.named_predictors()}
-    trace: list = []
-    with context(trace=trace):
-        prediction = program(**inputs)
-    return prediction, [
-        (names.get(id(pred), "?"), dict(ins), _as_dict(out)) for pred, ins, out in trace
-    ]
-
-
-def _as_dict(prediction: Any) -> dict[str, Any]:
-    if hasattr(prediction, "toDict"):
-        return prediction.toDict()
-    return dict(prediction)
-
-
-def _teacher_chunk(teacher: Any, examples: list[tuple[int, Any]], metric: Callable,
-                   metric_threshold: float | None, lm: Any,
-                   settings: SettingsSnapshot | None = None,
-                   carried: SettingsSnapshot | None = None) -> list[dict[str, Any]]:
-    """Runs on a worker: the teacher on each example, its own demo excluded, under the
-    settings ``carried`` from where ``compile`` was called, then ``settings`` (the
-    optimizer's ``teacher_settings``)."""
-    out = []
-    with _carried_context(carried), _lm_context(lm), _carried_context(settings):
-        for index, example in examples:
-            program = teacher.deepcopy()
-            for _, pred in program.named_predictors():
-                pred.demos = [d for d in pred.demos if not _examples_equal(d, example)]
-            t0 = time.perf_counter()
-            try:
-                prediction, calls = _capture(program, _inputs(example))
-                value = metric(example, prediction, calls)
-                if isinstance(value, float):
-                    value = checked_score(value, metric, index)
-                ok = (value >= metric_threshold) if metric_threshold is not None else bool(value)
-                error = None
-            except Exception as exc:
-                ok, calls, error = False, [], f"{type(exc).__name__}: {exc}"
-                failure = _picklable(exc)
-            else:
-                failure = None
-            run = {"index": index, "success": bool(ok), "calls": calls if ok else [],
-                   "error": error, "duration": time.perf_counter() - t0}
-            if failure is not None:
-                run["exception"] = failure  # re-raised on the client by max_errors
-            out.append(run)
-    return out
-
-
-def _picklable(exc: BaseException) -> BaseException | None:
-    """``exc`` when it survives pickling (it travels back to the client), else None."""
-    import pickle
-
-    try:
-        pickle.loads(pickle.dumps(exc))
-    except Exception:
-        return None
-    return exc
-
-
-def run_teacher(teacher: Any, trainset: Sequence[Any], metric: Callable, *,
-                metric_threshold: float | None = None, runtime: Runtime | None = None,
-                max_errors: int | None = None, label: str = "bootstrap",
-                settings: dict[str, Any] | None = None,
-                client: distributed.Client | None = None,
-                carried: SettingsSnapshot | None = None) -> list[dict[str, Any]]:
-    """Run the teacher on every trainset example on the cluster; results in trainset order.
-
-    ``carried`` is the settings the runs start from (default: those in effect here);
-    ``settings`` are DSPEx settings (``lm=``, ``adapter=``...) the teacher runs under on
-    top of them; ``client`` is the Dask client to run on (default: the runtime's, else
-    the current one).
-    """
-    from distributed import as_completed
-
-    runtime = runtime or Runtime()
-    client = client or runtime.get_client()
-    n_workers = len(runtime.workers or worker_infos(client)) or 1
-    size = (auto_chunk_size(len(trainset), n_workers) if runtime.chunk_size == "auto"
-            else int(runtime.chunk_size))
-    carried = carried if carried is not None else snapshot_settings()
-    teacher_settings = SettingsSnapshot(settings) if settings else None
-    indexed = [(i, ex) for i, ex in enumerate(trainset) if i not in runtime.done_teacher]
-    teacher = ship(teacher)  # a DSPy program: pickled once, a part that does not is named
-    futures = [
-        client.submit(_teacher_chunk, teacher, indexed[i:i + size], metric, metric_threshold,
-                      runtime.lm, teacher_settings, carried, workers=runtime.workers,
-                      allow_other_workers=runtime.workers is not None, pure=False)
-        for i in range(0, len(indexed), size)
-    ]
-    results: list[dict[str, Any]] = list(runtime.done_teacher.values())
-    errors = sum(1 for r in results if r["error"])
-    first_failure: BaseException | None = None
-    runtime.evaluations += len(results)
-    try:
-        for fut in as_completed(futures):
-            chunk = fut.result()
-            failures = [r.pop("exception") for r in chunk if "exception" in r]
-            first_failure = first_failure or (failures[0] if failures else None)
-            results.extend(chunk)
-            if runtime.on_teacher_runs is not None:
-                runtime.on_teacher_runs(chunk)
-            errors += sum(1 for r in chunk if r["error"])
-            runtime.evaluations += len(chunk)
-            if runtime.on_progress:
-                runtime.on_progress({"phase": label, "done": len(results),
-                                     "total": len(trainset), "evaluations": runtime.evaluations})
-            if max_errors is not None and errors >= max_errors and errors:
-                # as DSPy: stop at max_errors failed runs, raising the first run's error
-                if first_failure is not None:
-                    raise first_failure
-                first = [r for r in results if r["error"]][:5]
-                raise EvaluationError(
-                    f"{label}: {errors} teacher runs failed (max_errors={max_errors}); first: "
-                    + "; ".join(f"example {r['index']}: {r['error']}" for r in first),
-                    label=label, failed=errors, max_errors=max_errors,
-                )
-            if runtime.should_stop and runtime.should_stop():
-                raise OptimizationStopped(label)
-    finally:
-        client.cancel([f for f in futures if not f.done()])
-    return sorted(results, key=lambda r: r["index"])
-
-
-def _demos_from_calls(calls: list[tuple[str, dict, dict]], predictor_name: str) -> list[Any]:
-    demos = []
-    for name, inputs, outputs in calls:
-        if name == predictor_name:
-            demos.append(Example(**inputs, **outputs, augmented=True).with_inputs(*inputs))
-    return demos
-
-
-def _assign_demos(student: Any, trainset: Sequence[Any], teacher_runs: list[dict[str, Any]],
-                  order: Sequence[int], max_bootstrapped: int, max_labeled: int,
-                  rng: random.Random) -> Any:
-    """A copy of ``student`` with bootstrapped demos (taken in ``order``) and labelled ones."""
-    program = student.reset_copy()
-    by_index = {r["index"]: r for r in teacher_runs}
-    used: list[int] = []
-    augmented: dict[str, list[Any]] = {name: [] for name, _ in program.named_predictors()}
-    for idx in order:
-        if len(used) >= max_bootstrapped:
-            break
-        run = by_index.get(idx)
-        if run is None or not run["success"]:
-            continue
-        used.append(idx)
-        for name in augmented:
-            augmented[name].extend(_demos_from_calls(run["calls"], name))
-    raw = [ex for i, ex in enumerate(trainset) if i not in set(used)]
-    rng.shuffle(raw)
-    for name, pred in program.named_predictors():
-        demos = augmented[name][:max_bootstrapped]
-        pred.demos = demos + raw[: max(0, max_labeled - len(demos))]
-        if is_dspy_module(program):  # DSPy's demos are dspy.Example objects
-            pred.demos = as_dspy_demos(pred.demos)
-    return program
-
 
 # --------------------------------------------------------------------------------------
 # optimizers
@@ -391,6 +171,19 @@ class BootstrapFewShot(Teleprompter):
             )
         return teacher
 
+    def runs(self, student: Any, teacher: Any | None, trainset: Sequence[Any],
+             demands: Sequence[tuple[Sequence[int], int]],
+             client: distributed.Client | None = None,
+             carried: SettingsSnapshot | None = None) -> list[dict[str, Any]]:
+        """The teacher runs the demo sets ``demands`` ((order, demo count) each) need,
+        made on the cluster (:func:`~foundation_dask.dspex.bootstrap.bootstrap_runs`)."""
+        return bootstrap_runs(
+            self._teacher(student, teacher, trainset), trainset, self.metric, demands,
+            runtime=self.runtime, metric_threshold=self.metric_threshold,
+            max_errors=self.max_errors, settings=self.teacher_settings, client=client,
+            carried=carried if carried is not None else snapshot_settings(),
+        )
+
     def compile(self, student: Any, *, trainset: Sequence[Any], teacher: Any | None = None,
                 teacher_runs: list[dict[str, Any]] | None = None,
                 order: Sequence[int] | None = None,
@@ -413,17 +206,13 @@ class BootstrapFewShot(Teleprompter):
         trainset = list(trainset)
         if not trainset:
             raise ValueError("BootstrapFewShot needs a non-empty trainset")
-        if teacher_runs is None:
-            teacher_runs = run_teacher(
-                self._teacher(student, teacher, trainset), trainset, self.metric,
-                metric_threshold=self.metric_threshold, runtime=self.runtime,
-                max_errors=self.max_errors, settings=self.teacher_settings, client=client,
-                carried=snapshot_settings(),
-            )
         order = list(order) if order is not None else list(range(len(trainset)))
-        program = _assign_demos(student, trainset, teacher_runs, order,
-                                self.max_bootstrapped_demos, self.max_labeled_demos,
-                                random.Random(self.seed))
+        if teacher_runs is None:  # as DSPy: the teacher runs until enough demos passed
+            teacher_runs = self.runs(student, teacher, trainset,
+                                     [(order, self.max_bootstrapped_demos)], client=client)
+        program = assign_demos(student, trainset, teacher_runs, order,
+                               self.max_bootstrapped_demos, self.max_labeled_demos,
+                               random.Random(self.seed))
         program._compiled = True
         return program
 
@@ -462,6 +251,14 @@ class BootstrapFewShotWithRandomSearch(Teleprompter):
         candidate" to skip; passing a value raises ``ValueError``.
     num_threads
         Accepted for DSPy compatibility; the cluster decides parallelism.
+    racing
+        Race the candidates (:mod:`~foundation_dask.dspex.racing`): all start on a slice
+        of the validation set, those that cannot catch the leader stop, the rest go on
+        to the whole set, and the best of those wins. ``False`` evaluates every
+        candidate on every example (DSPy's search, and DSPy's result for the seed).
+    racing_confidence
+        How sure a race must be that a candidate is behind before it stops it (1: only
+        candidates that cannot catch up stop).
     """
 
     def __init__(self, metric: Callable, *, teacher_settings: dict | None = None,
@@ -469,7 +266,11 @@ class BootstrapFewShotWithRandomSearch(Teleprompter):
                  max_rounds: int = 1, num_candidate_programs: int = 16,
                  num_threads: int | None = None, max_errors: int | None = None,
                  stop_at_score: float | None = None, metric_threshold: float | None = None,
-                 min_num_samples: int = 1, seed: int = 0, runtime: Runtime | None = None):
+                 min_num_samples: int = 1, seed: int = 0, runtime: Runtime | None = None,
+                 racing: bool = True, racing_confidence: float = 0.95):
+        if not 0.5 <= racing_confidence <= 1:
+            raise ValueError(f"racing_confidence must be between 0.5 and 1, not "
+                             f"{racing_confidence}")
         if num_candidate_programs < 0:
             raise ValueError(f"num_candidate_programs must be >= 0, not {num_candidate_programs}")
         if stop_at_score is not None:
@@ -491,9 +292,12 @@ class BootstrapFewShotWithRandomSearch(Teleprompter):
         self.metric_threshold = metric_threshold
         self.min_num_samples = min_num_samples
         self.seed = seed
+        self.racing = racing
+        self.racing_confidence = racing_confidence
         self.runtime = runtime or Runtime()
         self.candidates: list[Candidate] = []
         self.history: list[dict[str, Any]] = []
+        self.standings: list[Any] = []  # racing.Standing per candidate of the last race
 
     def candidate_programs(self, student: Any, trainset: Sequence[Any],
                            teacher: Any | None = None,
@@ -509,13 +313,19 @@ class BootstrapFewShotWithRandomSearch(Teleprompter):
             max_labeled_demos=self.max_labeled_demos, max_errors=self.max_errors,
             seed=self.seed, runtime=self.runtime, teacher_settings=self.teacher_settings,
         )
-        if teacher_runs is None:
-            teacher_runs = run_teacher(
-                boot._teacher(student, teacher, trainset), trainset, self.metric,
-                metric_threshold=self.metric_threshold, runtime=self.runtime,
-                max_errors=self.max_errors, settings=boot.teacher_settings, client=client,
-                carried=carried,
-            )
+        shuffled = []  # (seed, order, demo count) of each shuffled candidate
+        for s in range(self.num_candidate_programs):
+            rng = random.Random(self.seed * 10_007 + s)
+            order = list(range(len(trainset)))
+            rng.shuffle(order)
+            size = rng.randint(self.min_num_samples, max(self.min_num_samples,
+                                                         self.max_bootstrapped_demos))
+            shuffled.append((s, order, size))
+        if teacher_runs is None:  # only the runs some candidate's demos need, made once
+            demands = [(range(len(trainset)), self.max_bootstrapped_demos)]
+            teacher_runs = boot.runs(student, teacher, trainset,
+                                     demands + [(o, n) for _, o, n in shuffled],
+                                     client=client, carried=carried)
         self.teacher_runs = teacher_runs
         candidates = [
             Candidate(-3, "zero-shot", student.reset_copy()),
@@ -524,19 +334,11 @@ class BootstrapFewShotWithRandomSearch(Teleprompter):
             Candidate(-1, "bootstrapped", boot.compile(student, trainset=trainset,
                                                        teacher_runs=teacher_runs)),
         ]
-        for s in range(self.num_candidate_programs):
-            rng = random.Random(self.seed * 10_007 + s)
-            order = list(range(len(trainset)))
-            rng.shuffle(order)
-            size = rng.randint(self.min_num_samples, max(self.min_num_samples,
-                                                         self.max_bootstrapped_demos))
-            shuffled = BootstrapFewShot(
-                self.metric, metric_threshold=self.metric_threshold,
-                max_bootstrapped_demos=size, max_labeled_demos=self.max_labeled_demos,
-                seed=self.seed * 10_007 + s, runtime=self.runtime,
-            )
-            candidates.append(Candidate(s, f"bootstrapped x{size}", shuffled.compile(
-                student, trainset=trainset, teacher_runs=teacher_runs, order=order)))
+        for s, order, size in shuffled:
+            program = assign_demos(student, trainset, teacher_runs, order, size,
+                                   self.max_labeled_demos, random.Random(self.seed * 10_007 + s))
+            program._compiled = True
+            candidates.append(Candidate(s, f"bootstrapped x{size}", program))
         return candidates
 
     def compile(self, student: Any, *, trainset: Sequence[Any], teacher: Any | None = None,
@@ -602,23 +404,41 @@ class BootstrapFewShotWithRandomSearch(Teleprompter):
                             "score": record.score, "worker": record.worker,
                             "duration": record.duration, "error": record.error})
         runtime.evaluations += len(runtime.done_evals)
-        results = evaluate_many(
-            client, [c.program for c in self.candidates], valset, self.metric,
-            max_errors=self.max_errors, chunk_size=runtime.chunk_size,
-            display_progress=runtime.display_progress, workers=runtime.workers, lm=runtime.lm,
-            label="random search", on_record=on_record, on_chunk=on_progress,
-            on_records=runtime.on_evaluations, done=runtime.done_evals, carried=carried,
-        )
+        common = dict(max_errors=self.max_errors, chunk_size=runtime.chunk_size,
+                      display_progress=runtime.display_progress, workers=runtime.workers,
+                      lm=runtime.lm, label="random search", on_record=on_record,
+                      on_chunk=on_progress, on_records=runtime.on_evaluations,
+                      done=runtime.done_evals, carried=carried)
+        programs = [c.program for c in self.candidates]
+        self.standings = []
+        if self.racing:
+            def on_round(rnd: RaceRound) -> None:
+                if runtime.on_progress and rnd.stopped:
+                    runtime.on_progress({"phase": "random search", "round": rnd.round,
+                                         "examples": rnd.examples, "stopped": rnd.stopped,
+                                         "running": len(rnd.running) - len(rnd.stopped)})
+
+            results, self.standings, _ = race(
+                client, programs, valset, self.metric, confidence=self.racing_confidence,
+                seed=self.seed, on_round=on_round, **common)
+        else:
+            results = evaluate_many(client, programs, valset, self.metric, **common)
         chosen: Candidate | None = None
-        for cand, res in zip(self.candidates, results, strict=True):
+        for p, (cand, res) in enumerate(zip(self.candidates, results, strict=True)):
             cand.score, cand.evaluation = res.score, res
+            if self.standings and self.standings[p].stopped_after is not None:
+                continue  # stopped in the race: its score is on a slice of the set
             # the highest score, the first candidate on ties (as DSPy); scores may be < 0
             if chosen is None or res.score > cast(float, chosen.score):
                 chosen = cand
-        assert chosen is not None  # restrict keeps at least one candidate
+        assert chosen is not None  # restrict keeps at least one candidate; a race one
         program = chosen.program
         program.candidate_programs = [
-            {"seed": c.seed, "kind": c.kind, "score": c.score} for c in self.candidates
+            {"seed": c.seed, "kind": c.kind, "score": c.score,
+             "examples": len(c.evaluation.records) if c.evaluation else 0,
+             **({"stopped_after": st.stopped_after, "reason": st.reason}
+                if (st := self.standings[p] if self.standings else None) else {})}
+            for p, c in enumerate(self.candidates)
         ]
         program.score = chosen.score
         logger.info("Random search: best candidate seed %s (%s) with %.2f", chosen.seed,

@@ -82,9 +82,13 @@ class OptimizationCoordinator:
         return self.get_progress()
 
     def report_progress(self, progress: dict[str, Any]) -> dict[str, Any]:
-        """Record a progress snapshot (evaluations, best score, phase); returns the progress."""
+        """Record a progress snapshot (evaluations, best score, phase, and the evaluations
+        now planned in all: a race's total shrinks as it stops candidates); returns the
+        progress."""
         s = self.state
         s["evaluations_completed"] = progress.get("evaluations", s["evaluations_completed"])
+        if progress.get("total") is not None:
+            s["total_evaluations"] = progress["total"]
         if progress.get("best_score") is not None:
             s["current_best_score"] = progress["best_score"]
         total = max(1, s["total_evaluations"])

@@ -247,9 +247,14 @@ class DistributedOptimizer:
             if state.get("best_score") is not None:
                 # the best mean so far of any candidate (final once all are evaluated)
                 best["score"] = state["best_score"]
+            planned = None
+            if state.get("phase") == "random search" and "done" in state:
+                # teacher runs made + the evaluations the search plans now (a race's
+                # plan shrinks as it stops candidates)
+                planned = runtime.evaluations - state["done"] + state["total"]
             snapshot = coordinator.report_progress({
                 "evaluations": runtime.evaluations, "best_score": best["score"],
-                "running_score": running, "phase": state.get("phase"),
+                "running_score": running, "phase": state.get("phase"), "total": planned,
             }).result()
             progress_log.append(snapshot)
             Channels.broadcast("telemetry", ("optimization_progress", opt_id, snapshot),

@@ -1,0 +1,116 @@
+"""Racing random search: the exhaustive search's best program for fewer LM calls.
+
+The deterministic test LM of ``tests._helpers`` answers right only with two or more demos
+in the prompt: zero-shot and one-demo candidates score 50 %, the others 100 %. Settings
+come from ``dspex.context`` as a DSPy user's ``configure`` would give them.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from foundation_dask import dspex
+from foundation_dask.dspex.racing import _behind, race_rounds
+from tests._helpers import (
+    Classify,
+    counted_needs_demos,
+    lm_calls_on_workers,
+    make_examples,
+    metric,
+)
+
+
+@pytest.mark.timeout(30)
+def test_rounds_grow_to_the_whole_set():
+    assert race_rounds(30) == [4, 8, 16, 30]
+    assert race_rounds(5) == [4, 5]
+    assert race_rounds(120, first=10, growth=3) == [10, 30, 90, 120]
+    assert race_rounds(0) == []
+    with pytest.raises(ValueError, match="growth must be > 1"):
+        race_rounds(30, growth=1)
+
+
+@pytest.mark.timeout(30)
+def test_the_stop_rule():
+    z = 2.4
+    # four straight losses against a leader that got all four right: stopped
+    assert _behind([1] * 4, [0] * 4, 30, z) == "behind with confidence"
+    # one loss in four is not enough, nor is a tie
+    assert _behind([1] * 4, [1, 1, 1, 0], 30, z) is None
+    assert _behind([1] * 8, [1] * 8, 30, z) is None
+    # half right against all right: not after 4 examples, after 8
+    assert _behind([1] * 4, [1, 0, 1, 0], 30, z) is None
+    assert _behind([1] * 8, [1, 0] * 4, 30, z) == "behind with confidence"
+    # certain: even all 2 examples left right cannot close a gap of 3
+    assert _behind([1] * 28, [1] * 25 + [0] * 3, 30, float("inf")) == "cannot catch up"
+    assert _behind([1] * 28, [1] * 26 + [0] * 2, 30, float("inf")) is None
+    # the whole set seen: the scores decide, the winner is chosen outside the rule
+    assert _behind([1] * 30, [1] * 29 + [0], 30, z) == "cannot catch up"
+    # a wider score range asks for more evidence
+    assert _behind([1] * 4, [0] * 4, 30, z, low=-1.0, high=1.0) is None
+
+
+def _search(racing: bool, **kwargs):
+    return dspex.BootstrapFewShotWithRandomSearch(
+        metric, num_candidate_programs=6, max_bootstrapped_demos=3, max_labeled_demos=3,
+        seed=7, racing=racing, **kwargs)
+
+
+@pytest.mark.timeout(240)
+def test_racing_finds_the_exhaustive_best_with_fewer_lm_calls(cluster_client):
+    trainset, valset = make_examples(16), make_examples(40, 100)
+    student = dspex.Predict(Classify)
+    runs = {}
+    with dspex.context(lm=dspex.DummyLM(counted_needs_demos), cache=False):
+        for racing in (False, True):
+            before = lm_calls_on_workers(cluster_client)
+            search = _search(racing)
+            best = search.compile(student, trainset=trainset, valset=valset)
+            runs[racing] = (search, best, lm_calls_on_workers(cluster_client) - before)
+    (ex_search, ex_best, ex_calls), (search, best, calls) = runs[False], runs[True]
+    assert best.dump_state() == ex_best.dump_state() and best.score == ex_best.score == 100.0
+    assert calls < ex_calls
+    # the same teacher runs in both; the race saved evaluations
+    assert len(search.history) < len(ex_search.history) == 9 * len(valset)
+    frame = {c["seed"]: c for c in best.candidate_programs}
+    assert frame[-3]["stopped_after"] is not None  # zero-shot (50 %) stopped early
+    assert frame[-3]["reason"] in ("behind with confidence", "cannot catch up")
+    assert frame[-3]["examples"] < len(valset)
+    for c in best.candidate_programs:  # whoever ran to the end saw every example
+        if c["stopped_after"] is None:
+            assert c["examples"] == len(valset)
+    # every candidate at 100 % ran to the end, as in the exhaustive search
+    exhaustive = {c["seed"]: c["score"] for c in ex_best.candidate_programs}
+    assert {s for s, v in exhaustive.items() if v == 100.0} == {
+        s for s, c in frame.items() if c["stopped_after"] is None}
+    # no (candidate, example) evaluated twice
+    pairs = list(zip(search.history_frame()["candidate"], search.history_frame()["index"],
+                     strict=True))
+    assert len(pairs) == len(set(pairs)) == sum(c["examples"] for c in frame.values())
+
+
+@pytest.mark.timeout(240)
+def test_certain_racing_and_a_metric_outside_zero_one(cluster_client):
+    trainset, valset = make_examples(16), make_examples(24, 100)
+    student = dspex.Predict(Classify)
+    with dspex.context(lm=dspex.DummyLM(counted_needs_demos), cache=False):
+        exhaustive = _search(False).compile(student, trainset=trainset, valset=valset)
+        # confidence 1: only what cannot catch up stops, so the result is exhaustive's
+        certain = _search(True, racing_confidence=1.0)
+        best = certain.compile(student, trainset=trainset, valset=valset)
+        assert best.dump_state() == exhaustive.dump_state()
+        assert all(s.reason in (None, "cannot catch up") for s in certain.standings)
+
+        def penalty(example, prediction, trace=None):  # -1 wrong, 2 right
+            return 2.0 if metric(example, prediction) else -1.0
+
+        def penalty_search(racing: bool):
+            return dspex.BootstrapFewShotWithRandomSearch(
+                penalty, num_candidate_programs=6, max_bootstrapped_demos=3,
+                max_labeled_demos=3, seed=7, metric_threshold=2.0, racing=racing)
+
+        ex_pen = penalty_search(False).compile(student, trainset=trainset, valset=valset)
+        pen = penalty_search(True).compile(student, trainset=trainset, valset=valset)
+    assert pen.dump_state() == ex_pen.dump_state() and pen.score == ex_pen.score == 200.0
+    with pytest.raises(ValueError, match="racing_confidence must be between 0.5 and 1"):
+        _search(True, racing_confidence=0.2)
