@@ -35,6 +35,7 @@ import io
 import logging
 import os
 import queue
+import threading
 import time
 import warnings
 from collections.abc import Sequence
@@ -82,6 +83,8 @@ class LlamaCppCompletionLM(dspy.BaseLM):
                          temperature=temperature, max_tokens=max_tokens, cache=False)
         self.model_path = model_path
         self.seed = seed
+        self.calls = 0  # model calls made (DSPy's cache is off: every call reaches a model)
+        self._count_lock = threading.Lock()
         self._models: queue.SimpleQueue[Any] = queue.SimpleQueue()
         for _ in range(n_models):
             self._models.put(llama_cpp.Llama(model_path=model_path, n_ctx=n_ctx,
@@ -98,6 +101,8 @@ class LlamaCppCompletionLM(dspy.BaseLM):
         if (options.get("n") or 1) != 1:
             raise ValueError(f"{type(self).__name__} generates one completion per call")
         llm = self._models.get()  # blocks while every model is in use
+        with self._count_lock:
+            self.calls += 1
         try:
             return llm.create_completion(prompt=prompt, temperature=options["temperature"],
                                          max_tokens=options["max_tokens"],
@@ -158,8 +163,9 @@ def run_dspy_baseline(train: Sequence[Any], dev: Sequence[Any], test: Sequence[A
         ``version`` (of DSPy), ``zero_shot`` and ``optimized`` (held-out accuracy, %),
         ``validation`` (the best candidate's score, %), ``demos`` (of the best
         program), ``candidates`` (programs evaluated on the validation set),
-        ``evaluations`` (of a candidate on an example) and ``wall`` (seconds of
-        ``compile``; loading the models and the held-out evaluations are not timed).
+        ``evaluations`` (of a candidate on an example), ``wall`` (seconds of
+        ``compile``; loading the models and the held-out evaluations are not timed) and
+        ``calls`` (model calls of ``compile``).
     """
     dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=False)
     trainset, valset, testset = (to_dspy_examples(s) for s in (train, dev, test))
@@ -176,13 +182,13 @@ def run_dspy_baseline(train: Sequence[Any], dev: Sequence[Any], test: Sequence[A
             zero = evaluate(program)
             with contextlib.redirect_stdout(optimizer_log), \
                     contextlib.redirect_stderr(optimizer_log):
-                t0 = time.perf_counter()
+                t0, calls = time.perf_counter(), lm.calls
                 optimizer = dspy.BootstrapFewShotWithRandomSearch(
                     metric, max_bootstrapped_demos=max_bootstrapped_demos,
                     max_labeled_demos=max_labeled_demos, num_candidate_programs=candidates,
                     num_threads=num_threads, max_errors=len(train) + len(dev))
                 best = optimizer.compile(program, trainset=trainset, valset=valset)
-                wall = time.perf_counter() - t0
+                wall, calls = time.perf_counter() - t0, lm.calls - calls
             optimized = evaluate(best)
     except Exception:
         print(optimizer_log.getvalue(), end="")
@@ -193,4 +199,5 @@ def run_dspy_baseline(train: Sequence[Any], dev: Sequence[Any], test: Sequence[A
     return {"version": dspy.__version__, "zero_shot": zero.score, "optimized": optimized.score,
             "validation": max((c["score"] for c in history), default=float("nan")),
             "demos": len(best.demos), "candidates": len(history),
-            "evaluations": sum(len(c["subscores"]) for c in history), "wall": wall}
+            "evaluations": sum(len(c["subscores"]) for c in history), "wall": wall,
+            "calls": calls}

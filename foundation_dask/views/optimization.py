@@ -172,9 +172,12 @@ class OptimizationProgressView(View):
             # far: the last one is the run's (its result's best score), not the highest
             scores = cols["best_score"][~np.isnan(cols["best_score"])]
             best = f"{scores[-1]:.1f}%" if len(scores) else "-"
+            stopped = last.get("candidates_stopped") or 0
+            raced = (f", {stopped} candidate{'s' if stopped != 1 else ''} stopped by the race"
+                     if stopped else "")
             self.status.text = (
                 f"<b>{self.optimization_id}</b>: {last.get('completion_percent') or 0:.1f}% "
-                f"done, best {best}, {last.get('rate') or 0:.1f} evaluations/s"
+                f"done, best {best}, {last.get('rate') or 0:.1f} evaluations/s{raced}"
             )
             title.text = "score over evaluations"
             show_note(self.note, not np.isfinite(cols["best_score"]).any()

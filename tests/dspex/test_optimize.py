@@ -162,6 +162,10 @@ def test_distributed_optimizer_plan_services_progress(cluster_client):
     finished = cands[cands["stopped_after"].isna()]
     assert (finished["examples"] == 12).all()
     assert (cands.loc[cands["stopped_after"].notna(), "examples"] < 12).all()
+    # the stops reached the progress the panels show (and its plan shrank with them)
+    stopped = int(cands["stopped_after"].notna().sum())
+    assert stopped and progress[-1]["candidates_stopped"] == stopped
+    assert progress[-1]["total_evaluations"] < len(trainset) + 5 * 12
     assert seen_services and all(
         s.metadata["optimization_id"] == result.optimization_id for s in seen_services)
     assert not fd.ServiceMesh.discover_services(

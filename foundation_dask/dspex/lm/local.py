@@ -30,7 +30,10 @@ _MODELS: OrderedDict[tuple[str, int, int, int], Any] = OrderedDict()
 _MAX_MODELS = 2  # least recently used models beyond this are dropped
 _MODELS_LOCK = threading.Lock()
 _CALL_LOCK = threading.RLock()
-_LOAD_STATS: dict[str, float] = {"loads": 0, "load_seconds": 0.0}
+#: Model loads and model calls of this process (cache hits are no model calls), with the
+#: prompt tokens of those calls and how many of them llama.cpp found in its KV cache.
+_LOAD_STATS: dict[str, float] = {"loads": 0, "load_seconds": 0.0, "calls": 0,
+                                 "prompt_tokens": 0, "cached_tokens": 0}
 
 _LOCAL_KWARGS = {"max_tokens", "stop", "temperature", "top_p", "top_k", "min_p", "seed",
                  "repeat_penalty", "presence_penalty", "frequency_penalty", "n",
@@ -140,9 +143,10 @@ class LocalLM(BaseLM):
 
     @staticmethod
     def process_stats() -> dict[str, Any]:
-        """Models loaded in this process, how many loads happened and how long they took."""
-        return {"models": list(_MODELS), "loads": _LOAD_STATS["loads"],
-                "load_seconds": _LOAD_STATS["load_seconds"], "pid": os.getpid()}
+        """Models loaded in this process, how many loads happened and how long they took,
+        and the model calls made here (``calls``, their ``prompt_tokens`` and the
+        ``cached_tokens`` of those that llama.cpp kept from the previous call)."""
+        return {"models": list(_MODELS), **_LOAD_STATS, "pid": os.getpid()}
 
     @staticmethod
     def unload_models() -> None:
@@ -202,6 +206,9 @@ class LocalLM(BaseLM):
                 # cache and evaluates only the rest of the prompt
                 reused += min(_common_prefix(before, _evaluated_tokens(llm)),
                               int(counts.get("prompt_tokens") or 0))
+            _LOAD_STATS["calls"] += n
+            _LOAD_STATS["prompt_tokens"] += usage["prompt_tokens"]
+            _LOAD_STATS["cached_tokens"] += reused
         # in OpenAI's usage format, as the HTTP clients receive it
         usage["prompt_tokens_details"] = {"cached_tokens": reused}
         return outputs, usage

@@ -41,6 +41,8 @@ class OptimizationCoordinator:
             "history": [],
             "stop_requested": False,
             "scale_requests": [],
+            # candidates a race stopped: (candidate, round) in the order they stopped
+            "stopped_candidates": [],
             "result": None,
             # what a resumed run needs: the finished work and how to start again
             "teacher_runs": {},
@@ -89,6 +91,12 @@ class OptimizationCoordinator:
         s["evaluations_completed"] = progress.get("evaluations", s["evaluations_completed"])
         if progress.get("total") is not None:
             s["total_evaluations"] = progress["total"]
+        stopped = s.setdefault("stopped_candidates", [])
+        known = {c for c, _ in stopped}
+        for c in progress.get("stopped") or ():
+            if c not in known:  # a resumed race stops the same candidates again
+                stopped.append((c, progress.get("round")))
+                known.add(c)
         if progress.get("best_score") is not None:
             s["current_best_score"] = progress["best_score"]
         total = max(1, s["total_evaluations"])
@@ -102,6 +110,7 @@ class OptimizationCoordinator:
             "completion_percent": s["completion_percent"],
             "best_score": s["current_best_score"], "running_score": progress.get("running_score"),
             "rate": s["rate"], "phase": progress.get("phase"),
+            "candidates_stopped": len(stopped),
         })
         del s["history"][:-1000]
         return self.get_progress()
@@ -109,9 +118,11 @@ class OptimizationCoordinator:
     def get_progress(self) -> dict[str, Any]:
         """Status, completion, best score, rate and estimated completion time."""
         s = self.state
-        return {k: s[k] for k in ("optimization_id", "status", "completion_percent",
-                                  "current_best_score", "evaluations_completed",
-                                  "total_evaluations", "rate", "estimated_completion_time")}
+        return {**{k: s[k] for k in ("optimization_id", "status", "completion_percent",
+                                     "current_best_score", "evaluations_completed",
+                                     "total_evaluations", "rate",
+                                     "estimated_completion_time")},
+                "candidates_stopped": len(s.get("stopped_candidates", ()))}
 
     def get_optimization_info(self) -> dict[str, Any]:
         """The state without the history and the finished work (their counts instead)."""

@@ -255,6 +255,7 @@ class DistributedOptimizer:
             snapshot = coordinator.report_progress({
                 "evaluations": runtime.evaluations, "best_score": best["score"],
                 "running_score": running, "phase": state.get("phase"), "total": planned,
+                "stopped": state.get("stopped"), "round": state.get("round"),
             }).result()
             progress_log.append(snapshot)
             Channels.broadcast("telemetry", ("optimization_progress", opt_id, snapshot),
