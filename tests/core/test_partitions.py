@@ -18,7 +18,13 @@ import pytest
 from distributed import fire_and_forget
 
 import foundation_dask as fd
-from tests.network import Hosts, NetemUnavailable, require_namespaces
+from tests.network import (
+    Hosts,
+    SlowLinkUnavailable,
+    require_namespaces,
+    require_slow_links,
+    unavailable,
+)
 from tests.support import SubprocessCluster, wait_for
 
 pytestmark = [pytest.mark.partition, pytest.mark.slow]
@@ -343,14 +349,16 @@ def test_an_optimization_cut_one_host_at_a_time_gives_the_undisturbed_result(net
 def test_a_slow_lossy_link_delivers_in_order_and_calls_answer(net_cluster):
     from foundation_dask.demo import KeyValueStore
 
+    require_slow_links()
     net = net_cluster(2)
     client = fd.connect()
     workers = sorted(client.scheduler_info()["workers"])
     slow = next(i for i in (1, 2) if f"//{net.hosts.address(i)}:" in workers[0])
     try:
+        # the worker's packets, through its namespace's netfilter queue
         net.hosts.slow(slow, delay="40ms", jitter="20ms", loss="3%")
-    except NetemUnavailable as exc:  # a kernel module, not a package the test can install
-        pytest.skip(str(exc))
+    except SlowLinkUnavailable as exc:  # the kernel has no netfilter queue
+        unavailable(str(exc))
     n = 400
     with fd.Channels.subscribe("telemetry") as sub:
         reader = Reader(sub, n - 1)
