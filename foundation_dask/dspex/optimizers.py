@@ -254,7 +254,7 @@ class BootstrapFewShotWithRandomSearch(Teleprompter):
     racing
         Race the candidates (:mod:`~foundation_dask.dspex.racing`): all start on a slice
         of the validation set, those that cannot catch the leader stop, the rest go on
-        to the whole set, and the best of those wins. ``False`` evaluates every
+        to the whole set, and the best of those wins. ``False`` (the default) evaluates every
         candidate on every example (DSPy's search, and DSPy's result for the seed).
     racing_confidence
         How sure a race must be that a candidate is behind before it stops it (1: only
@@ -267,7 +267,7 @@ class BootstrapFewShotWithRandomSearch(Teleprompter):
                  num_threads: int | None = None, max_errors: int | None = None,
                  stop_at_score: float | None = None, metric_threshold: float | None = None,
                  min_num_samples: int = 1, seed: int = 0, runtime: Runtime | None = None,
-                 racing: bool = True, racing_confidence: float = 0.95):
+                 racing: bool = False, racing_confidence: float = 0.95):
         if not 0.5 <= racing_confidence <= 1:
             raise ValueError(f"racing_confidence must be between 0.5 and 1, not "
                              f"{racing_confidence}")

@@ -151,6 +151,9 @@ def test_distributed_optimizer_plan_services_progress(cluster_client):
         result = dspex.DistributedOptimizer.optimize_program_distributed(
             program(), trainset, metric, num_candidate_programs=2, max_bootstrapped_demos=2,
             max_labeled_demos=2, display_progress=False, seed=1,
+            optimizer=dspex.BootstrapFewShotWithRandomSearch(
+                metric, num_candidate_programs=2, max_bootstrapped_demos=2,
+                max_labeled_demos=2, seed=1, racing=True),
         )
         wait_for(lambda: progress and progress[-1]["completion_percent"] >= 99, timeout=30)
     assert result.status == "completed" and result.best_score == 100.0
@@ -385,7 +388,10 @@ def test_traced_optimization_with_a_killed_worker(subprocess_cluster):
         "r", dspex.DistributedOptimizer.optimize_program_distributed(
             program(slow_needs_demos), make_examples(18), metric, num_candidate_programs=3,
             max_bootstrapped_demos=3, max_labeled_demos=3, valset=make_examples(18, 60),
-            display_progress=False, optimization_id="traced", trace=True)))
+            display_progress=False, optimization_id="traced", trace=True,
+            optimizer=dspex.BootstrapFewShotWithRandomSearch(
+                metric, num_candidate_programs=3, max_bootstrapped_demos=3,
+                max_labeled_demos=3, racing=True))))
     thread.start()
     coordinator = wait_for(
         lambda: fd.ProcessManager.lookup(("optimization_coordinator", "traced")), timeout=60)
