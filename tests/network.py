@@ -280,8 +280,7 @@ class Hosts:
                     "--queue-bypass"]
             errors = []
             for iptables in _iptables_commands():
-                added = _run(IP, "netns", "exec", self.names[i], iptables, "-w", "-A", *rule,
-                             check=False)
+                added = _run(*self.command(i, [iptables, "-w", "-A", *rule]), check=False)
                 if added.returncode == 0:
                     break
                 errors.append(f"{iptables}: {added.stderr.strip()}")
@@ -329,8 +328,7 @@ class Hosts:
         link = self._slowed.pop(i, None)
         if link is None:
             return
-        _run(IP, "netns", "exec", self.names[i], link.iptables, "-w", "-D", *link.rule,
-             check=False)
+        _run(*self.command(i, [link.iptables, "-w", "-D", *link.rule]), check=False)
         ended = link.delayer.poll()
         self._stop(link.delayer)
         if check and ended is not None:

@@ -164,8 +164,8 @@ def run_teacher(teacher: Any, trainset: Sequence[Any], metric: Callable, *,
     """Run the teacher on trainset examples on the cluster; results in trainset order.
 
     ``indices`` are the examples to run (default: all); ``done`` the runs made already
-    (default: the runtime's, a resumed optimization), returned with the new ones and
-    counted towards ``max_errors``. ``carried`` is the settings the runs start from
+    (by :func:`bootstrap_runs`, or a resumed optimization), returned with the new ones
+    and counted towards ``max_errors``. ``carried`` is the settings the runs start from
     (default: those in effect here); ``settings`` are DSPEx settings (``lm=``,
     ``adapter=``...) the teacher runs under on top of them; ``client`` is the Dask
     client to run on (default: the runtime's, else the current one).
@@ -174,7 +174,7 @@ def run_teacher(teacher: Any, trainset: Sequence[Any], metric: Callable, *,
 
     runtime = runtime or Runtime()
     client = client or runtime.get_client()
-    done = runtime.done_teacher if done is None else done
+    done = {} if done is None else done
     wanted = range(len(trainset)) if indices is None else sorted(set(indices))
     indexed = [(i, trainset[i]) for i in wanted if i not in done]
     n_workers = len(runtime.workers or worker_infos(client)) or 1
@@ -192,7 +192,6 @@ def run_teacher(teacher: Any, trainset: Sequence[Any], metric: Callable, *,
     results: list[dict[str, Any]] = list(done.values())
     errors = sum(1 for r in results if r["error"])
     first_failure: BaseException | None = None
-    runtime.evaluations += len(done) if done is runtime.done_teacher else 0
     total = len(results) + len(indexed)
     try:
         for fut in as_completed(futures):

@@ -9,15 +9,17 @@ whole set (the first on ties, as exhaustive search), so every candidate still ru
 the end is compared exactly as exhaustive search compares them; a candidate stops early
 only when
 
-* **it cannot catch up** whatever the rest of the set gives (its score sum plus one per
-  example left is below the leader's sum: certain, for scores in [0, 1]), or
+* **it cannot catch up** whatever the rest of the set gives (its score sum plus the
+  highest score for each example left is below the leader's sum plus the lowest for
+  each: certain for scores in [0, 1], the range DSPy metrics give, widened to any score
+  seen outside it), or
 * **the leader is better with confidence** ``confidence``: the mean of the paired
   differences (leader's score minus the candidate's on the same examples) minus ``z``
   standard errors is above 0. The standard error is that of a sample drawn without
   replacement from the validation set (finite-population correction, so it is 0 once
-  the whole set is seen), its variance given one pseudo-observation spanning the score range (a
-  run of a few losses alone does not stop a candidate), and ``z`` is Bonferroni's for the
-  comparisons of a round.
+  the whole set is seen), its variance given one pseudo-observation spanning the score
+  range (a run of a few losses alone does not stop a candidate), and ``z`` is
+  Bonferroni's for the comparisons of a round.
 
 Each round is one :func:`~foundation_dask.dspex.evaluate.evaluate_many` call: the slices
 of all running candidates are in flight together on the cluster. Each round is an
@@ -190,7 +192,7 @@ def race(client: distributed.Client, programs: Sequence[Any], devset: Sequence[A
             round_results = evaluate_many(
                 client, [programs[p] for p in running], devset, metric, examples=seen,
                 program_ids=running, done=done, progress=progress, eval_id=eval_id,
-                label=label, display_progress=display_progress,
+                label=label,
                 max_errors=None if max_errors is None else max(1, max_errors - stopped_errors),
                 **kwargs,
             )
