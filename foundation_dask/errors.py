@@ -22,6 +22,7 @@ from typing import Any
 __all__ = [
     "AdapterParseError",
     "AlreadyRegisteredError",
+    "BudgetExhaustedError",
     "CheckpointRefusedError",
     "ClusterConnectionError",
     "DSPyNotInstalledError",
@@ -47,6 +48,7 @@ __all__ = [
     "StateMismatchError",
     "SubscriptionClosedError",
     "TraceNotFoundError",
+    "TuneError",
 ]
 
 
@@ -246,6 +248,28 @@ class LMTimeoutError(LMError, TimeoutError):
     """An LM call timed out (after its retries)."""
 
 
+class BudgetExhaustedError(LMError):
+    """An LM call was refused before it reached the model: the ``dspex.Budget``
+    ``budget_id`` cannot cover it.
+
+    Attributes
+    ----------
+    limit
+        The cap that was reached: ``"calls"``, ``"tokens"`` or ``"cost"``.
+    cap
+        Its value (``max_calls``, ``max_tokens``, ``max_cost``).
+    spent
+        What was spent of it when the call was refused.
+    budget_id
+        The budget's id.
+    """
+
+    def __init__(self, text: str, *, limit: str, cap: float, spent: float,
+                 budget_id: str | None = None) -> None:
+        FoundationError.__init__(self, text, limit=limit, cap=cap, spent=spent,
+                                 budget_id=budget_id, status=None, message=None)
+
+
 class AdapterParseError(FoundationError, ValueError):
     """The LM output could not be turned into the signature's output fields.
 
@@ -327,3 +351,10 @@ class StateMismatchError(FoundationError, KeyError, ValueError):
 
 class OptimizationStopped(FoundationError, RuntimeError):  # noqa: N818 - a signal more than an error
     """The optimization was asked to stop (``stop`` on the control channel)."""
+
+
+class TuneError(FoundationError, TypeError, ValueError):
+    """``dspex.tune`` got a search space or workload it cannot use (``key``: the setting
+    concerned, when there is one)."""
+
+    key: Any = None

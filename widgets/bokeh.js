@@ -96,11 +96,15 @@ function rebuild(state) {
   return Promise.all([...state.views].map((view) => show(state, view)));
 }
 
+// Applies a patch to the model's document and to each view's. A view whose patch fails
+// is rendered again from the model's document; the returned promise waits for that, so
+// the next patch is not applied to a document whose views are still being built.
 function patch(state, msg, buffers) {
   const ids = msg.buffers || [];
   const bufs = toBuffers(ids, buffers || []);
   const apply = (doc) => doc.apply_json_patch(JSON.parse(msg.content), copyBuffers(bufs));
   apply(state.master);
+  const rerender = [];
   for (const view of state.views) {
     if (view.doc == null) continue;
     view.blocked = true;
@@ -108,11 +112,12 @@ function patch(state, msg, buffers) {
       apply(view.doc);
     } catch (err) {
       console.error("foundation pane: a patch failed; re-rendering", err);
-      void show(state, view);
+      rerender.push(view);
     } finally {
       view.blocked = false;
     }
   }
+  return Promise.all(rerender.map((view) => show(state, view)));
 }
 
 function initialize({ model }) {
@@ -131,8 +136,8 @@ function initialize({ model }) {
   model.on("msg:custom", (msg, buffers) => {
     if (msg && msg.type === "patch") {
       step(() => {
-        patch(state, msg, buffers);
         state.patches += 1;
+        return patch(state, msg, buffers);
       });
     }
   });

@@ -32,12 +32,15 @@ from foundation_dask.dspex.callbacks import ACTIVE_CALL_ID, BaseCallback, with_c
 from foundation_dask.dspex.lm import (
     LM,
     BaseLM,
+    Budget,
+    BudgetExhaustedError,
     DummyLM,
     LMError,
     LMResponse,
     LMTimeoutError,
     LocalLM,
     OpenAICompatibleLM,
+    budget_info,
     clear_cache,
 )
 from foundation_dask.dspex.metrics import (
@@ -85,6 +88,8 @@ if TYPE_CHECKING:  # what the lazy names below resolve to, for editors and type 
     from foundation_dask.dspex.orchestration import (
         optimization_history as optimization_history,
     )
+    from foundation_dask.dspex.tuning import TuneResult as TuneResult
+    from foundation_dask.dspex.tuning import tune as tune
 
 _LAZY = {
     "Evaluate": "foundation_dask.dspex.evaluate",
@@ -99,6 +104,8 @@ _LAZY = {
     "optimization_history": "foundation_dask.dspex.orchestration",
     "EvaluationResult": "foundation_dask.dspex.evaluate",
     "OptimizationResult": "foundation_dask.dspex.orchestration",
+    "tune": "foundation_dask.dspex.tuning",
+    "TuneResult": "foundation_dask.dspex.tuning",
 }
 
 _SUBMODULES = ("datasets", "evaluate", "optimizers", "orchestration", "distributed",
@@ -121,6 +128,8 @@ __all__ = [
     "with_callbacks",
     "AdapterParseError",
     "BaseLM",
+    "Budget",
+    "BudgetExhaustedError",
     "ChainOfThought",
     "ChatAdapter",
     "CompletionAdapter",
@@ -139,6 +148,7 @@ __all__ = [
     "Predict",
     "Prediction",
     "Signature",
+    "budget_info",
     "clear_cache",
     "configure",
     "context",

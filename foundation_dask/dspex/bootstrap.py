@@ -19,13 +19,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from foundation_dask.core._client import current_client, worker_infos
+from foundation_dask.core._client import current_client
 from foundation_dask.dspex.evaluate import (
+    StoppedChunk,
     _carried_context,
     _inputs,
     _lm_context,
-    auto_chunk_size,
     checked_score,
+    chunk_size_for,
 )
 from foundation_dask.dspex.interop._dspy import is_dspy_module
 from foundation_dask.dspex.interop._pickling import ship
@@ -33,7 +34,7 @@ from foundation_dask.dspex.interop._programs import as_dspy_demos, capture_calls
 from foundation_dask.dspex.primitives import Example
 from foundation_dask.dspex.settings import context
 from foundation_dask.dspex.snapshot import SettingsSnapshot, snapshot_settings
-from foundation_dask.errors import EvaluationError, OptimizationStopped
+from foundation_dask.errors import BudgetExhaustedError, EvaluationError, OptimizationStopped
 
 if TYPE_CHECKING:
     import distributed
@@ -115,7 +116,7 @@ def _teacher_chunk(teacher: Any, examples: list[tuple[int, Any]], metric: Callab
     """Runs on a worker: the teacher on each example, its own demo excluded, under the
     settings ``carried`` from where ``compile`` was called, then ``settings`` (the
     optimizer's ``teacher_settings``)."""
-    out = []
+    out: list[dict[str, Any]] = []
     with _carried_context(carried), _lm_context(lm), _carried_context(settings):
         for index, example in examples:
             program = teacher.deepcopy()
@@ -129,6 +130,8 @@ def _teacher_chunk(teacher: Any, examples: list[tuple[int, Any]], metric: Callab
                     value = checked_score(value, metric, index)
                 ok = (value >= metric_threshold) if metric_threshold is not None else bool(value)
                 error = None
+            except BudgetExhaustedError as exc:
+                return StoppedChunk(out, exc)  # not a failed run: no LM budget is left
             except Exception as exc:
                 ok, calls, error = False, [], f"{type(exc).__name__}: {exc}"
                 failure = _picklable(exc)
@@ -177,9 +180,7 @@ def run_teacher(teacher: Any, trainset: Sequence[Any], metric: Callable, *,
     done = {} if done is None else done
     wanted = range(len(trainset)) if indices is None else sorted(set(indices))
     indexed = [(i, trainset[i]) for i in wanted if i not in done]
-    n_workers = len(runtime.workers or worker_infos(client)) or 1
-    size = (auto_chunk_size(len(indexed), n_workers) if runtime.chunk_size == "auto"
-            else int(runtime.chunk_size))
+    size = chunk_size_for(client, len(indexed), runtime.chunk_size, runtime.workers)
     carried = carried if carried is not None else snapshot_settings()
     teacher_settings = SettingsSnapshot(settings) if settings else None
     teacher = ship(teacher)  # a DSPy program: pickled once, a part that does not is named
@@ -193,9 +194,12 @@ def run_teacher(teacher: Any, trainset: Sequence[Any], metric: Callable, *,
     errors = sum(1 for r in results if r["error"])
     first_failure: BaseException | None = None
     total = len(results) + len(indexed)
+    out_of_budget: BaseException | None = None
     try:
         for fut in as_completed(futures):
             chunk = fut.result()
+            if isinstance(chunk, StoppedChunk):  # the other chunks stop at their next call
+                out_of_budget = out_of_budget or chunk.error
             failures = [r.pop("exception") for r in chunk if "exception" in r]
             first_failure = first_failure or (failures[0] if failures else None)
             results.extend(chunk)
@@ -220,6 +224,8 @@ def run_teacher(teacher: Any, trainset: Sequence[Any], metric: Callable, *,
                 raise OptimizationStopped(label)
     finally:
         client.cancel([f for f in futures if not f.done()])
+    if out_of_budget is not None:  # every run made is recorded (on_teacher_runs) first
+        raise out_of_budget
     return sorted(results, key=lambda r: r["index"])
 
 

@@ -36,6 +36,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from foundation_dask import config
 from foundation_dask._html import html_repr
 from foundation_dask.core._client import current_client, worker_infos
 from foundation_dask.core.channels import Channels
@@ -43,7 +44,7 @@ from foundation_dask.dspex.callbacks import run_with_callbacks
 from foundation_dask.dspex.interop._pickling import ship
 from foundation_dask.dspex.settings import context
 from foundation_dask.dspex.snapshot import SettingsSnapshot, snapshot_settings
-from foundation_dask.errors import EvaluationError
+from foundation_dask.errors import BudgetExhaustedError, EvaluationError
 from foundation_dask.tracecontext import SpanScope
 
 if TYPE_CHECKING:
@@ -77,7 +78,7 @@ def _evaluate_chunk(program: Any, examples: list[tuple[int, Any]], metric: Calla
     except ValueError:
         worker = "local"
     pid = os.getpid()
-    out = []
+    out: list[EvaluationRecord] = []
     with _carried_context(carried), _lm_context(lm):
         for index, example in examples:
             start = time.time()
@@ -88,6 +89,9 @@ def _evaluate_chunk(program: Any, examples: list[tuple[int, Any]], metric: Calla
                 try:
                     prediction = program(**_inputs(example))
                     score = checked_score(metric(example, prediction), metric, index)
+                except BudgetExhaustedError as exc:
+                    # not a failure of the example: the run stops (no budget left)
+                    return StoppedChunk(out, exc)
                 except Exception as exc:
                     score = failure_score
                     error = "".join(traceback.format_exception_only(type(exc), exc)).strip()
@@ -95,6 +99,17 @@ def _evaluate_chunk(program: Any, examples: list[tuple[int, Any]], metric: Calla
             out.append(EvaluationRecord(index, prediction, score, error, worker, pid, start,
                                         time.perf_counter() - t0))
     return out
+
+
+class StoppedChunk(list[Any]):
+    """What a chunk task returns when the LM budget stopped it: the results it finished
+    (the list) and the :class:`~foundation_dask.errors.BudgetExhaustedError` (``error``)
+    its reader raises once it has taken them. The task itself finishes: an expected stop
+    is no failed task in the worker's log."""
+
+    def __init__(self, items: list[Any], error: BaseException) -> None:
+        super().__init__(items)
+        self.error = error
 
 
 def checked_score(value: Any, metric: Callable, index: int) -> float:
@@ -127,15 +142,39 @@ def _inputs(example: Any) -> dict[str, Any]:
     return dict(inputs)
 
 
-def auto_chunk_size(n_examples: int, n_workers: int, per_worker_chunks: int = 4) -> int:
-    """Examples per task: about ``per_worker_chunks`` tasks per worker, at least 1.
+def auto_chunk_size(n_examples: int, n_slots: int, per_slot_chunks: int = 4) -> int:
+    """Examples per task: about ``per_slot_chunks`` tasks per evaluation slot (a worker
+    thread, :func:`evaluation_slots`), at least 1.
 
-    Fewer, larger tasks amortise the scheduler's per-task cost; several per worker
-    keep load balance and progress reporting fine-grained.
+    Fewer, larger tasks amortise the scheduler's per-task cost; several per slot keep
+    every thread busy (an HTTP LM's calls wait on the network, so each thread of a
+    worker runs one), load balanced and progress reporting fine-grained.
     """
     if n_examples <= 0:
         return 1
-    return max(1, math.ceil(n_examples / (max(1, n_workers) * per_worker_chunks)))
+    return max(1, math.ceil(n_examples / (max(1, n_slots) * per_slot_chunks)))
+
+
+def chunk_size_for(client: distributed.Client, n_examples: int, chunk_size: int | str,
+                   workers: Sequence[str] | None = None) -> int:
+    """``chunk_size``; for ``"auto"`` the dask config ``foundation.dspex.evaluate-chunk-size``
+    when it is a number, else :func:`auto_chunk_size` of ``n_examples`` over the
+    :func:`evaluation_slots` of ``workers``."""
+    if chunk_size == "auto":
+        chunk_size = config.get("dspex.evaluate-chunk-size", None) or "auto"
+    if chunk_size == "auto":
+        return auto_chunk_size(n_examples, evaluation_slots(client, workers))
+    return int(chunk_size)
+
+
+def evaluation_slots(client: distributed.Client, workers: Sequence[str] | None = None) -> int:
+    """The threads of the workers that evaluate (``workers``, default all), at least 1:
+    how many chunks run at once."""
+    infos = worker_infos(client)
+    chosen = [w for a, w in infos.items() if not workers or a in workers]
+    if workers and not chosen:  # restricted to workers not (yet) known: one slot each
+        return len(workers)
+    return max(1, sum(int(w.get("nthreads", 1) or 1) for w in chosen))
 
 
 @dataclass
@@ -198,13 +237,8 @@ class _Progress:
         self.enabled = enabled
         self.label = label
         self.t0 = time.perf_counter()
-        #: Evaluations (and their score sum) counted before the current call's (a race's
-        #: candidates that stopped in earlier rounds).
-        self.base_done = 0
-        self.base_sum = 0.0
 
     def update(self, done: int, score_sum: float) -> dict[str, Any]:
-        done, score_sum = done + self.base_done, score_sum + self.base_sum
         elapsed = time.perf_counter() - self.t0
         rate = done / elapsed if elapsed > 0 else 0.0
         eta = (self.total - done) / rate if rate > 0 else None
@@ -343,8 +377,7 @@ def evaluate_many(client: distributed.Client, programs: Sequence[Any], devset: S
                   eval_id: str | None = None,
                   carried: SettingsSnapshot | None = None,
                   examples: Sequence[int] | None = None,
-                  program_ids: Sequence[int] | None = None,
-                  progress: _Progress | None = None) -> list[EvaluationResult]:
+                  program_ids: Sequence[int] | None = None) -> list[EvaluationResult]:
     """Evaluate several programs on one devset with every (program, chunk) in flight at once.
 
     This is what optimizers use to evaluate all their candidates together instead of
@@ -353,82 +386,154 @@ def evaluate_many(client: distributed.Client, programs: Sequence[Any], devset: S
     ``done`` (records made already, by (program id, example index)), in the callbacks
     and in task keys (default: their positions). ``carried`` is the settings every
     chunk runs under (default: those in effect here,
-    :func:`~foundation_dask.dspex.snapshot.snapshot_settings`); ``progress`` a progress
-    line shared by several calls (a race's rounds).
+    :func:`~foundation_dask.dspex.snapshot.snapshot_settings`).
     """
 
     eval_id = eval_id or uuid.uuid4().hex[:12]
     carried = carried if carried is not None else snapshot_settings()
     ids = list(program_ids) if program_ids is not None else list(range(len(programs)))
     wanted = list(range(len(devset))) if examples is None else list(examples)
-    n_workers = len(workers) if workers else max(1, len(worker_infos(client)))
-    size = (auto_chunk_size(len(wanted) * len(programs), n_workers)
-            if chunk_size == "auto" else int(chunk_size))
+    size = chunk_size_for(client, len(wanted) * len(programs), chunk_size, workers)
     size = max(1, min(size, len(wanted)))
     done = done or {}
     t0 = time.perf_counter()
+    submit = ChunkSubmitter(client, metric, failure_score, lm, carried, eval_id, workers)
     futures = {}
     for p, program in enumerate(programs):
         program = ship(program)  # a DSPy program: pickled once, a part that does not is named
         todo = [(i, devset[i]) for i in wanted if (ids[p], i) not in done]
-        chunks = [todo[i:i + size] for i in range(0, len(todo), size)]
-        for chunk in chunks:
-            fut = client.submit(
-                _evaluate_chunk, program, chunk, metric, failure_score, lm, carried,
-                key=f"evaluate-{eval_id}-{ids[p]}-{chunk[0][0]}", workers=workers,
-                allow_other_workers=workers is not None, pure=False, retries=0,
-            )
-            futures[fut] = p
-    if progress is None:
-        progress = _Progress(len(wanted) * len(programs), display_progress, label)
-    position = {pid: p for p, pid in enumerate(ids)}
+        for chunk in (todo[i:i + size] for i in range(0, len(todo), size)):
+            futures[submit(program, ids[p], chunk)] = p
     in_wanted = set(wanted)
-    records: list[list[EvaluationRecord]] = [[] for _ in programs]
-    for (pid, i), record in done.items():
-        if pid in position and i in in_wanted:
-            records[position[pid]].append(record)
-    n_done = sum(len(r) for r in records)
-    score_sum = sum(r.score for rs in records for r in rs)
-    errors = [(p, r) for p, rs in enumerate(records) for r in rs if r.error]
+    tally = Tally(ids, _Progress(len(wanted) * len(programs), display_progress, label),
+                  client=client, eval_id=eval_id, label=label, channel=progress_channel,
+                  max_errors=max_errors, on_record=on_record, on_records=on_records,
+                  on_chunk=on_chunk)
+    tally.resume({key: r for key, r in done.items() if key[1] in in_wanted})
     with contextlib.closing(as_they_complete(client, futures)) as finished:
         for fut in finished:
             p = futures.pop(fut)  # its result is read once: the cluster may forget it
-            chunk_records = fut.result()
-            records[p].extend(chunk_records)
-            if on_records is not None:
-                on_records(ids[p], chunk_records)
-            for r in chunk_records:
-                n_done += 1
-                score_sum += r.score
-                if r.error:
-                    errors.append((p, r))
-                if on_record is not None:
-                    on_record(ids[p], r)
-            state = report_progress(progress, n_done, score_sum, channel=progress_channel,
-                                    client=client, eval_id=eval_id, label=label)
-            if on_chunk is not None:
-                on_chunk({"phase": label, "eval_id": eval_id, **state})
-            # as DSPy's executor: the run stops once max_errors examples have failed
-            if max_errors is not None and errors and len(errors) >= max_errors:
-                first = "\n".join(
-                    f"  example {r.index}: {r.error}" for _, r in errors[:5]
-                )
-                raise EvaluationError(
-                    f"{label}: {len(errors)} examples failed (max_errors={max_errors}); "
-                    f"first failures:\n{first}",
-                    label=label, failed=len(errors), max_errors=max_errors,
-                )
+            try:
+                tally.read(p, fut)
+            except BudgetExhaustedError:
+                tally.drain(futures)
+                raise
     wall = time.perf_counter() - t0
-    results = []
-    for p in range(len(programs)):
-        recs = sorted(records[p], key=lambda r: r.index)
+    return [tally.result(p, devset, wall) for p in range(len(programs))]
+
+
+class ChunkSubmitter:
+    """Submits ``_evaluate_chunk`` tasks of one evaluation: its metric, failure score,
+    LM, carried settings, task-key prefix and worker restriction."""
+
+    def __init__(self, client: distributed.Client, metric: Callable, failure_score: float,
+                 lm: Any, carried: SettingsSnapshot, eval_id: str,
+                 workers: Sequence[str] | None) -> None:
+        self.client, self.metric, self.failure_score = client, metric, failure_score
+        self.lm, self.carried, self.eval_id = lm, carried, eval_id
+        self.workers = list(workers) if workers else None
+
+    def __call__(self, program: Any, pid: int, chunk: list[tuple[int, Any]]) -> Any:
+        """The future of one chunk (``(index, example)`` pairs) of program ``pid``;
+        ``program`` as :func:`~foundation_dask.dspex.interop._pickling.ship` gives it."""
+        return self.client.submit(
+            _evaluate_chunk, program, chunk, self.metric, self.failure_score, self.lm,
+            self.carried, key=f"evaluate-{self.eval_id}-{pid}-{chunk[0][0]}",
+            workers=self.workers, allow_other_workers=self.workers is not None, pure=False,
+            retries=0,
+        )
+
+
+class Tally:
+    """What an evaluation of several programs has read so far, chunk by chunk.
+
+    Keeps each program's records, runs the callbacks (``on_records(pid, records)``,
+    ``on_record(pid, record)``, ``on_chunk(state)``), updates ``progress`` and publishes
+    it, and raises :class:`~foundation_dask.errors.EvaluationError` once ``max_errors``
+    examples have failed, as DSPy's executor does. ``ids`` name the programs (by
+    position) in callbacks.
+    """
+
+    def __init__(self, ids: Sequence[int], progress: _Progress, *, client: distributed.Client,
+                 eval_id: str, label: str, channel: str | None, max_errors: int | None,
+                 on_record: Callable | None = None, on_records: Callable | None = None,
+                 on_chunk: Callable | None = None) -> None:
+        self.ids, self.progress = list(ids), progress
+        self.client, self.eval_id, self.label, self.channel = client, eval_id, label, channel
+        self.max_errors = max_errors
+        self.on_record, self.on_records, self.on_chunk = on_record, on_records, on_chunk
+        self.records: list[list[EvaluationRecord]] = [[] for _ in self.ids]
+        self.n_done = 0
+        self.score_sum = 0.0
+        self.errors: list[EvaluationRecord] = []
+
+    def resume(self, done: dict[tuple[int, int], EvaluationRecord]) -> None:
+        """Count records made already (by (program id, example index)); no callbacks."""
+        position = {pid: p for p, pid in enumerate(self.ids)}
+        for (pid, _), record in done.items():
+            if pid in position:
+                self._count(position[pid], record)
+
+    def _count(self, p: int, record: EvaluationRecord) -> None:
+        self.records[p].append(record)
+        self.n_done += 1
+        self.score_sum += record.score
+        if record.error:
+            self.errors.append(record)
+
+    def read(self, p: int, future: Any) -> list[EvaluationRecord]:
+        """The records of program ``p``'s finished chunk ``future``, taken (:meth:`add`).
+        A chunk the LM budget stopped (:class:`StoppedChunk`) raises its
+        ``BudgetExhaustedError`` once the examples it finished are taken."""
+        records: list[EvaluationRecord] = future.result()
+        self.add(p, list(records))
+        if isinstance(records, StoppedChunk):
+            raise records.error
+        return records
+
+    def drain(self, futures: dict[Any, int]) -> None:
+        """Take what the chunks still in flight (future -> program position) finish:
+        once the LM budget is spent they stop at their next call, and the examples they
+        finished were paid for. Their errors (the same exhaustion) are not raised."""
+        from distributed import wait
+
+        wait(list(futures))
+        for fut, p in list(futures.items()):
+            del futures[fut]
+            if fut.status == "finished":
+                with contextlib.suppress(BudgetExhaustedError):
+                    self.read(p, fut)
+
+    def add(self, p: int, chunk_records: list[EvaluationRecord]) -> dict[str, Any]:
+        """Take the records of one finished chunk of program ``p``; returns the progress."""
+        if self.on_records is not None:
+            self.on_records(self.ids[p], chunk_records)
+        for r in chunk_records:
+            self._count(p, r)
+            if self.on_record is not None:
+                self.on_record(self.ids[p], r)
+        state = report_progress(self.progress, self.n_done, self.score_sum,
+                                channel=self.channel, client=self.client,
+                                eval_id=self.eval_id, label=self.label)
+        if self.on_chunk is not None:
+            self.on_chunk({"phase": self.label, "eval_id": self.eval_id, **state})
+        if self.max_errors is not None and self.errors and len(self.errors) >= self.max_errors:
+            first = "\n".join(f"  example {r.index}: {r.error}" for r in self.errors[:5])
+            raise EvaluationError(
+                f"{self.label}: {len(self.errors)} examples failed (max_errors="
+                f"{self.max_errors}); first failures:\n{first}",
+                label=self.label, failed=len(self.errors), max_errors=self.max_errors,
+            )
+        return state
+
+    def result(self, p: int, devset: Sequence[Any], wall: float) -> EvaluationResult:
+        """Program ``p``'s :class:`EvaluationResult` over the examples read."""
+        recs = sorted(self.records[p], key=lambda r: r.index)
         score = 100.0 * sum(r.score for r in recs) / max(1, len(recs))
-        results.append(EvaluationResult(
-            score=round(score, 2),
-            results=[(devset[r.index], r.prediction, r.score) for r in recs],
-            records=recs, devset=devset, wall_time=wall, eval_id=eval_id,
-        ))
-    return results
+        return EvaluationResult(
+            score=round(score, 2), results=[(devset[r.index], r.prediction, r.score)
+                                            for r in recs],
+            records=recs, devset=devset, wall_time=wall, eval_id=self.eval_id)
 
 
 def _publish(channel: str, msg: dict[str, Any], client: distributed.Client) -> None:

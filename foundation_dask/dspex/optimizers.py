@@ -38,9 +38,10 @@ from foundation_dask.dspex.bootstrap import (
 )
 from foundation_dask.dspex.callbacks import with_compile_callbacks
 from foundation_dask.dspex.evaluate import EvaluationResult, evaluate_many
+from foundation_dask.dspex.lm.budget import estimate
 from foundation_dask.dspex.racing import RaceRound, race
 from foundation_dask.dspex.snapshot import SettingsSnapshot, snapshot_settings
-from foundation_dask.errors import OptimizationStopped
+from foundation_dask.errors import BudgetExhaustedError, OptimizationStopped
 
 if TYPE_CHECKING:
     import distributed
@@ -252,13 +253,15 @@ class BootstrapFewShotWithRandomSearch(Teleprompter):
     num_threads
         Accepted for DSPy compatibility; the cluster decides parallelism.
     racing
-        Race the candidates (:mod:`~foundation_dask.dspex.racing`): all start on a slice
-        of the validation set, those that cannot catch the leader stop, the rest go on
-        to the whole set, and the best of those wins. ``False`` (the default) evaluates every
-        candidate on every example (DSPy's search, and DSPy's result for the seed).
+        Race the candidates (:mod:`~foundation_dask.dspex.racing`, the default): each
+        candidate stops as soon as it cannot win, so the search returns the program
+        (and score) exhaustive search returns, for fewer LM calls. ``False`` evaluates
+        every candidate on every example (DSPy's search).
     racing_confidence
-        How sure a race must be that a candidate is behind before it stops it (1: only
-        candidates that cannot catch up stop).
+        1 (the default): only candidates that cannot win stop. Below 1 (0.5-1), a
+        candidate also stops once another is better on the same examples with that
+        confidence: fewer calls still, at the risk of stopping the candidate exhaustive
+        search would have chosen.
     """
 
     def __init__(self, metric: Callable, *, teacher_settings: dict | None = None,
@@ -267,7 +270,7 @@ class BootstrapFewShotWithRandomSearch(Teleprompter):
                  num_threads: int | None = None, max_errors: int | None = None,
                  stop_at_score: float | None = None, metric_threshold: float | None = None,
                  min_num_samples: int = 1, seed: int = 0, runtime: Runtime | None = None,
-                 racing: bool = False, racing_confidence: float = 0.95):
+                 racing: bool = True, racing_confidence: float = 1.0):
         if not 0.5 <= racing_confidence <= 1:
             raise ValueError(f"racing_confidence must be between 0.5 and 1, not "
                              f"{racing_confidence}")
@@ -373,8 +376,18 @@ class BootstrapFewShotWithRandomSearch(Teleprompter):
         carried = snapshot_settings()
         runtime = self.runtime
         client = client or runtime.get_client()
-        self.candidates = self.candidate_programs(student, trainset, teacher, client=client,
-                                                  carried=carried)
+        self.stopped_reason: str | None = None  # why it stopped early (the LM budget ran out)
+        self.predicted_cost = estimate(
+            candidates=3 + self.num_candidate_programs if seeds is None
+            else len(seeds & set(range(-3, self.num_candidate_programs))),
+            valset=len(valset), teacher_runs=len(trainset),
+            calls_per_run=len(student.named_predictors()), label="random search")
+        try:
+            self.candidates = self.candidate_programs(student, trainset, teacher, client=client,
+                                                      carried=carried)
+        except BudgetExhaustedError as exc:  # a teacher run raised it (max_errors)
+            self.candidates, self.history = [], []
+            return self._out_of_budget(exc, student)
         if seeds is not None:
             self.candidates = [c for c in self.candidates if c.seed in seeds]
         history: list[dict[str, Any]] = []
@@ -418,14 +431,21 @@ class BootstrapFewShotWithRandomSearch(Teleprompter):
                                          "examples": rnd.examples, "stopped": rnd.stopped,
                                          "running": len(rnd.running) - len(rnd.stopped)})
 
-            results, self.standings, _ = race(
-                client, programs, valset, self.metric, confidence=self.racing_confidence,
-                seed=self.seed, on_round=on_round, **common)
+            try:
+                results, self.standings, _ = race(
+                    client, programs, valset, self.metric, confidence=self.racing_confidence,
+                    seed=self.seed, on_round=on_round, **common)
+            except BudgetExhaustedError as exc:
+                return self._out_of_budget(exc, student)
         else:
-            results = evaluate_many(client, programs, valset, self.metric, **common)
+            try:
+                results = evaluate_many(client, programs, valset, self.metric, **common)
+            except BudgetExhaustedError as exc:
+                return self._out_of_budget(exc, student)
         chosen: Candidate | None = None
         for p, (cand, res) in enumerate(zip(self.candidates, results, strict=True)):
-            cand.score, cand.evaluation = res.score, res
+            # a candidate the race stopped before its first example has no score
+            cand.score, cand.evaluation = (res.score if res.records else None), res
             if self.standings and self.standings[p].stopped_after is not None:
                 continue  # stopped in the race: its score is on a slice of the set
             # the highest score, the first candidate on ties (as DSPy); scores may be < 0
@@ -443,6 +463,31 @@ class BootstrapFewShotWithRandomSearch(Teleprompter):
         program.score = chosen.score
         logger.info("Random search: best candidate seed %s (%s) with %.2f", chosen.seed,
                     chosen.kind, chosen.score)
+        self.actual_cost = self.predicted_cost.actual()
+        return program
+
+    def _out_of_budget(self, exc: BudgetExhaustedError, student: Any) -> Any:
+        """The search ran out of LM budget: of the candidates evaluated on at least half
+        as many examples as the most evaluated one, the one with the best mean (the
+        student when none was evaluated), with ``stopped_reason``."""
+        scores: dict[int, list[float]] = {}
+        for h in self.history:
+            scores.setdefault(h["candidate"], []).append(h["score"])
+        means = {p: 100.0 * sum(v) / len(v) for p, v in scores.items()}
+        most = max((len(v) for v in scores.values()), default=0)
+        best = max((p for p in means if 2 * len(scores[p]) >= most),
+                   key=lambda p: (means[p], -p), default=None)
+        program = student.reset_copy() if best is None else self.candidates[best].program
+        program.score = None if best is None else round(means[best], 2)
+        program.candidate_programs = [
+            {"seed": c.seed, "kind": c.kind, "examples": len(scores.get(p, [])),
+             "score": round(means[p], 2) if p in means else None}
+            for p, c in enumerate(self.candidates)]
+        self.stopped_reason = program.stopped_reason = str(exc)
+        logger.warning("Random search stopped early: %s Returning the best program so far "
+                       "(score %s on the examples evaluated).", self.stopped_reason,
+                       program.score)
+        self.actual_cost = self.predicted_cost.actual()
         return program
 
     def history_frame(self) -> pd.DataFrame:

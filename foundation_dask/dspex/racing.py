@@ -1,55 +1,73 @@
-"""Client: racing evaluation of candidate programs (successive rounds, confidence bounds).
+"""Client: racing evaluation of candidate programs (best first, stops as results stream in).
 
 Exhaustive search evaluates every candidate on every validation example. A race
-evaluates every candidate on a first slice of the validation set (examples in a seeded
-random order, so a slice is a random sample of the set), then drops the candidates that
-cannot catch the leader, gives the survivors the next, larger slice, and so on until the
-survivors have seen the whole set. The winner is the survivor with the best score on the
-whole set (the first on ties, as exhaustive search), so every candidate still running at
-the end is compared exactly as exhaustive search compares them; a candidate stops early
-only when
+evaluates the candidates on the validation examples in one seeded random order (so the
+first examples a candidate saw are a random sample of the set) and stops a candidate as
+soon as it cannot win; there are no rounds to wait for: each chunk's result is weighed
+when it arrives, and the free evaluation slots go to the candidates still running.
 
-* **it cannot catch up** whatever the rest of the set gives (its score sum plus the
-  highest score for each example left is below the leader's sum plus the lowest for
-  each: certain for scores in [0, 1], the range DSPy metrics give, widened to any score
-  seen outside it), or
-* **the leader is better with confidence** ``confidence``: the mean of the paired
-  differences (leader's score minus the candidate's on the same examples) minus ``z``
-  standard errors is above 0. The standard error is that of a sample drawn without
-  replacement from the validation set (finite-population correction, so it is 0 once
-  the whole set is seen), its variance given one pseudo-observation spanning the score
-  range (a run of a few losses alone does not stop a candidate), and ``z`` is
-  Bonferroni's for the comparisons of a round.
+A candidate stops when
 
-Each round is one :func:`~foundation_dask.dspex.evaluate.evaluate_many` call: the slices
-of all running candidates are in flight together on the cluster. Each round is an
-ElixirScope span (``race_round``, with the candidates running and stopped), progress
-counts the evaluations of the whole race, and :class:`Standing` says for each candidate
-how many examples it saw and why it stopped.
+* **it cannot win**: even the highest score on every example it has not seen leaves
+  its final score (rounded as exhaustive search rounds it) below another candidate's
+  lowest possible one, or equal to it when that candidate comes first (exhaustive
+  search takes the first on ties). Scores are taken to lie in [0, 1], the range DSPy
+  metrics give, widened to every score seen. This rule is certain: the race returns the
+  program exhaustive search returns, with the same score.
+* **it is behind with confidence** ``confidence`` (below 1): on the first ``n``
+  examples of the order (``n`` each size of :func:`race_rounds`: 4, 8, 16... examples),
+  the mean of the paired differences to a candidate that has seen them minus ``z``
+  standard errors is above 0 (:func:`_behind`: finite-population correction, one
+  pseudo-observation spanning the score range, ``z`` Bonferroni's over the other
+  candidates).
+
+Which candidate gets a free slot: the one that can still reach the highest score (the
+fewest examples lost so far), then the one that has seen the most. So one strong
+candidate runs ahead and finishes early, and its final score is the bar the others
+must be able to beat: a candidate no better than it stops at its first examples lost
+beyond the leader's. Examples of one candidate run one after the other (the model's
+prompt prefix, instruction and demos, stays in its KV cache). At most
+``ceil(slots / running)`` chunks of one candidate are in flight (``slots`` the threads
+of the workers evaluating), so the slots stay busy with several candidates.
+
+A stopped candidate's chunks already in flight finish and are kept (they were paid
+for). The race is an ElixirScope span (``race``) and every stop a ``race_stop`` span
+(candidate, examples seen, reason, the candidate that beat it); progress counts the
+evaluations of the race, its total shrinking as candidates stop; :class:`Standing` says
+for each candidate how many examples it saw and why it stopped.
 """
 
 from __future__ import annotations
 
 import math
 import random
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from statistics import NormalDist
 from typing import TYPE_CHECKING, Any
 
+from distributed import as_completed
+
 from foundation_dask.dspex.evaluate import (
+    ChunkSubmitter,
     EvaluationRecord,
     EvaluationResult,
+    Tally,
     _Progress,
-    evaluate_many,
+    chunk_size_for,
+    evaluation_slots,
 )
+from foundation_dask.dspex.interop._pickling import ship
+from foundation_dask.dspex.snapshot import SettingsSnapshot, snapshot_settings
+from foundation_dask.errors import BudgetExhaustedError
 from foundation_dask.tracecontext import SpanScope
 
 if TYPE_CHECKING:
     import distributed
 
-__all__ = ["RaceRound", "Standing", "race", "race_rounds"]
+__all__ = ["RaceRound", "Standing", "behind_with_confidence", "race", "race_rounds"]
 
 
 @dataclass
@@ -65,11 +83,11 @@ class Standing:
     score
         Its mean score on them (0-100).
     stopped_after
-        The round after which it stopped (None: it ran to the end).
+        The examples it had seen when it stopped (None: it ran to the end).
     reason
-        Why it stopped: ``"cannot catch up"`` or ``"behind with confidence"``.
+        Why it stopped: ``"cannot win"`` or ``"behind with confidence"``.
     leader
-        The candidate that led when it stopped.
+        The candidate that beat it.
     """
 
     candidate: int
@@ -82,7 +100,8 @@ class Standing:
 
 @dataclass
 class RaceRound:
-    """One round: the examples seen after it, who ran, who stopped, who led."""
+    """One decision of a race that stopped candidates: its number, the examples the
+    stopped candidate had seen, who was running, who stopped, who beat them."""
 
     round: int
     examples: int
@@ -106,32 +125,60 @@ def race_rounds(n_examples: int, first: int | None = None, growth: float = 2.0) 
     return sizes
 
 
+def behind_with_confidence(diffs: Sequence[float], z: float, spread: float,
+                           population: int | None = None) -> bool:
+    """Whether paired differences ``diffs`` (the leader's value minus the other's, on the
+    same examples or rounds) say the leader is ahead: their mean minus ``z`` standard
+    errors is above 0. The variance gets one pseudo-observation of ``spread`` (so a few
+    equal differences alone prove nothing); ``population``: the differences are a
+    sample drawn without replacement from that many (finite-population correction, no
+    error left once all are seen). Also the rule of :func:`foundation_dask.dspex.tune`."""
+    n = len(diffs)
+    if n < 2 or (population is not None and n >= population):
+        return False
+    mean = sum(diffs) / n
+    variance = (sum((d - mean) ** 2 for d in diffs) + spread ** 2) / n
+    correction = 1.0 if population is None else (population - n) / (population - 1)
+    return mean - z * math.sqrt(variance / n * correction) > 0
+
+
 def _behind(leader: list[float], other: list[float], n_total: int, z: float,
             low: float = 0.0, high: float = 1.0) -> str | None:
-    """Why ``other`` cannot win against ``leader`` (paired scores on the same examples,
-    each in ``[low, high]``), or None."""
-    n = len(leader)
-    left = n_total - n
+    """Why ``other`` cannot win against ``leader`` (paired scores on the same first
+    examples of ``n_total``, each in ``[low, high]``), or None."""
+    left = n_total - len(leader)
     if sum(other) + left * high < sum(leader) + left * low:
         return "cannot catch up"
-    if n >= n_total or n < 2:
-        return None
     diffs = [a - b for a, b in zip(leader, other, strict=True)]
-    mean = sum(diffs) / n
-    variance = (sum((d - mean) ** 2 for d in diffs) + (high - low) ** 2) / n
-    se = math.sqrt(variance / n * (n_total - n) / (n_total - 1))
-    return "behind with confidence" if mean - z * se > 0 else None
+    if behind_with_confidence(diffs, z, high - low, n_total):
+        return "behind with confidence"
+    return None
+
+
+def _final_bounds(scores: dict[int, float], n_total: int, low: float,
+                  high: float) -> tuple[float, float]:
+    """The lowest and highest final score (percent, rounded as exhaustive search rounds
+    it) of a candidate with ``scores`` by example index, ``n_total`` examples in all."""
+    seen = sum(scores[i] for i in sorted(scores))
+    left = n_total - len(scores)
+    return (round(100.0 * (seen + left * low) / n_total, 2),
+            round(100.0 * (seen + left * high) / n_total, 2))
 
 
 def race(client: distributed.Client, programs: Sequence[Any], devset: Sequence[Any],
-         metric: Callable, *, confidence: float = 0.95, first: int | None = None,
+         metric: Callable, *, confidence: float = 1.0, first: int | None = None,
          growth: float = 2.0, seed: int = 0,
          done: dict[tuple[int, int], EvaluationRecord] | None = None,
          max_errors: int | None = None, display_progress: bool = False,
          label: str = "race", eval_id: str | None = None,
          on_round: Callable[[RaceRound], None] | None = None,
-         **kwargs: Any) -> tuple[list[EvaluationResult], list[Standing], list[RaceRound]]:
-    """Race ``programs`` on ``devset``: results, standings and rounds.
+         chunk_size: int | str = "auto", workers: Sequence[str] | None = None,
+         lm: Any = None, failure_score: float = 0.0,
+         carried: SettingsSnapshot | None = None,
+         progress_channel: str | None = "telemetry", on_record: Callable | None = None,
+         on_records: Callable | None = None, on_chunk: Callable | None = None,
+         ) -> tuple[list[EvaluationResult], list[Standing], list[RaceRound]]:
+    """Race ``programs`` on ``devset``: results, standings and stops.
 
     Parameters
     ----------
@@ -139,22 +186,22 @@ def race(client: distributed.Client, programs: Sequence[Any], devset: Sequence[A
         As :func:`~foundation_dask.dspex.evaluate.evaluate_many`. Scores are taken to lie
         in [0, 1] (a bool or a fraction), a range widened to every score seen.
     confidence
-        How sure a stop must be (0.5-1; 1 stops only candidates that cannot catch up).
+        How sure a stop must be (0.5-1; 1 stops only candidates that cannot win).
     first, growth
-        Examples in the first round, and how many times more each round sees
-        (:func:`race_rounds`).
+        The prefixes the confidence rule looks at (:func:`race_rounds`).
     seed
         Seeds the order of the examples.
     done
-        Records made already, by (candidate, example index): used, not redone (a
-        resumed race takes the same decisions again).
+        Records made already, by (candidate, example index): used, not redone.
     max_errors
         Stop the race (``EvaluationError``) once this many examples failed in all.
+    chunk_size
+        Examples per task (``"auto"``: 1, so that every result can stop a candidate,
+        unless the dask config ``foundation.dspex.evaluate-chunk-size`` is a number).
     on_round
-        Called with each :class:`RaceRound` once its stops are decided.
-    **kwargs
-        Passed to ``evaluate_many`` (``chunk_size``, ``workers``, ``lm``, ``carried``,
-        ``on_record``, ``on_records``, ``on_chunk``, ``progress_channel``...).
+        Called with a :class:`RaceRound` each time candidates stop.
+    workers, lm, failure_score, carried, progress_channel, on_record, on_records, on_chunk
+        As :func:`~foundation_dask.dspex.evaluate.evaluate_many`.
 
     Returns
     -------
@@ -164,68 +211,160 @@ def race(client: distributed.Client, programs: Sequence[Any], devset: Sequence[A
     standings
         One :class:`Standing` per program.
     rounds
-        The :class:`RaceRound` of each round.
+        One :class:`RaceRound` per decision that stopped candidates.
     """
     if not 0.5 <= confidence <= 1:
         raise ValueError(f"racing confidence must be between 0.5 and 1, not {confidence}")
     n_total, k = len(devset), len(programs)
     order = list(range(n_total))
     random.Random(seed).shuffle(order)
-    done = dict(done or {})
     eval_id = eval_id or uuid.uuid4().hex[:12]
+    carried = carried if carried is not None else snapshot_settings()
     z = (math.inf if confidence >= 1
          else NormalDist().inv_cdf(1 - (1 - confidence) / max(1, k - 1)))
+    looks = race_rounds(n_total, first, growth)
+    # "auto": 1 example per task (every result can stop a candidate), unless the dask
+    # config foundation.dspex.evaluate-chunk-size says a number
+    size = chunk_size_for(client, 1, chunk_size, workers)
+    slots = evaluation_slots(client, workers)
+    done = dict(done or {})
+    t0 = time.perf_counter()
+    submit = ChunkSubmitter(client, metric, failure_score, lm, carried, eval_id, workers)
+    shipped = [ship(program) for program in programs]
     progress = _Progress(n_total * k, display_progress, label)
-    running = list(range(k))
+    tally = Tally(list(range(k)), progress, client=client, eval_id=eval_id, label=label,
+                  channel=progress_channel, max_errors=max_errors, on_record=on_record,
+                  on_records=on_records, on_chunk=on_chunk)
+    tally.resume(done)
+    scores: list[dict[int, float]] = [{} for _ in range(k)]
+    for (p, i), record in done.items():
+        if 0 <= p < k:
+            scores[p][i] = record.score
+    running = set(range(k))
     standings = [Standing(p, 0, 0.0) for p in range(k)]
-    rounds: list[RaceRound] = []
-    results: list[EvaluationResult | None] = [None] * k
-    sizes = race_rounds(n_total, first, growth)
-    r = 0
-    while r < len(sizes):
-        n = sizes[r] if len(running) > 1 else n_total  # one left: straight to the whole set
-        seen = order[:n]
-        stopped_errors = sum(1 for (p, _), rec in done.items()
-                             if p not in running and rec.error)
-        attrs: dict[str, Any] = {"round": r, "examples": n, "running": list(running)}
-        with SpanScope("race_round", "span", attrs, propagate=True):
-            round_results = evaluate_many(
-                client, [programs[p] for p in running], devset, metric, examples=seen,
-                program_ids=running, done=done, progress=progress, eval_id=eval_id,
-                label=label,
-                max_errors=None if max_errors is None else max(1, max_errors - stopped_errors),
-                **kwargs,
-            )
-            scores: dict[int, list[float]] = {}
-            for p, res in zip(running, round_results, strict=True):
-                results[p] = res
-                for rec in res.records:
-                    done[(p, rec.index)] = rec
-                by_index = {rec.index: rec.score for rec in res.records}
-                scores[p] = [by_index[i] for i in seen]
-                standings[p].examples, standings[p].score = n, res.score
-            leader = max(running, key=lambda p: (sum(scores[p]), -p))
-            seen_scores = [rec.score for rec in done.values()]
-            low, high = min([0.0, *seen_scores]), max([1.0, *seen_scores])
-            stopped = []
-            for p in running:
-                why = (None if p == leader else
-                       _behind(scores[leader], scores[p], n_total, z, low, high))
-                if why is not None:
-                    standings[p].stopped_after, standings[p].reason = r, why
-                    standings[p].leader = leader
-                    stopped.append(p)
-            running = [p for p in running if p not in stopped]
-            attrs.update(stopped=stopped, leader=leader)
-        progress.total -= len(stopped) * (n_total - n)
-        progress.base_done += sum(len(scores[p]) for p in stopped)
-        progress.base_sum += sum(sum(scores[p]) for p in stopped)
-        rounds.append(RaceRound(r, n, sorted(running + stopped), stopped, leader))
+    stops: list[RaceRound] = []
+    cursor = [0] * k            # position in ``order`` of each candidate's next example
+    in_flight = [0] * k         # its chunks submitted, not yet read
+    futures: dict[Any, int] = {}
+    low, high = 0.0, 1.0
+
+    def prefix(p: int) -> int:
+        """How many examples of ``order`` candidate ``p`` has, from the first on."""
+        n = 0
+        while n < n_total and order[n] in scores[p]:
+            n += 1
+        return n
+
+    def stop(p: int, why: str, by: int, attrs: dict[str, Any]) -> None:
+        running.discard(p)
+        standings[p].stopped_after, standings[p].reason = len(scores[p]), why
+        standings[p].leader = by
+        with SpanScope("race_stop", "span", {"candidate": p, "examples": len(scores[p]),
+                                              "reason": why, "leader": by}):
+            pass
+        attrs["stopped"].append(p)
+        event = RaceRound(len(stops), len(scores[p]), sorted(running | {p}), [p], by)
+        stops.append(event)
+        # the plan shrinks: this candidate's examples not submitted will never run
+        progress.total -= n_total - len(scores[p]) - _pending(p)
         if on_round is not None:
-            on_round(rounds[-1])
-        if n >= n_total:
-            break
-        r += 1
-    return [res if res is not None else EvaluationResult(
-        score=0.0, results=[], records=[], devset=devset, wall_time=0.0, eval_id=eval_id)
-        for res in results], standings, rounds
+            on_round(event)
+
+    def _pending(p: int) -> int:
+        return sum(1 for pos in range(cursor[p]) if order[pos] not in scores[p])
+
+    def decide(attrs: dict[str, Any]) -> None:
+        """Stop every running candidate that cannot win, or is behind with confidence."""
+        bounds = {p: _final_bounds(scores[p], n_total, low, high) for p in range(k)}
+        for p in sorted(running):
+            if len(running) == 1:
+                return
+            if len(scores[p]) == n_total:
+                continue  # it ran to the end: the scores decide, as in exhaustive search
+            hi = bounds[p][1]
+            # any candidate's lowest final score is a bar the winner reaches, so one
+            # stopped by the confidence rule still counts
+            for q in range(k):
+                lo = bounds[q][0]
+                if q != p and (hi < lo or (hi == lo and q < p)):
+                    stop(p, "cannot win", q, attrs)
+                    break
+        if confidence >= 1:
+            return
+        lengths = {p: prefix(p) for p in range(k)}
+        for p in sorted(running):
+            if len(running) == 1 or lengths[p] < 2:
+                continue
+            n = max(m for m in [0, *looks] if m <= lengths[p])
+            if n < 2 or n >= n_total:
+                continue
+            mine = [scores[p][order[j]] for j in range(n)]
+            for q in sorted(running, key=lambda q: -sum(
+                    scores[q].get(order[j], 0.0) for j in range(n))):
+                if q == p or lengths[q] < n:
+                    continue
+                theirs = [scores[q][order[j]] for j in range(n)]
+                if _behind(theirs, mine, n_total, z, low, high) == "behind with confidence":
+                    stop(p, "behind with confidence", q, attrs)
+                    break
+
+    def fill() -> None:
+        """Give the free slots to the running candidates, best first."""
+        room = slots - sum(in_flight)
+        cap = max(1, math.ceil(slots / max(1, len(running))))
+        while room > 0:
+            ready = [p for p in running if cursor[p] < n_total and in_flight[p] < cap]
+            if not ready:
+                return
+            p = max(ready, key=lambda p: (_final_bounds(scores[p], n_total, low, high)[1],
+                                          cursor[p], -p))
+            chunk: list[tuple[int, Any]] = []
+            while cursor[p] < n_total and len(chunk) < size:
+                i = order[cursor[p]]
+                cursor[p] += 1
+                if i not in scores[p]:
+                    chunk.append((i, devset[i]))
+            if chunk:
+                futures[submit(shipped[p], p, chunk)] = p
+                in_flight[p] += 1
+                room -= 1
+
+    attrs: dict[str, Any] = {"candidates": k, "examples": n_total, "stopped": []}
+    with SpanScope("race", "span", attrs, propagate=True):
+        seen_scores = [s for sc in scores for s in sc.values()]
+        low, high = min([0.0, *seen_scores]), max([1.0, *seen_scores])
+        decide(attrs)
+        fill()
+        finished = as_completed(list(futures))
+        try:
+            for fut in finished:
+                p = futures.pop(fut)  # its result is read once: the cluster may forget it
+                in_flight[p] -= 1
+                try:
+                    records = tally.read(p, fut)
+                except BudgetExhaustedError:
+                    tally.drain(futures)
+                    raise
+                for r in records:
+                    scores[p][r.index] = r.score
+                    done[(p, r.index)] = r
+                    low, high = min(low, r.score), max(high, r.score)
+                if p in running:
+                    decide(attrs)
+                before = set(futures)
+                fill()
+                for new in set(futures) - before:
+                    finished.add(new)
+        finally:
+            remaining = [f for f in futures if not f.done()]
+            if remaining:
+                client.cancel(remaining)
+        leader = max(running, key=lambda p: (_final_bounds(scores[p], n_total, low, high)[0],
+                                              -p)) if running else None
+        attrs.update(leader=leader, evaluations=tally.n_done)
+    wall = time.perf_counter() - t0
+    for p in range(k):
+        standings[p].examples = len(scores[p])
+        res = tally.result(p, devset, wall)
+        standings[p].score = res.score
+    return [tally.result(p, devset, wall) for p in range(k)], standings, stops

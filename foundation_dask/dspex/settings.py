@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextvars
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -34,7 +34,24 @@ _DEFAULTS: dict[str, Any] = {
     "max_history_size": 10000,
     "disable_history": False,
     "warn_on_type_mismatch": True,
+    "budget": None,
+    "rate_limit": None,
 }
+
+#: Checks of setting values by key, filled by the modules that define the values (the
+#: budget's and the rate limit's: :mod:`~foundation_dask.dspex.lm.budget`); each returns
+#: the value to keep or raises ``TypeError`` / ``ValueError`` naming the problem.
+_VALIDATORS: dict[str, Callable[[Any], Any]] = {}
+
+
+def register_validator(key: str, check: Callable[[Any], Any]) -> None:
+    """Have :func:`configure` and :func:`context` pass the values of ``key`` through
+    ``check`` (what it returns is kept; what it raises reaches the caller)."""
+    _VALIDATORS[key] = check
+
+
+def _checked(kwargs: dict[str, Any]) -> dict[str, Any]:
+    return {k: _VALIDATORS[k](v) if k in _VALIDATORS else v for k, v in kwargs.items()}
 
 
 
@@ -62,7 +79,9 @@ class Settings:
     (:mod:`~foundation_dask.dspex.callbacks`), ``max_history_size`` /
     ``disable_history`` (the LM calls each module keeps in ``module.history``) and
     ``warn_on_type_mismatch`` (log a warning when an input does not match its field's
-    type); any other key passed to :meth:`configure` is readable the same way.
+    type), ``budget`` and ``rate_limit`` (what LM calls may spend and how often they may
+    start, cluster-wide: :mod:`~foundation_dask.dspex.lm.budget`); any other key passed
+    to :meth:`configure` is readable the same way.
     """
 
     def __init__(self) -> None:
@@ -101,6 +120,7 @@ class Settings:
 
         Values set by an enclosing :meth:`context` still win inside that block.
         """
+        kwargs = _checked(kwargs)
         with self._lock:
             self._global.update(kwargs)
             self._configured.update(kwargs)
@@ -110,7 +130,7 @@ class Settings:
         """Override settings inside a ``with`` block, for the current thread/task only."""
         current = _overrides.get()
         merged = dict(current) if current else {}
-        merged.update(kwargs)
+        merged.update(_checked(kwargs))
         token = _overrides.set(merged)
         try:
             yield self

@@ -56,7 +56,7 @@ from tests._helpers import make_examples, metric, needs_demos, program
 client = fd.connect(n_workers=2, threads_per_worker=1)
 client.wait_for_workers(2, timeout=60)
 _ = atexit.register(fd.close)
-lm = functools.partial(needs_demos, delay=0.12)
+lm = functools.partial(needs_demos, delay=0.25)
 trainset = make_examples(30)
 """
 SHOW = """\
@@ -65,10 +65,12 @@ unified = UnifiedDashboard(refresh=1.0)
 _ = atexit.register(dash.stop), atexit.register(unified.stop)
 display(dash, unified)
 """
+#: A race (the default search) stops the candidates that cannot win at once: the
+#: validation set is large enough for the run to last while the test reads the panels.
 RUN = f"""\
 result = dspex.DistributedOptimizer.optimize_program_distributed(
     program(lm), trainset, metric, num_candidate_programs=4, display_progress=False,
-    optimization_id={OPT_ID!r}, trace=True)
+    valset=make_examples(60, 100), optimization_id={OPT_ID!r}, trace=True)
 with open("history.json", "w") as f:
     json.dump({{"status": result.status, "best_score": result.best_score,
                "trace_id": result.trace_id,

@@ -37,11 +37,11 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from foundation_dask.core._client import current_client, worker_infos
+from foundation_dask.core._client import current_client
 from foundation_dask.dspex.evaluate import (
     _Progress,
     as_they_complete,
-    auto_chunk_size,
+    chunk_size_for,
     report_progress,
 )
 from foundation_dask.dspex.interop._dspy import require_dspy
@@ -135,9 +135,7 @@ def _execute_on_cluster(executor: Any, function: Callable, data: list[Any],
     payload = dumps(function, f"the work of {label}", getattr(function, "__name__", "work"))
     carried = snapshot_dspy_settings()
     client = run.client or current_client()
-    n_workers = len(run.workers) if run.workers else max(1, len(worker_infos(client)))
-    size = (auto_chunk_size(len(data), n_workers) if run.chunk_size == "auto"
-            else int(run.chunk_size))
+    size = chunk_size_for(client, len(data), run.chunk_size, run.workers)
     batch = uuid.uuid4().hex[:12]
     indexed = list(enumerate(data))
     futures = [

@@ -7,6 +7,8 @@ returns an :class:`LMResponse` with token counts and whether the disk cache
 (:mod:`foundation_dask.dspex.lm.cache`) answered. Every LM keeps counters (``calls``,
 ``cache_hits``, ``prompt_tokens``, ``completion_tokens``) and the last 100 calls in
 ``history``; those stay with the process that made the calls (they do not pickle).
+A call the cache does not answer spends from the ``dspex.Budget`` and waits for the
+``rate_limit`` configured (:mod:`foundation_dask.dspex.lm.budget`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from foundation_dask.dspex.callbacks import with_callbacks
+from foundation_dask.dspex.lm import budget
 from foundation_dask.dspex.lm.cache import cache_key
 from foundation_dask.dspex.lm.cache import lookup as cache_lookup
 from foundation_dask.dspex.lm.cache import store as cache_store
@@ -140,7 +143,13 @@ class BaseLM:
                                       completion_tokens=int(cached.get("completion_tokens", 0)),
                                       cache_hit=True, model=self.model)
             else:
-                outputs, usage = self._generate(prompt, messages, dict(request))
+                ticket = budget.reserve()  # the budget and rate limit in effect, if any
+                try:
+                    outputs, usage = self._generate(prompt, messages, dict(request))
+                except BaseException:
+                    ticket.record(None)
+                    raise
+                ticket.record(usage)
                 reused = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
                 response = LMResponse(outputs=outputs,
                                       prompt_tokens=int(usage.get("prompt_tokens") or 0),

@@ -44,7 +44,7 @@ from foundation_dask.dspex.orchestration._plan import (
 from foundation_dask.dspex.orchestration._scaling import scale_cluster
 from foundation_dask.dspex.settings import context, settings
 from foundation_dask.dspex.snapshot import SettingsSnapshot, snapshot_settings
-from foundation_dask.errors import OptimizationStopped, ProcessNotFoundError
+from foundation_dask.errors import BudgetExhaustedError, OptimizationStopped, ProcessNotFoundError
 from foundation_dask.scope.tracing import trace as scope_trace
 from foundation_dask.tracecontext import current as current_trace
 
@@ -74,6 +74,9 @@ class OptimizationResult:
     trace_id: str | None = None
     #: Evaluations (teacher runs included) found done when it started: > 0 when resumed.
     resumed_from: int = 0
+    #: Why it stopped before the end (``status="stopped"``): a stop request, the timeout,
+    #: or the LM budget (``dspex.Budget``) running out; ``None`` when it completed.
+    stopped_reason: str | None = None
 
     def __repr__(self) -> str:
         return (f"OptimizationResult({self.optimization_id}, status={self.status}, "
@@ -293,11 +296,17 @@ class DistributedOptimizer:
         monitor = (_monitor(opt_id, coordinator, client, scale_log, worker_rates)
                    if _monitor else None)
         status, best_program, best_score = "completed", None, None
+        stopped_reason: str | None = None
         try:
             best_program = optimizer.compile(program, trainset=trainset, valset=valset)
             best_score = getattr(best_program, "score", None)
+            stopped_reason = getattr(optimizer, "stopped_reason", None)  # its LM budget ran out
+            status = "stopped" if stopped_reason else status
         except OptimizationStopped:
-            status = "stopped"
+            status, stopped_reason = "stopped", "asked to stop (a stop request or the timeout)"
+            best_program, best_score = _best_so_far(optimizer, program)
+        except BudgetExhaustedError as exc:  # an optimizer that does not stop on it itself
+            status, stopped_reason = "stopped", str(exc)
             best_program, best_score = _best_so_far(optimizer, program)
         except Exception:
             coordinator.finish("failed").result()
@@ -324,6 +333,7 @@ class DistributedOptimizer:
             candidates=candidates, scaling_log=scale_log, progress=progress_log,
             trace_id=ctx.trace_id if ctx else None,
             resumed_from=len(records["teacher_runs"]) + len(records["evaluations"]),
+            stopped_reason=stopped_reason,
         )
 
     @staticmethod
