@@ -21,25 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import foundation_dask as fd
 from foundation_dask import dspex
-
-
-class BusyProgram:
-    """A program that burns ``ms`` of its thread's CPU time per call (so threads sharing
-    the GIL cannot overlap it), answering with the input's parity."""
-
-    def __init__(self, ms: float):
-        self.ms = ms
-
-    def __call__(self, x: int) -> dspex.Prediction:
-        deadline = time.thread_time() + self.ms / 1000
-        total = 0
-        while time.thread_time() < deadline:
-            total += 1
-        return dspex.Prediction(y=x % 2)
-
-
-def metric(example, prediction, trace=None) -> bool:
-    return example.y == prediction.y
+from foundation_dask.dspex.tuning.workloads import BusyProgram
+from foundation_dask.dspex.tuning.workloads import parity_metric as metric
 
 
 def serial(program, devset) -> float:

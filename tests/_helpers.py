@@ -5,6 +5,7 @@ Kept out of ``conftest.py`` so that workers unpickling them import only this mod
 
 from __future__ import annotations
 
+import os
 import time
 
 from foundation_dask import dspex
@@ -63,6 +64,18 @@ def needs_demos(prompt: str, delay: float = 0.0) -> str:
 
 def slow_needs_demos(prompt: str) -> str:
     return needs_demos(prompt, delay=0.01)
+
+
+def gated_needs_demos(prompt: str, gate: str, held: str, timeout: float = 300.0) -> str:
+    """:func:`slow_needs_demos`, but a zero-shot prompt about the review ``held`` waits
+    (up to ``timeout`` seconds) until the file ``gate`` exists: a run that evaluates the
+    zero-shot candidate on it cannot finish before the test opens the gate, however fast
+    the machine, while one worker thread at most waits."""
+    if prompt.count("Sentiment:") == 1 and held in prompt.rsplit("Review:", 1)[-1]:
+        deadline = time.monotonic() + timeout
+        while not os.path.exists(gate) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    return slow_needs_demos(prompt)
 
 
 def metric(example, prediction, trace=None) -> bool:

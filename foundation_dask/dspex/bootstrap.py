@@ -78,6 +78,16 @@ class Runtime:
         """The client: the one given, else the current one."""
         return self.client or current_client()
 
+    #: What a pickled runtime keeps: how to run, not the run (its client, callbacks and
+    #: finished work stay with the process and run that made them).
+    _SETTINGS = ("workers", "display_progress", "chunk_size", "lm")
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self._SETTINGS}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(**state)  # type: ignore[misc]
+
 
 def _examples_equal(a: Any, b: Any) -> bool:
     try:

@@ -25,6 +25,7 @@ the workers.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from collections.abc import Callable, Sequence
@@ -227,6 +228,27 @@ class Candidate:
     program: Any
     score: float | None = None
     evaluation: EvaluationResult | None = None
+
+
+def same_programs(programs: Sequence[Any]) -> dict[int, int]:
+    """Position -> the first earlier position holding the same program: the same
+    predictors' states (demos, instructions, signatures; :meth:`dump_state`) and LMs
+    (``repr``: model and generation arguments). Programs that cannot say are unique."""
+    first: dict[str, int] = {}
+    same: dict[int, int] = {}
+    for p, program in enumerate(programs):
+        try:
+            key = json.dumps([type(program).__qualname__, program.dump_state(),
+                              [repr(getattr(pred, "lm", None))
+                               for _, pred in program.named_predictors()]],
+                             sort_keys=True, default=repr)
+        except Exception:  # a program without dump_state / named_predictors
+            continue
+        if key in first:
+            same[p] = first[key]
+        else:
+            first[key] = p
+    return same
 
 
 class BootstrapFewShotWithRandomSearch(Teleprompter):
@@ -434,7 +456,8 @@ class BootstrapFewShotWithRandomSearch(Teleprompter):
             try:
                 results, self.standings, _ = race(
                     client, programs, valset, self.metric, confidence=self.racing_confidence,
-                    seed=self.seed, on_round=on_round, **common)
+                    seed=self.seed, on_round=on_round, same_as=same_programs(programs),
+                    **common)
             except BudgetExhaustedError as exc:
                 return self._out_of_budget(exc, student)
         else:

@@ -85,7 +85,8 @@ class Standing:
     stopped_after
         The examples it had seen when it stopped (None: it ran to the end).
     reason
-        Why it stopped: ``"cannot win"`` or ``"behind with confidence"``.
+        Why it stopped: ``"cannot win"``, ``"behind with confidence"`` or
+        ``"same program"`` (as an earlier candidate: not evaluated again).
     leader
         The candidate that beat it.
     """
@@ -177,6 +178,7 @@ def race(client: distributed.Client, programs: Sequence[Any], devset: Sequence[A
          carried: SettingsSnapshot | None = None,
          progress_channel: str | None = "telemetry", on_record: Callable | None = None,
          on_records: Callable | None = None, on_chunk: Callable | None = None,
+         same_as: dict[int, int] | None = None,
          ) -> tuple[list[EvaluationResult], list[Standing], list[RaceRound]]:
     """Race ``programs`` on ``devset``: results, standings and stops.
 
@@ -202,6 +204,10 @@ def race(client: distributed.Client, programs: Sequence[Any], devset: Sequence[A
         Called with a :class:`RaceRound` each time candidates stop.
     workers, lm, failure_score, carried, progress_channel, on_record, on_records, on_chunk
         As :func:`~foundation_dask.dspex.evaluate.evaluate_many`.
+    same_as
+        Candidate -> an earlier candidate that is the same program (the same demos,
+        instructions and LMs): it would give the same answers, so it can at best tie
+        and is stopped before its first example (``"same program"``).
 
     Returns
     -------
@@ -331,6 +337,9 @@ def race(client: distributed.Client, programs: Sequence[Any], devset: Sequence[A
 
     attrs: dict[str, Any] = {"candidates": k, "examples": n_total, "stopped": []}
     with SpanScope("race", "span", attrs, propagate=True):
+        for p, q in sorted((same_as or {}).items()):
+            if p in running and q < p and len(running) > 1:
+                stop(p, "same program", q, attrs)
         seen_scores = [s for sc in scores for s in sc.values()]
         low, high = min([0.0, *seen_scores]), max([1.0, *seen_scores])
         decide(attrs)

@@ -307,20 +307,34 @@ def test_a_cut_off_singleton_never_answers_beside_its_successor(net_cluster, tmp
 
 
 @pytest.mark.timeout(600)
-def test_an_optimization_cut_one_host_at_a_time_gives_the_undisturbed_result(net_cluster):
+def test_an_optimization_cut_one_host_at_a_time_gives_the_undisturbed_result(net_cluster,
+                                                                           tmp_path):
+    import functools
+
     from foundation_dask import dspex
-    from tests._helpers import make_examples, metric, program, slow_needs_demos
+    from tests._helpers import gated_needs_demos, make_examples, metric, program
 
     net = net_cluster(3, processes__lease=LEASE)
     trainset, valset = make_examples(18), make_examples(18, 60)
+    # exhaustive search: every candidate on every example, so the run lasts while each
+    # host is cut in turn and its history does not depend on timing (the race under
+    # faults: tests/dspex/test_optimize.py, a third of the workers killed)
+    search = dspex.BootstrapFewShotWithRandomSearch(
+        metric, num_candidate_programs=4, max_bootstrapped_demos=3, max_labeled_demos=3,
+        seed=3, racing=False)
     kwargs = dict(num_candidate_programs=4, max_bootstrapped_demos=3, max_labeled_demos=3,
-                  seed=3, valset=valset, display_progress=False)
+                  seed=3, valset=valset, display_progress=False, optimizer=search)
+    # the last validation example waits for the gate: the run outlasts the three cuts
+    gate = tmp_path / "gate"
+    lm = functools.partial(gated_needs_demos, gate=str(gate), held="review 77:")
+    gate.touch()
     quiet = dspex.DistributedOptimizer.optimize_program_distributed(
-        program(slow_needs_demos), trainset, metric, **kwargs)
+        program(lm), trainset, metric, **kwargs)
+    gate.unlink()
     box: dict = {}
     thread = threading.Thread(target=lambda: box.setdefault(
         "r", dspex.DistributedOptimizer.optimize_program_distributed(
-            program(slow_needs_demos), trainset, metric, optimization_id="cut", **kwargs)))
+            program(lm), trainset, metric, optimization_id="cut", **kwargs)))
     thread.start()
     coordinator = wait_for(
         lambda: fd.ProcessManager.lookup(("optimization_coordinator", "cut")), timeout=60)
@@ -328,14 +342,18 @@ def test_an_optimization_cut_one_host_at_a_time_gives_the_undisturbed_result(net
     for host in (1, 2, 3):
         if not thread.is_alive():
             break
+        # some evaluations between two cuts, if any are left but the held one
         progress = coordinator.get_progress().result(timeout=60)["evaluations_completed"]
-        wait_for(lambda p=progress: not thread.is_alive() or coordinator.get_progress().result(
-            timeout=60)["evaluations_completed"] > p + 5, timeout=120)
+        until = time.monotonic() + 20
+        wait_for(lambda p=progress, u=until: time.monotonic() > u or not thread.is_alive()
+                 or coordinator.get_progress().result(timeout=60)["evaluations_completed"]
+                 > p + 5, timeout=90)
         net.hosts.cut(host)
         cuts += thread.is_alive()
         deadline = time.monotonic() + SHORT_CUT
         wait_for(lambda d=deadline: time.monotonic() > d, timeout=SHORT_CUT + 5, period=0.2)
         net.hosts.heal(host)
+    gate.touch()
     thread.join(timeout=400)
     assert cuts == 3  # each third of the cluster was cut off while the run went on
     faulty = box["r"]

@@ -7,8 +7,10 @@ least two demos (like a small model that needs examples); zero-shot it always sa
 
 from __future__ import annotations
 
+import pickle
 import threading
 
+import cloudpickle
 import pytest
 
 import foundation_dask as fd
@@ -148,15 +150,19 @@ def test_distributed_optimizer_plan_services_progress(cluster_client):
     wait_for(lambda: [n.status for n in fd.HealthMonitor.get_cluster_health()
                       .cluster.node_health] == ["healthy", "healthy"], timeout=60)
     with fd.Channels.subscribe("telemetry", handler=watch):
+        search = dspex.BootstrapFewShotWithRandomSearch(
+            metric, num_candidate_programs=2, max_bootstrapped_demos=2, max_labeled_demos=2,
+            seed=1, racing=True)
         result = dspex.DistributedOptimizer.optimize_program_distributed(
             program(), trainset, metric, num_candidate_programs=2, max_bootstrapped_demos=2,
-            max_labeled_demos=2, display_progress=False, seed=1,
-            optimizer=dspex.BootstrapFewShotWithRandomSearch(
-                metric, num_candidate_programs=2, max_bootstrapped_demos=2,
-                max_labeled_demos=2, seed=1, racing=True),
+            max_labeled_demos=2, display_progress=False, seed=1, optimizer=search,
         )
         wait_for(lambda: progress and progress[-1]["completion_percent"] >= 99, timeout=30)
     assert result.status == "completed" and result.best_score == 100.0
+    # the optimizer can run again, resumably: it pickles without the run it made (its
+    # client, callbacks and finished evaluations stay here)
+    again = pickle.loads(cloudpickle.dumps(search))
+    assert again.runtime.client is None and not again.runtime.done_evals
     assert result.plan.total_workers >= 2  # min_workers_per_node=1 on each healthy node
     assert set(result.plan.workers) == set(cluster_client.scheduler_info()["workers"])
     # the race: a candidate that ran to the end saw all 12 examples, one it stopped fewer

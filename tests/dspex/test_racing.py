@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 
 from foundation_dask import dspex
+from foundation_dask.dspex.optimizers import same_programs
 from foundation_dask.dspex.racing import _behind, race_rounds
 from tests._helpers import (
     Classify,
@@ -124,3 +125,30 @@ def test_certain_racing_and_a_metric_outside_zero_one(cluster_client):
     assert pen.dump_state() == ex_pen.dump_state() and pen.score == ex_pen.score == 200.0
     with pytest.raises(ValueError, match="racing_confidence must be between 0.5 and 1"):
         _search(True, racing_confidence=0.2)
+
+
+@pytest.mark.timeout(240)
+def test_the_same_program_twice_is_evaluated_once(cluster_client):
+    # one training example: every bootstrapped candidate gets the same single demo
+    trainset, valset = make_examples(1), make_examples(12, 100)
+    student = dspex.Predict(Classify)
+    with dspex.context(lm=dspex.DummyLM(counted_needs_demos), cache=False):
+        exhaustive = _search(False).compile(student, trainset=trainset, valset=valset)
+        search = _search(True)
+        best = search.compile(student, trainset=trainset, valset=valset)
+    assert best.dump_state() == exhaustive.dump_state() and best.score == exhaustive.score
+    same = [c for c in best.candidate_programs if c["reason"] == "same program"]
+    assert len(same) >= 5 and all(c["examples"] == 0 and c["score"] is None for c in same)
+    seen = {c["seed"] for c in best.candidate_programs if c["examples"]}
+    assert {h["seed"] for h in search.history} == seen
+
+
+@pytest.mark.timeout(30)
+def test_same_programs_compares_demos_and_lms():
+    one, two = dspex.Predict(Classify), dspex.Predict(Classify)
+    assert same_programs([one, two]) == {1: 0}
+    two.demos = make_examples(1)
+    assert same_programs([one, two, two.deepcopy()]) == {2: 1}
+    three = one.deepcopy()
+    three.lm = dspex.DummyLM(["positive"], temperature=0.7)
+    assert same_programs([one, three]) == {}

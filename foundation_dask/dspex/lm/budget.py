@@ -38,10 +38,11 @@ Rate limit
 When the budget runs out
     ``Evaluate`` stops with the :class:`~foundation_dask.errors.BudgetExhaustedError`
     (a refused call is not a failed example); ``BootstrapFewShotWithRandomSearch.compile``
-    and ``DistributedOptimizer`` return the best program so far, over the evaluation
-    chunks that finished (the examples of a chunk that ran out are not scored), with
-    ``stopped_reason``. A teacher run refused while bootstrapping is a run that did
-    not pass.
+    and ``DistributedOptimizer`` return the best program so far, with
+    ``stopped_reason``: every example evaluated counts, also those of a chunk the
+    budget stopped (its task returns them, with the error, as a
+    :class:`~foundation_dask.dspex.evaluate.StoppedChunk`). A teacher run refused while
+    bootstrapping stops the search the same way.
 
 Readout and prediction
     :meth:`Budget.spent` / :func:`budget_info` read the ledger; :func:`estimate`
