@@ -46,24 +46,25 @@ function copyBuffers(buffers) {
 }
 
 // Bokeh lays a view out as it builds it; a table built in an element not yet in the
-// page (the front end attaches a widget's element after rendering it) fails to find its
-// stylesheet, and a plot built so may miss child views. Wait for the element.
-function connected(el, timeoutMs) {
+// page (the front end attaches a widget's element after rendering it, and a widget in
+// a tab not shown yet may wait long) fails to find its stylesheet, and a plot built so
+// misses child views (BokehJS then fails with "cannot find a view for ..." at its next
+// layout). Wait for the element, however long, unless the view goes away meanwhile.
+function connected(el, alive) {
   return new Promise((resolve) => {
-    const t0 = Date.now();
-    const poll = () => (el.isConnected || Date.now() - t0 > timeoutMs
-      ? resolve() : setTimeout(poll, 20));
+    const poll = () => (el.isConnected || !alive() ? resolve() : setTimeout(poll, 50));
     poll();
   });
 }
 
 async function show(state, view) {
   const { Bokeh } = state;
-  await connected(view.el, 10000);
+  await connected(view.el, () => state.views.has(view));
   if (!state.views.has(view)) return;
   const { Document } = Bokeh.require("document");
   const { add_document_standalone } = Bokeh.require("embed/standalone");
   hide(state, view);
+  const token = view.token;
   const doc = Document.from_json(state.master.to_json());
   const container = document.createElement("div");
   container.className = "fd-bokeh-pane";
@@ -78,11 +79,31 @@ async function show(state, view) {
       console.debug("foundation pane: event not sent", err);
     }
   });
-  view.manager = await add_document_standalone(doc, container);
+  const manager = await add_document_standalone(doc, container);
+  if (view.token !== token || !state.views.has(view)) {
+    // hidden, removed or shown again while its views were being built: these are stale
+    setTimeout(() => manager.clear(), REMOVE_AFTER_MS);
+    unlist(Bokeh, doc);
+    return;
+  }
+  view.manager = manager;
 }
 
+// How long the views of a document no longer shown live on before they are removed:
+// BokehJS finishes a change of a plot's renderers asynchronously (it builds the new
+// renderers' views, then lays the plot out again), and a plot view removed meanwhile
+// fails there with "cannot find a view for ...". The old document gets no changes any
+// more, so what it still has pending ends within this delay.
+const REMOVE_AFTER_MS = 5000;
+
+// Removes what a view shows; a show() still building its views for it drops them when
+// it finishes (the token it started with is no longer the view's).
 function hide(state, view) {
-  if (view.manager != null) view.manager.clear();
+  view.token = (view.token || 0) + 1;
+  if (view.manager != null) {
+    const manager = view.manager;
+    setTimeout(() => manager.clear(), REMOVE_AFTER_MS);
+  }
   if (view.doc != null) unlist(state.Bokeh, view.doc);
   view.manager = null;
   view.doc = null;

@@ -170,11 +170,17 @@ def chunk_size_for(client: distributed.Client, n_examples: int, chunk_size: int 
 def evaluation_slots(client: distributed.Client, workers: Sequence[str] | None = None) -> int:
     """The threads of the workers that evaluate (``workers``, default all), at least 1:
     how many chunks run at once."""
+    return max(1, sum(worker_threads(client, workers).values()))
+
+
+def worker_threads(client: distributed.Client,
+                   workers: Sequence[str] | None = None) -> dict[str, int]:
+    """Address -> threads of the workers that evaluate (``workers``, default all; a
+    worker named there the scheduler does not know yet counts one thread)."""
     infos = worker_infos(client)
-    chosen = [w for a, w in infos.items() if not workers or a in workers]
-    if workers and not chosen:  # restricted to workers not (yet) known: one slot each
-        return len(workers)
-    return max(1, sum(int(w.get("nthreads", 1) or 1) for w in chosen))
+    if not workers:
+        return {a: int(w.get("nthreads", 1) or 1) for a, w in infos.items()}
+    return {a: int(infos[a].get("nthreads", 1) or 1) if a in infos else 1 for a in workers}
 
 
 @dataclass
@@ -433,13 +439,16 @@ class ChunkSubmitter:
         self.lm, self.carried, self.eval_id = lm, carried, eval_id
         self.workers = list(workers) if workers else None
 
-    def __call__(self, program: Any, pid: int, chunk: list[tuple[int, Any]]) -> Any:
+    def __call__(self, program: Any, pid: int, chunk: list[tuple[int, Any]],
+                 worker: str | None = None) -> Any:
         """The future of one chunk (``(index, example)`` pairs) of program ``pid``;
-        ``program`` as :func:`~foundation_dask.dspex.interop._pickling.ship` gives it."""
+        ``program`` as :func:`~foundation_dask.dspex.interop._pickling.ship` gives it.
+        ``worker``: run it there if that worker can (else on another)."""
+        workers = [worker] if worker is not None else self.workers
         return self.client.submit(
             _evaluate_chunk, program, chunk, self.metric, self.failure_score, self.lm,
             self.carried, key=f"evaluate-{self.eval_id}-{pid}-{chunk[0][0]}",
-            workers=self.workers, allow_other_workers=self.workers is not None, pure=False,
+            workers=workers, allow_other_workers=workers is not None, pure=False,
             retries=0,
         )
 

@@ -21,14 +21,15 @@ A candidate stops when
   pseudo-observation spanning the score range, ``z`` Bonferroni's over the other
   candidates).
 
-Which candidate gets a free slot: the one that can still reach the highest score (the
-fewest examples lost so far), then the one that has seen the most. So one strong
-candidate runs ahead and finishes early, and its final score is the bar the others
-must be able to beat: a candidate no better than it stops at its first examples lost
-beyond the leader's. Examples of one candidate run one after the other (the model's
-prompt prefix, instruction and demos, stays in its KV cache). At most
-``ceil(slots / running)`` chunks of one candidate are in flight (``slots`` the threads
-of the workers evaluating), so the slots stay busy with several candidates.
+Which candidate gets a worker's free room: the one that can still reach the highest
+score (the fewest examples lost so far), then, on ties, the one this worker already runs
+(its model still holds the prompt prefix, instruction and demos, in its KV cache), then
+one no other worker runs, then the one that has seen the most. So a strong candidate
+runs ahead and finishes early, and its final score is the bar the others must be able
+to beat: a candidate no better than it stops at its first examples lost beyond the
+leader's. Each worker thread gets :data:`DEPTH` chunks at once (one running, one
+waiting), chunks of one example by default, each sent to the worker chosen for it
+(any other may take it when that one is gone).
 
 A stopped candidate's chunks already in flight finish and are kept (they were paid
 for). The race is an ElixirScope span (``race``) and every stop a ``race_stop`` span
@@ -57,7 +58,7 @@ from foundation_dask.dspex.evaluate import (
     Tally,
     _Progress,
     chunk_size_for,
-    evaluation_slots,
+    worker_threads,
 )
 from foundation_dask.dspex.interop._pickling import ship
 from foundation_dask.dspex.snapshot import SettingsSnapshot, snapshot_settings
@@ -109,6 +110,11 @@ class RaceRound:
     running: list[int]
     stopped: list[int] = field(default_factory=list)
     leader: int | None = None
+
+
+#: Chunks sent to each worker thread at once: one running, one waiting behind it, so
+#: the thread does not idle while the client weighs the result and sends the next.
+DEPTH = 2
 
 
 def race_rounds(n_examples: int, first: int | None = None, growth: float = 2.0) -> list[int]:
@@ -232,7 +238,6 @@ def race(client: distributed.Client, programs: Sequence[Any], devset: Sequence[A
     # "auto": 1 example per task (every result can stop a candidate), unless the dask
     # config foundation.dspex.evaluate-chunk-size says a number
     size = chunk_size_for(client, 1, chunk_size, workers)
-    slots = evaluation_slots(client, workers)
     done = dict(done or {})
     t0 = time.perf_counter()
     submit = ChunkSubmitter(client, metric, failure_score, lm, carried, eval_id, workers)
@@ -252,6 +257,11 @@ def race(client: distributed.Client, programs: Sequence[Any], devset: Sequence[A
     cursor = [0] * k            # position in ``order`` of each candidate's next example
     in_flight = [0] * k         # its chunks submitted, not yet read
     futures: dict[Any, int] = {}
+    threads = worker_threads(client, workers)   # address -> threads evaluating
+    seen_workers = [time.monotonic()]
+    placed: dict[Any, str | None] = {}          # future -> the worker it was sent to
+    on_worker: dict[str | None, int] = {}       # worker -> chunks sent there, not yet read
+    owner: dict[str | None, int] = {}           # worker -> the candidate sent there last
     low, high = 0.0, 1.0
 
     def prefix(p: int) -> int:
@@ -315,15 +325,23 @@ def race(client: distributed.Client, programs: Sequence[Any], devset: Sequence[A
                     break
 
     def fill() -> None:
-        """Give the free slots to the running candidates, best first."""
-        room = slots - sum(in_flight)
-        cap = max(1, math.ceil(slots / max(1, len(running))))
-        while room > 0:
-            ready = [p for p in running if cursor[p] < n_total and in_flight[p] < cap]
-            if not ready:
+        """Give the free room of the workers to the running candidates, best first; on
+        ties, a worker keeps the candidate it runs (the model still holds its prompt
+        prefix), else takes one no other worker runs (whose prefix no model holds)."""
+        if time.monotonic() - seen_workers[0] > 2.0:  # workers joined or left
+            threads.clear()
+            threads.update(worker_threads(client, workers))
+            seen_workers[0] = time.monotonic()
+        room = dict(threads) or {None: 1}  # type: ignore[dict-item]
+        while True:
+            free = [w for w in room if on_worker.get(w, 0) < DEPTH * room[w]]
+            ready = [p for p in running if cursor[p] < n_total]
+            if not free or not ready:
                 return
+            w = min(free, key=lambda w: (on_worker.get(w, 0) / room[w], str(w)))
+            others = {q for v, q in owner.items() if v != w and on_worker.get(v, 0)}
             p = max(ready, key=lambda p: (_final_bounds(scores[p], n_total, low, high)[1],
-                                          cursor[p], -p))
+                                          owner.get(w) == p, p not in others, cursor[p], -p))
             chunk: list[tuple[int, Any]] = []
             while cursor[p] < n_total and len(chunk) < size:
                 i = order[cursor[p]]
@@ -331,9 +349,10 @@ def race(client: distributed.Client, programs: Sequence[Any], devset: Sequence[A
                 if i not in scores[p]:
                     chunk.append((i, devset[i]))
             if chunk:
-                futures[submit(shipped[p], p, chunk)] = p
+                fut = submit(shipped[p], p, chunk, worker=w)
+                futures[fut], placed[fut], owner[w] = p, w, p
                 in_flight[p] += 1
-                room -= 1
+                on_worker[w] = on_worker.get(w, 0) + 1
 
     attrs: dict[str, Any] = {"candidates": k, "examples": n_total, "stopped": []}
     with SpanScope("race", "span", attrs, propagate=True):
@@ -349,6 +368,7 @@ def race(client: distributed.Client, programs: Sequence[Any], devset: Sequence[A
             for fut in finished:
                 p = futures.pop(fut)  # its result is read once: the cluster may forget it
                 in_flight[p] -= 1
+                on_worker[placed.pop(fut)] -= 1
                 try:
                     records = tally.read(p, fut)
                 except BudgetExhaustedError:

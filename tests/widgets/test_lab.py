@@ -303,7 +303,8 @@ def test_panels_stay_live_in_jupyterlab_while_the_kernel_is_busy(lab: Lab, scree
                                            accept_downloads=True)
         try:
             page = context.new_page()
-            page.on("pageerror", lambda e: page_errors.append(str(e)))
+            page.add_init_script("Error.stackTraceLimit = 60")  # whole stacks in errors
+            page.on("pageerror", lambda e: page_errors.append(f"{e}\n{e.stack}"))
             page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
             page.goto(f"{lab.url}/lab/tree/live.ipynb?token={lab.token}",
                       wait_until="domcontentloaded", timeout=PAGE_TIMEOUT * 1000)
@@ -420,6 +421,8 @@ def test_panels_stay_live_in_jupyterlab_while_the_kernel_is_busy(lab: Lab, scree
                                        and (lab.root / "busy.json").read_text(),
                                        RUN_TIMEOUT, what="the busy cell's end"))
             assert trace_id in busy["traces"] and not busy["errors"], busy
+            # whole, where the assertion message below cuts them
+            (screenshots / "page-errors.txt").write_text("\n\n".join(page_errors))
             assert not page_errors, page_errors
             assert not [line for line in console if "foundation pane" in line], console
         finally:
