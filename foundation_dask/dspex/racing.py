@@ -255,7 +255,6 @@ def race(client: distributed.Client, programs: Sequence[Any], devset: Sequence[A
     standings = [Standing(p, 0, 0.0) for p in range(k)]
     stops: list[RaceRound] = []
     cursor = [0] * k            # position in ``order`` of each candidate's next example
-    in_flight = [0] * k         # its chunks submitted, not yet read
     futures: dict[Any, int] = {}
     threads = worker_threads(client, workers)   # address -> threads evaluating
     seen_workers = [time.monotonic()]
@@ -351,7 +350,6 @@ def race(client: distributed.Client, programs: Sequence[Any], devset: Sequence[A
             if chunk:
                 fut = submit(shipped[p], p, chunk, worker=w)
                 futures[fut], placed[fut], owner[w] = p, w, p
-                in_flight[p] += 1
                 on_worker[w] = on_worker.get(w, 0) + 1
 
     attrs: dict[str, Any] = {"candidates": k, "examples": n_total, "stopped": []}
@@ -367,7 +365,6 @@ def race(client: distributed.Client, programs: Sequence[Any], devset: Sequence[A
         try:
             for fut in finished:
                 p = futures.pop(fut)  # its result is read once: the cluster may forget it
-                in_flight[p] -= 1
                 on_worker[placed.pop(fut)] -= 1
                 try:
                     records = tally.read(p, fut)
@@ -392,8 +389,7 @@ def race(client: distributed.Client, programs: Sequence[Any], devset: Sequence[A
                                               -p)) if running else None
         attrs.update(leader=leader, evaluations=tally.n_done)
     wall = time.perf_counter() - t0
-    for p in range(k):
-        standings[p].examples = len(scores[p])
-        res = tally.result(p, devset, wall)
-        standings[p].score = res.score
-    return [tally.result(p, devset, wall) for p in range(k)], standings, stops
+    results = [tally.result(p, devset, wall) for p in range(k)]
+    for p, res in enumerate(results):
+        standings[p].examples, standings[p].score = len(scores[p]), res.score
+    return results, standings, stops
