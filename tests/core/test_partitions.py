@@ -45,11 +45,12 @@ def net_cluster(tmp_path) -> Iterator:
     require_namespaces()
     made: list[tuple[Hosts, SubprocessCluster]] = []
 
-    def start(n_workers: int = 1, **config: str) -> NetCluster:
+    def start(n_workers: int = 1, tcp_timeout: str = TCP_TIMEOUT, **config: str) -> NetCluster:
         hosts = Hosts(n_workers + 1).start()
         cluster = SubprocessCluster(tmp_path, launcher=hosts.launcher)
         made.append((hosts, cluster))
-        cluster.env["DASK_DISTRIBUTED__COMM__TIMEOUTS__TCP"] = TCP_TIMEOUT
+        cluster.env["DASK_DISTRIBUTED__COMM__TIMEOUTS__TCP"] = tcp_timeout
+        dask.config.set({"distributed.comm.timeouts.tcp": tcp_timeout})
         for key, value in config.items():
             cluster.env[f"DASK_FOUNDATION__{key.upper()}"] = value
         cluster.start(n_workers)
@@ -218,6 +219,12 @@ with open({log!r}, "a") as log:
 #: Dask's TCP timeout (so Dask never removes the cut-off worker: only the lease acts).
 LEASE = "3s"
 SHORT_CUT = 9.0
+#: The TCP timeout of the short-cut tests, Dask's default: a cut of SHORT_CUT closes no
+#: connection, so the cut-off worker stays in the cluster. (TCP retransmissions back off,
+#: 0.2, 0.4 ... 6.4 s: data sent as the cut begins is next sent 12.6 s later, so under a
+#: 12 s timeout a 9 s cut closes the connections that were sending, and the scheduler
+#: drops a busy worker.)
+SHORT_CUT_TCP_TIMEOUT = "30s"
 
 
 @pytest.mark.timeout(300)
@@ -306,6 +313,35 @@ def test_a_cut_off_singleton_never_answers_beside_its_successor(net_cluster, tmp
     wait_for(lambda: client.run(_hosted, workers=[host_worker])[host_worker] == 0, timeout=30)
 
 
+@pytest.mark.timeout(240)
+def test_a_singleton_whose_only_worker_was_cut_off_comes_back_after_the_heal(net_cluster):
+    from tests._helpers import Ledger
+
+    net = net_cluster(1, tcp_timeout=SHORT_CUT_TCP_TIMEOUT, processes__lease=LEASE)
+    client = fd.connect()
+    ledger = fd.ProcessManager.start_singleton(Ledger, name="only")
+    first = {ledger.append(i).result(timeout=30)[0] for i in range(5)}
+    worker = fd.ProcessManager.list_processes()["worker"].iloc[0]
+
+    def state() -> str:
+        return fd.ProcessManager.list_processes()["state"].iloc[0]
+
+    net.hosts.cut(1)
+    # the lease runs out: the supervisor gives the instance up, with nowhere else to go
+    wait_for(lambda: state() != "running", timeout=60, period=0.2)
+    net.hosts.heal(1)
+    # the worker renews its lease again: the singleton is placed on it anew, and the
+    # replaced instance is destroyed, not answering again beside its successor
+    instance, count = ledger.append(5).result(timeout=90)
+    assert first == {next(iter(first))} and instance not in first
+    assert count == 6  # the checkpoint of every answered call came along
+    assert ledger.all().result(timeout=30) == list(range(6))
+    rows = fd.ProcessManager.list_processes()
+    assert rows["state"].tolist() == ["running"] and rows["worker"].iloc[0] == worker
+    assert worker in client.scheduler_info()["workers"]  # the cut closed no connection
+    wait_for(lambda: client.run(_hosted, workers=[worker])[worker] == 1, timeout=30)
+
+
 @pytest.mark.timeout(600)
 def test_an_optimization_cut_one_host_at_a_time_gives_the_undisturbed_result(net_cluster,
                                                                            tmp_path):
@@ -314,7 +350,7 @@ def test_an_optimization_cut_one_host_at_a_time_gives_the_undisturbed_result(net
     from foundation_dask import dspex
     from tests._helpers import gated_needs_demos, make_examples, metric, program
 
-    net = net_cluster(3, processes__lease=LEASE)
+    net = net_cluster(3, tcp_timeout=SHORT_CUT_TCP_TIMEOUT, processes__lease=LEASE)
     trainset, valset = make_examples(18), make_examples(18, 60)
     # exhaustive search: every candidate on every example, so the run lasts while each
     # host is cut in turn and its history does not depend on timing (the race under

@@ -149,3 +149,13 @@ class _NameLocks:
                 del self._locks[key]
             else:
                 self._locks[key] = (lock, users - 1)
+
+
+def check_options(display: str, mode: Any, interval: Any) -> None:
+    """Refuse a checkpoint ``mode`` or ``interval`` a record cannot have (ValueError)."""
+    if mode not in ("call", "interval", "never"):
+        raise ValueError(f"checkpoint mode {mode!r} of {display} is not one of 'call', "
+                         "'interval', 'never'.")
+    if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not interval > 0:
+        raise ValueError(f"checkpoint interval {interval!r} of {display} must be a positive "
+                         "number of seconds.")

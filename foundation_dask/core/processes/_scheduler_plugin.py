@@ -34,7 +34,7 @@ from foundation_dask.core.plugin import SchedulerExtension, extension
 from foundation_dask.core.processes._checkpoints import persist, persisted
 from foundation_dask.core.processes._lease import LeaseTable
 from foundation_dask.core.processes._names import MOVED_OP, STOPPED_OP, name_from_key, name_key
-from foundation_dask.core.processes._records import _Group, _NameLocks, _Record
+from foundation_dask.core.processes._records import _Group, _NameLocks, _Record, check_options
 from foundation_dask.core.processes._wire import plain_loads, plain_start_args
 from foundation_dask.core.registry._core import CLUSTER_OWNER, error_reply
 from foundation_dask.core.registry._scheduler_plugin import UNKNOWN_IDENTITY
@@ -100,8 +100,12 @@ class Supervisor(SchedulerExtension):
 
     def renew(self, worker: str, live: dict[str, int] | None = None) -> dict[str, Any]:
         """A worker renews its lease; the reply names its instances that were replaced
-        meanwhile (``fenced``: it destroys them)."""
+        meanwhile (``fenced``: it destroys them). A worker whose lease had run out is
+        back: the singletons waiting for a worker are placed again."""
+        came_back = self.leases.expired(worker)
         self.leases.renew(worker)
+        if came_back:
+            self._place_pending()
         # each instance has its own actor key, which a record holds from before its
         # creation until it is replaced: any other is of a replaced or stopped instance
         current = {r.actor_key for r in self.records.values()}
@@ -116,9 +120,8 @@ class Supervisor(SchedulerExtension):
                 if (rec.kind == "singleton" and rec.state == "running" and worker is not None
                         and self.leases.expired(worker)):
                     silent = self.leases.silent_for(worker)
-                    rec.state = "restarting"
-                    self._spawn(self._restart(
-                        rec, f"no lease renewal from {worker} for {silent:.1f} s", {worker}))
+                    self._replace(rec, f"no lease renewal from {worker} for {silent:.1f} s",
+                                  worker)
 
     def watch(self, client: str) -> None:
         """``client`` caches locations: tell it when a process moves or stops."""
@@ -150,9 +153,6 @@ class Supervisor(SchedulerExtension):
         ]
 
     # -- placement -----------------------------------------------------------------------
-
-    def _lock(self, key: str) -> contextlib.AbstractAsyncContextManager[None]:
-        return self.locks.hold(key)
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
@@ -274,8 +274,16 @@ class Supervisor(SchedulerExtension):
         floor = self.incarnation_floor
         return floor if replaced is None else max(floor, replaced.incarnation + 1)
 
+    def _replace(self, rec: _Record, reason: str, worker: str) -> None:
+        """Restart ``rec`` on a worker other than ``worker``, whose instance counts as
+        replaced from now on: if that worker comes back it destroys it at its next lease
+        renewal, even when the successor can only be placed there, or not yet."""
+        rec.state = "restarting"
+        rec.actor_key = None
+        self._spawn(self._restart(rec, reason, {worker}))
+
     async def _restart(self, rec: _Record, reason: str, exclude: Collection[str]) -> None:
-        async with self._lock(rec.key):
+        async with self.locks.hold(rec.key):
             if self.records.get(rec.key) is not rec:
                 return
             rec.incarnation += 1
@@ -287,7 +295,7 @@ class Supervisor(SchedulerExtension):
             await self._place(rec, exclude=exclude)
 
     async def _handoff(self, rec: _Record, worker: str) -> None:
-        async with self._lock(rec.key):
+        async with self.locks.hold(rec.key):
             if self.records.get(rec.key) is not rec or rec.worker != worker:
                 return
             old_key, old_token = rec.actor_key, rec.token
@@ -315,14 +323,18 @@ class Supervisor(SchedulerExtension):
 
     def add_worker(self, worker: str) -> None:
         self.leases.renew(worker)
-        for rec in builtins.list(self.records.values()):
-            if rec.state == "pending":
-                self._spawn(self._restart_pending(rec))
+        self._place_pending()
         for group in self.groups.values():
             self._spawn(self._start_replica(group, worker))
 
+    def _place_pending(self) -> None:
+        """Place the singletons waiting for a worker (one joined, or came back)."""
+        for rec in builtins.list(self.records.values()):
+            if rec.state == "pending":
+                self._spawn(self._restart_pending(rec))
+
     async def _restart_pending(self, rec: _Record) -> None:
-        async with self._lock(rec.key):
+        async with self.locks.hold(rec.key):
             if rec.state == "pending" and self.records.get(rec.key) is rec:
                 await self._place(rec)
 
@@ -334,8 +346,7 @@ class Supervisor(SchedulerExtension):
             if rec.kind == "replica":
                 self._drop(rec, "lost")
             elif rec.state in ("running", "starting"):
-                rec.state = "restarting"
-                self._spawn(self._restart(rec, f"worker {worker} left", {worker}))
+                self._replace(rec, f"worker {worker} left", worker)
 
     def log_event(self, topic: str, msg: Any) -> None:
         if (
@@ -369,11 +380,11 @@ class Supervisor(SchedulerExtension):
         Its owner is the caller of identity ``token`` (``"cluster"`` with ``cluster``);
         an unknown token gets :data:`UNKNOWN_IDENTITY` and starts nothing.
         """
-        _check_options(display, mode, interval)
+        check_options(display, mode, interval)
         caller = self._caller(token)
         if caller is None:
             return dict(UNKNOWN_IDENTITY)
-        async with self._lock(name_key):
+        async with self.locks.hold(name_key):
             rec = self.records.get(name_key)
             if rec is not None and rec.state not in ("failed", "stopped"):
                 if rec.class_name != class_name:
@@ -504,12 +515,12 @@ class Supervisor(SchedulerExtension):
             else [r for r in [self.records.get(name_key)] if r is not None]
         )
         for rec in recs:
-            async with self._lock(rec.key):
+            async with self.locks.hold(rec.key):
                 worker, actor_key = rec.worker, rec.actor_key
                 rec.incarnation += 1  # fence the old instance
                 self._drop(rec, "stopped")
                 persist(rec.key, None)
-                if worker in self.scheduler.workers:
+                if actor_key is not None and worker in self.scheduler.workers:
                     with contextlib.suppress(Exception):
                         await self.scheduler.rpc(worker).foundation_process_destroy(
                             actor_key=actor_key, token=rec.token
@@ -558,7 +569,7 @@ class Supervisor(SchedulerExtension):
 
     async def _start_replica(self, group: _Group, worker: str) -> dict[str, Any] | None:
         key = name_key(("__replica__", group.key, worker))
-        async with self._lock(key):
+        async with self.locks.hold(key):
             if key in self.records or self.groups.get(group.key) is not group:
                 rec = self.records.get(key)
                 return rec.info() if rec else None
@@ -581,7 +592,7 @@ class Supervisor(SchedulerExtension):
         """Start the replicated process ``name_key`` on every running worker (and, from
         then on, on each worker that joins); ``{worker: info}`` of its replicas. Owner
         and ``token`` as for :meth:`start_singleton`."""
-        _check_options(display, mode, interval)
+        check_options(display, mode, interval)
         caller = self._caller(token)
         if caller is None:
             return dict(UNKNOWN_IDENTITY)
@@ -618,15 +629,6 @@ class Supervisor(SchedulerExtension):
     def list(self) -> builtins.list[dict[str, Any]]:
         """The info of every supervised instance (singletons and replicas)."""
         return [rec.info() for rec in self.records.values()]
-
-
-def _check_options(display: str, mode: Any, interval: Any) -> None:
-    if mode not in ("call", "interval", "never"):
-        raise ValueError(f"checkpoint mode {mode!r} of {display} is not one of 'call', "
-                         "'interval', 'never'.")
-    if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not interval > 0:
-        raise ValueError(f"checkpoint interval {interval!r} of {display} must be a positive "
-                         "number of seconds.")
 
 
 def scheduler_processes(scheduler: distributed.Scheduler) -> list[dict[str, Any]]:
