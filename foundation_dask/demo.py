@@ -359,7 +359,12 @@ def write_report(out_dir: str, data: Any, report: Any, result: Any, *, health: A
     from bokeh.models.widgets import Div
     from bokeh.resources import INLINE
 
-    from foundation_dask.views import ClusterHealthView, HotspotsView, TraceTimelineView
+    from foundation_dask.views import (
+        ClusterHealthView,
+        HotspotsView,
+        SchedulerExtensionsView,
+        TraceTimelineView,
+    )
     from foundation_dask.views.optimization import OptimizationProgressView
 
     folder = Path(out_dir)
@@ -372,6 +377,8 @@ def write_report(out_dir: str, data: Any, report: Any, result: Any, *, health: A
     timeline.update(data)
     hotspots = HotspotsView()
     hotspots.update(report.code_hotspots)
+    extensions = SchedulerExtensionsView()
+    extensions.update(report)
     progress_view = OptimizationProgressView(result.optimization_id)
     progress_view.update(result.progress if progress is None else progress)
     best = "-" if result.best_score is None else f"{result.best_score:.1f}%"
@@ -379,7 +386,7 @@ def write_report(out_dir: str, data: Any, report: Any, result: Any, *, health: A
         Div(text=f"<h1>foundation_dask demo</h1><p>Optimization {result.optimization_id}: "
                  f"{result.status}, best validation score {best}, trace {result.trace_id}</p>",
             sizing_mode="stretch_width"),
-        health_view.root, progress_view.root, timeline.root, hotspots.root,
+        health_view.root, progress_view.root, timeline.root, hotspots.root, extensions.root,
         sizing_mode="stretch_width",
     )
     html_path = folder / "report.html"

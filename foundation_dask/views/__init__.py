@@ -24,7 +24,7 @@ from foundation_dask.views.optimization import (
     WorkerStatsView,
 )
 from foundation_dask.views.processes import ProcessesView
-from foundation_dask.views.profiling import FlameGraphView, HotspotsView
+from foundation_dask.views.profiling import FlameGraphView, HotspotsView, SchedulerExtensionsView
 from foundation_dask.views.traces import TracesView, TraceTimelineView
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "OptimizationProgressView",
     "OptimizationsView",
     "ProcessesView",
+    "SchedulerExtensionsView",
     "TraceTimelineView",
     "TracesView",
     "View",

@@ -1,5 +1,6 @@
 """Client and scheduler: where the cluster spends its time, :class:`HotspotsView` and
-:class:`FlameGraphView`.
+:class:`FlameGraphView`; where Foundation itself spends the scheduler's event loop,
+:class:`SchedulerExtensionsView`.
 
 Data of both: a :class:`~foundation_dask.scope.profiling.PerformanceReport`, a call tree
 in Dask's profile format (``{"description", "count", "children", "identifier"}``, as
@@ -49,6 +50,9 @@ FLAME_COLUMNS = [
     "left", "right", "bottom", "top", "color", "name", "label", "filename", "line_number",
     "line", "count", "time_s", "percentage",
 ]
+
+#: Columns of the scheduler extensions source.
+EXTENSION_SOURCE_COLUMNS = ["subsystem", "seconds", "calls", "percent"]
 
 #: Longest function label on the bar chart's axis (the full name is in the hover).
 LABEL_CHARS = 60
@@ -392,7 +396,97 @@ class FlameGraphView(View):
         show_note(self.note, not len(cols["top"]))
 
 
+def extensions_table(data: Any) -> pd.DataFrame:
+    """The scheduler extensions table of a
+    :class:`~foundation_dask.scope.profiling.PerformanceReport`, a
+    :class:`~foundation_dask.dspex.tuning.TuneResult` (its ``overhead``), the scheduler
+    meter's figures, or the table itself."""
+    from foundation_dask.scope.profiling import extensions_frame
+
+    if isinstance(data, pd.DataFrame):
+        return data
+    for attr in ("scheduler_extensions", "overhead"):
+        frame = getattr(data, attr, None)
+        if isinstance(frame, pd.DataFrame):
+            return frame
+    return extensions_frame(data if isinstance(data, Mapping) else None)
+
+
+class SchedulerExtensionsView(View):
+    """Foundation on the scheduler: the seconds each of its extensions held the
+    scheduler's event loop (bars, most first), with calls and share in the hover.
+
+    Data: a :class:`~foundation_dask.scope.profiling.PerformanceReport` (its
+    ``scheduler_extensions``), a ``dspex.tune`` result, the scheduler meter's figures or
+    the table (see :func:`extensions_table`). :meth:`default_fetch` reads the meter of
+    the running profiling session on the scheduler.
+
+    Parameters
+    ----------
+    height
+        Height in pixels.
+    **kwargs
+        ``fetch``, ``client``, ``sizing_mode`` (see :class:`~.base.View`).
+    """
+
+    title = "Foundation on the scheduler"
+
+    def __init__(self, *, height: int = 260, **kwargs: Any) -> None:
+        from bokeh.plotting import figure
+
+        super().__init__(**kwargs)
+        self.source = ColumnDataSource(empty_columns(EXTENSION_SOURCE_COLUMNS),
+                                       name="foundation-scheduler-extensions")
+        fig = figure(
+            y_range=FactorRange(factors=[]), height=height, sizing_mode=self.sizing_mode,
+            title="Foundation's scheduler extensions (event-loop time)",
+            x_axis_label="seconds", tools="save", toolbar_location="right",
+            name="foundation-scheduler-extensions-figure",
+        )
+        bars = fig.hbar(y="subsystem", right="seconds", height=0.7, source=self.source,
+                        fill_color="#6a1b9a", line_color=None)
+        fig.add_tools(HoverTool(renderers=[bars], tooltips=[
+            ("subsystem", "@subsystem"), ("seconds", "@seconds{0.0000} s"),
+            ("calls", "@calls{0,0}"), ("share of the loop", "@percent{0.00} %"),
+        ]))
+        cast(DataRange1d, fig.x_range).start = 0
+        fig.ygrid.grid_line_color = None
+        self.figure = fig
+        self.note = empty_note(fig, "nothing metered yet: start a profiling session "
+                                    "(scope.start_cluster_profiling())")
+        self.summary = Div(text="", sizing_mode="stretch_width")
+        self.root = column(self.summary, fig, sizing_mode=self.sizing_mode,
+                           name="foundation-scheduler-extensions-view")
+
+    def default_fetch(self) -> pd.DataFrame:
+        from foundation_dask.scope.profiling._scheduler_meter import read_meter
+
+        client = self.client or current_client()
+        return extensions_table(client.run_on_scheduler(read_meter))
+
+    def apply(self, data: Any) -> None:
+        from foundation_dask.scope.profiling import ALL_EXTENSIONS
+
+        frame = extensions_table(data)
+        parts = frame[frame["subsystem"] != ALL_EXTENSIONS]
+        cols = {"subsystem": [str(v) for v in parts["subsystem"]],
+                "seconds": float_column(list(parts["seconds"])),
+                "calls": float_column(list(parts["calls"])),
+                "percent": float_column([100 * float(v) for v in parts["share"]])}
+        self.source.data = cols
+        cast(FactorRange, self.figure.y_range).factors = list(reversed(cols["subsystem"]))
+        show_note(self.note, not len(cols["subsystem"]))
+        total = frame[frame["subsystem"] == ALL_EXTENSIONS]
+        self.summary.text = (
+            "<b>Foundation on the scheduler</b>: nothing metered" if not len(total) else
+            f"<b>Foundation on the scheduler</b>: its extensions held the scheduler's event "
+            f"loop {float(total['seconds'].iloc[0]):.3f} s, "
+            f"{100 * float(total['share'].iloc[0]):.2f} % of the time metered, in "
+            f"{int(total['calls'].iloc[0]):,} calls")
+
+
 __all__ = [
-    "FlameGraphView", "HotspotsView", "fetch_profile", "flame_columns", "hotspot_columns",
+    "EXTENSION_SOURCE_COLUMNS", "FlameGraphView", "HotspotsView", "SchedulerExtensionsView",
+    "extensions_table", "fetch_profile", "flame_columns", "hotspot_columns",
     "hotspots_frame",
 ]

@@ -21,8 +21,8 @@ from foundation_dask.dspex.tuning import (
     parity_metric,
     tune,
 )
-from foundation_dask.dspex.tuning._scheduler_meter import subsystem
 from foundation_dask.errors import TuneError
+from foundation_dask.scope.profiling._scheduler_meter import subsystem
 
 SUBSYSTEMS = {"channels", "processes", "health", "registry", "secrets", "plugin", "scope",
               "dspex.lm", "dashboard"}

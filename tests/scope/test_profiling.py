@@ -20,6 +20,8 @@ import foundation_dask as fd
 from foundation_dask import scope
 from foundation_dask.core.plugin import extension
 from foundation_dask.scope.profiling import (
+    ALL_EXTENSIONS,
+    EXTENSION_COLUMNS,
     HOTSPOT_COLUMNS,
     NODE_COLUMNS,
     PROFILER_NAME,
@@ -290,6 +292,60 @@ def test_dask_profile_source(cluster_client: distributed.Client, workers: tuple[
     assert top["name"] == "hot_spin"
     assert top["samples"] > 0 and top["nodes"] == [busy]
     assert report.node_details.set_index("node").loc[quiet, "samples"] == 0
+
+
+def _handlers(dask_scheduler: distributed.Scheduler) -> dict[str, int]:
+    return {op: id(fn) for op, fn in dask_scheduler.handlers.items()}
+
+
+@pytest.mark.timeout(180)
+def test_foundation_itself_is_profiled_on_the_scheduler(cluster_client: distributed.Client):
+    """A session also meters Foundation's own extensions on the scheduler, for its window."""
+    from foundation_dask.views import SchedulerExtensionsView
+    from tests._helpers import Ledger
+
+    c = cluster_client
+    own = c.run_on_scheduler(_handlers)
+    session = scope.start_cluster_profiling(duration_ms=WINDOW_MS)
+    assert session.scheduler_meter
+    assert c.run_on_scheduler(_handlers) != own  # Foundation's handlers are metered
+    for i in range(100):
+        fd.Channels.broadcast("telemetry", i)
+    ledger = fd.ProcessManager.start_singleton(Ledger, name="metered-ledger")
+    try:
+        for i in range(5):
+            ledger.append(i).result(timeout=30)
+        report = scope.analyze_cluster_performance(session)
+    finally:
+        fd.ProcessManager.stop("metered-ledger")
+    table = report.scheduler_extensions
+    assert list(table.columns) == EXTENSION_COLUMNS
+    assert table["subsystem"].iloc[-1] == ALL_EXTENSIONS
+    rows = table.set_index("subsystem")
+    # the broadcasts (sent in batches) and the singleton's start and calls
+    assert rows.loc["channels", "calls"] >= 1, table
+    assert rows.loc["processes", "calls"] >= 1, table
+    parts = rows.drop(ALL_EXTENSIONS)
+    assert list(parts.seconds) == sorted(parts.seconds, reverse=True)
+    assert rows.loc[ALL_EXTENSIONS, "seconds"] == pytest.approx(parts.seconds.sum())
+    assert rows.loc[ALL_EXTENSIONS, "calls"] == parts.calls.sum()
+    assert 0 < rows.loc[ALL_EXTENSIONS, "share"] < 1
+    overview = report.cluster_overview
+    assert overview["scheduler_extensions_s"] == pytest.approx(parts.seconds.sum())
+    assert overview["scheduler_metered_s"] >= WINDOW_MS / 1000 * 0.9
+    assert "Foundation on the scheduler" in repr(report)
+    assert "Foundation on the scheduler" in report._repr_html_()
+    # the meter ended with the window: the scheduler's handlers are its own again, and
+    # what runs after the window is not counted
+    wait_for(lambda: c.run_on_scheduler(_handlers) == own, timeout=30)
+    for i in range(50):
+        fd.Channels.broadcast("telemetry", i)
+    again = session.analyze().scheduler_extensions
+    assert again.equals(table)
+    view = SchedulerExtensionsView()
+    view.update(report)
+    assert list(view.source.data["subsystem"]) == list(parts.index)
+    assert "Foundation on the scheduler" in view.summary.text
 
 
 @pytest.mark.timeout(180)

@@ -2,8 +2,9 @@
 
 :func:`calculate_optimal_distribution` turns a
 :class:`~foundation_dask.core.health.ClusterHealth` into a :class:`CapacityPlan`: the
-healthy Dask workers, their available capacity (the cores of their host minus its load
-average, shared between the host's workers) and the evaluation slots given to each.
+Dask workers that can take work (running, reachable: healthy or degraded), their
+available capacity (the cores of their host minus its load average, shared between the
+host's workers) and the evaluation slots given to each.
 Pure computation on plain data.
 """
 
@@ -23,7 +24,7 @@ __all__ = ["CapacityPlan", "calculate_optimal_distribution"]
 class CapacityPlan:
     """Where the evaluation workers of an optimization go.
 
-    ``worker_distribution`` has one entry per healthy Dask worker: its available
+    ``worker_distribution`` has one entry per Dask worker that can take work: its available
     capacity (cores of its host minus the host's load average, shared between the
     host's workers and capped at the worker's threads) and the evaluation workers
     (concurrent evaluation slots) given to it.
@@ -58,8 +59,11 @@ def calculate_optimal_distribution(health: ClusterHealth, max_workers: int | str
     max_workers
         ``"auto"`` uses 80% of the available capacity; an integer caps it.
     min_workers_per_node
-        Evaluation workers every healthy node gets regardless of its load. When no
-        node is healthy, degraded (but reachable) nodes are used instead.
+        Evaluation workers every node that can take work gets regardless of its load:
+        every reachable node whose Dask status is ``running``, degraded ones too (a
+        node busy with work just finished reads as degraded, CPU over the threshold,
+        for a moment; its host's load average already lowers its capacity). Paused,
+        closing and unreachable nodes get none.
     n_evaluations, eval_rate
         For the completion estimate: evaluations to run, per worker per second.
     """
@@ -67,11 +71,9 @@ def calculate_optimal_distribution(health: ClusterHealth, max_workers: int | str
         raise ValueError(f"max_workers must be 'auto' or a positive integer, not {max_workers!r}")
     if min_workers_per_node < 0:
         raise ValueError(f"min_workers_per_node must be >= 0, not {min_workers_per_node}")
-    nodes = [n for n in health.cluster.node_health if n.status == "healthy"]
-    if not nodes:
-        # a cluster busy with earlier work reads as degraded (CPU over the threshold):
-        # still usable, at the minimum per node
-        nodes = [n for n in health.cluster.node_health if n.status == "degraded"]
+    nodes = [n for n in health.cluster.node_health
+             if n.status in ("healthy", "degraded")
+             and getattr(n, "worker_status", "running") in ("running", None)]
     by_host: dict[str, list[Any]] = {}
     for n in nodes:
         by_host.setdefault(getattr(n, "host", None) or n.node, []).append(n)

@@ -46,7 +46,9 @@ workers import the program, LMs load). Each measurement is an ElixirScope span
 (``tune_measurement``, with the settings and the throughput).
 
 **Overhead of Foundation's scheduler extensions.** On the scheduler of every cluster it
-measures on, ``tune`` installs a meter (:mod:`._scheduler_meter`) that times everything
+measures on, ``tune`` installs ElixirScope's scheduler meter
+(:mod:`foundation_dask.scope.profiling._scheduler_meter`, the one a profiling session
+installs for its window) that times everything
 through which Foundation code gets the scheduler's event loop (handlers, hooks,
 periodic callbacks, the extensions' methods), exclusive of nested calls, each coroutine
 counted for its steps, not its waits. :attr:`TuneResult.overhead` gives, by subsystem
@@ -58,7 +60,7 @@ coroutines already running when the meter is installed are not seen.
 
 Where each part runs: :mod:`._space` (the space and the YAML file), :mod:`._race`
 (measurements and the race), :mod:`._clusters` (clusters; settings pushed to the
-scheduler and workers), :mod:`._scheduler_meter` (on the scheduler), :mod:`.workloads`
+scheduler and workers), :mod:`.workloads`
 (the programs run on the workers), :mod:`._tune` (:func:`tune`, :class:`TuneResult`).
 """
 

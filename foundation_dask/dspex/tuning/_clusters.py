@@ -3,11 +3,12 @@ put in effect for one measurement in every process of a cluster.
 
 :class:`Clusters` (client) keeps one cluster per shape (the ``cluster.*`` settings of a
 candidate): an embedded :class:`distributed.LocalCluster` made as
-:func:`foundation_dask.connect` makes its own, with the Foundation plugins and the
-scheduler meter (:mod:`._scheduler_meter`); or the given client's cluster for every
-shape. :func:`applied` sets the other settings with ``dask.config.set`` in this process,
-on the scheduler and on the workers (:func:`push_config` and :func:`pop_config` run
-there), and puts the old values back afterwards.
+:func:`foundation_dask.connect` makes its own, with the Foundation plugins and
+ElixirScope's scheduler meter (:mod:`foundation_dask.scope.profiling._scheduler_meter`);
+or the given client's cluster for every shape. :func:`applied` sets the other settings
+with ``dask.config.set`` in this process, on the scheduler and on the workers
+(:func:`push_config` and :func:`pop_config` run there), and puts the old values back
+afterwards.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import dask.config
 
-from foundation_dask.dspex.tuning._scheduler_meter import install_meter, read_meter
+from foundation_dask.scope.profiling._scheduler_meter import install_meter, read_meter
 
 if TYPE_CHECKING:
     import distributed

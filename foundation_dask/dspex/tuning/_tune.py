@@ -17,6 +17,7 @@ from foundation_dask.dspex.tuning._race import Candidate, Run, unit
 from foundation_dask.dspex.tuning._space import check_space, default_space, write_config
 from foundation_dask.dspex.tuning.workloads import evaluate_workload
 from foundation_dask.errors import TuneError
+from foundation_dask.scope.profiling._analysis import ALL_EXTENSIONS, extensions_frame
 
 if TYPE_CHECKING:
     import distributed
@@ -50,7 +51,8 @@ class TuneResult:
     overhead
         Foundation's scheduler extensions on the scheduler's event loop during the run,
         by subsystem: seconds, calls, and share of the seconds metered (see
-        :mod:`foundation_dask.dspex.tuning` for what is measured).
+        :mod:`foundation_dask.dspex.tuning` for what is measured), as
+        :attr:`foundation_dask.scope.PerformanceReport.scheduler_extensions`.
     path
         The dask-config YAML file written (None: none).
     unit
@@ -90,7 +92,7 @@ class TuneResult:
         return out
 
     def _shares(self) -> str:
-        rows = [r for r in self.overhead.itertuples() if r.subsystem != "all Foundation"]
+        rows = [r for r in self.overhead.itertuples() if r.subsystem != ALL_EXTENSIONS]
         return ", ".join(f"{r.subsystem} {100 * r.share:.2f}%" for r in rows) or "none"
 
     def __repr__(self) -> str:
@@ -132,19 +134,6 @@ def _frame(cands: list[Candidate], winners: list[Candidate], keys: list[str]) ->
         for c in cands])
     frame["stopped_after"] = frame["stopped_after"].astype("Int64")
     return frame
-
-
-def _overhead_frame(overhead: Mapping[str, Mapping[str, float]], window_s: float
-                    ) -> pd.DataFrame:
-    import pandas as pd
-
-    rows = sorted(overhead.items(), key=lambda kv: -kv[1]["seconds"])
-    rows.append(("all Foundation", {"seconds": sum(r["seconds"] for _, r in rows),
-                                    "calls": sum(r["calls"] for _, r in rows)}))
-    return pd.DataFrame(
-        [{"subsystem": name, "seconds": r["seconds"], "calls": int(r["calls"]),
-          "share": r["seconds"] / window_s if window_s > 0 else 0.0} for name, r in rows],
-        columns=["subsystem", "seconds", "calls", "share"])
 
 
 def tune(workload: Callable[[distributed.Client], float] | None = None, *,
@@ -263,7 +252,10 @@ def tune(workload: Callable[[distributed.Client], float] | None = None, *,
     result = TuneResult(
         best=best, defaults=defaults, baseline=final[0].rate, best_rate=final[-1].rate,
         frame=_frame(cands, winners, keys),
-        overhead=_overhead_frame(clusters.overhead, clusters.window_s),
+        overhead=extensions_frame({
+            "window_s": clusters.window_s,
+            "seconds": {n: r["seconds"] for n, r in clusters.overhead.items()},
+            "calls": {n: r["calls"] for n, r in clusters.overhead.items()}}),
         unit=unit(workload), notes=notes, wall_time=time.monotonic() - t0)
     if write is not None:
         result.path = write_config(best, write, comment=(

@@ -180,6 +180,45 @@ NODE_COLUMNS = [
 ]
 
 
+#: Columns of :attr:`PerformanceReport.scheduler_extensions`.
+EXTENSION_COLUMNS = ["subsystem", "seconds", "calls", "share"]
+#: The row of :func:`extensions_frame` that sums the others.
+ALL_EXTENSIONS = "all Foundation"
+
+
+def extensions_frame(figures: dict[str, Any] | None) -> pd.DataFrame:
+    """The scheduler meter's figures as a table, most seconds first, and a last row
+    (:data:`ALL_EXTENSIONS`) summing them.
+
+    Parameters
+    ----------
+    figures
+        ``{"window_s", "seconds": {subsystem: s}, "calls": {subsystem: n}}`` (what the
+        scheduler meter gives); None or nothing metered: an empty table.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns :data:`EXTENSION_COLUMNS`: the seconds the subsystem's code held the
+        scheduler's event loop, its calls, and ``share``, those seconds over the
+        seconds metered.
+    """
+    import pandas as pd
+
+    seconds = dict((figures or {}).get("seconds") or {})
+    if not seconds:
+        return pd.DataFrame(columns=EXTENSION_COLUMNS)
+    calls = (figures or {}).get("calls") or {}
+    window = float((figures or {}).get("window_s") or 0.0)
+    rows = sorted(seconds.items(), key=lambda kv: -kv[1])
+    rows.append((ALL_EXTENSIONS, sum(seconds.values())))
+    return pd.DataFrame(
+        [{"subsystem": name, "seconds": float(sec),
+          "calls": int(sum(calls.values()) if name == ALL_EXTENSIONS else calls.get(name, 0)),
+          "share": sec / window if window > 0 else 0.0} for name, sec in rows],
+        columns=EXTENSION_COLUMNS)
+
+
 def code_hotspots(profiles: dict[str, dict[str, Any]], top: int = 20,
                   task_counts: dict[str, dict[str, int]] | None = None,
                   ) -> tuple[pd.DataFrame, float, dict[str, str | None]]:
@@ -351,7 +390,7 @@ def build_report(session: dict[str, Any], nodes: dict[str, dict[str, Any]],
                  health: dict[str, dict[str, Any]], process_counts: dict[str, int],
                  tasks: list[dict[str, Any]], thresholds: dict[str, float],
                  messages: dict[str, Any] | None = None, notes: list[str] | None = None,
-                 top: int = 20) -> PerformanceReport:
+                 top: int = 20, scheduler: dict[str, Any] | None = None) -> PerformanceReport:
     """Assemble a :class:`PerformanceReport` from what was gathered (no cluster access).
 
     Parameters
@@ -374,6 +413,9 @@ def build_report(session: dict[str, Any], nodes: dict[str, dict[str, Any]],
         Remarks to carry (waits, partial windows...).
     top
         Rows of ``code_hotspots``.
+    scheduler
+        The scheduler meter's figures (``window_s``, ``seconds`` and ``calls`` by
+        subsystem), None when it did not run.
     """
     import pandas as pd
 
@@ -580,6 +622,10 @@ def build_report(session: dict[str, Any], nodes: dict[str, dict[str, Any]],
         "sampler_cpu_s": float(sum(float(m.get("sampler_cpu_s") or 0.0) for m in ok.values())),
         "idle_wait_s": idle_s,
         "profile_source": session.get("options", {}).get("source", "sampler"),
+        "scheduler_metered_s": (scheduler or {}).get("window_s"),
+        "scheduler_extensions_s": (float(sum(scheduler["seconds"].values()))
+                                   if scheduler and scheduler.get("seconds") is not None
+                                   else None),
     }
     return PerformanceReport(
         cluster_overview=overview,
@@ -591,4 +637,5 @@ def build_report(session: dict[str, Any], nodes: dict[str, dict[str, Any]],
         notes=notes,
         session=dict(session),
         profiles={n: m["profile"] for n, m in ok.items()},
+        scheduler_extensions=extensions_frame(scheduler),
     )

@@ -3,7 +3,9 @@
 :func:`start_cluster_profiling` opens a window on the :class:`~._sampler.NodeProfiler`
 of every worker; :func:`analyze_cluster_performance` waits for its end, gathers every
 profiler's figures with a per-node deadline, the cluster health, the supervised
-processes and the scheduler's task stream, and builds the
+processes, the scheduler's task stream and the meter of Foundation's scheduler
+extensions (:mod:`~._scheduler_meter`, installed on the scheduler for the window), and
+builds the
 :class:`~foundation_dask.scope.profiling.PerformanceReport` (:func:`~._analysis.build_report`).
 Both act through ``client`` or else the current client
 (:func:`foundation_dask.core._client.current_client`, which connects with
@@ -36,6 +38,7 @@ from foundation_dask.scope.profiling._names import (
 )
 from foundation_dask.scope.profiling._report import PerformanceReport
 from foundation_dask.scope.profiling._sampler import NodeProfiler
+from foundation_dask.scope.profiling._scheduler_meter import install_meter, read_meter
 from foundation_dask.scope.tracing import parse_trace_options
 
 if TYPE_CHECKING:
@@ -65,6 +68,9 @@ class ProfilingSession:
         ``source`` (``"sampler"`` or ``"dask"``) and ``interval``.
     start_errors
         ``{worker: error}`` of the profilers that could not be started.
+    scheduler_meter
+        Whether the meter of Foundation's scheduler extensions runs for the window
+        (None: the session was found on the cluster, not started here).
     """
 
     started_at: int
@@ -76,6 +82,7 @@ class ProfilingSession:
     task_stream_index: int | None = field(default=None, repr=False)
     messages_at_start: int | None = field(default=None, repr=False)
     monotonic_start: float = field(default_factory=time.monotonic, repr=False)
+    scheduler_meter: bool | None = None
 
     @property
     def remaining_s(self) -> float:
@@ -88,7 +95,7 @@ class ProfilingSession:
         return analyze_cluster_performance(self, **kwargs)
 
     def stop(self, *, client: distributed.Client | None = None) -> bool:
-        """Stop the profilers (their figures are dropped).
+        """Stop the profilers (their figures are dropped) and the scheduler's meter.
 
         Parameters
         ----------
@@ -96,7 +103,9 @@ class ProfilingSession:
             The client to act through; default: the current client, else the one
             :func:`foundation_dask.connect` starts.
         """
-        return bool(ProcessManager.stop(PROFILER_NAME, client=client or current_client()))
+        client = client or current_client()
+        client.run_on_scheduler(read_meter, uninstall=True)
+        return bool(ProcessManager.stop(PROFILER_NAME, client=client))
 
     def __repr__(self) -> str:
         return (
@@ -163,8 +172,9 @@ def start_cluster_profiling(duration_ms: float = 5000,
 
     Opens a window on the :class:`NodeProfiler` of every worker (replicated process
     ``"cluster_profiler"``, started on first use and kept for later sessions; a window
-    still open is ended) and broadcasts ``("start_profiling", duration_ms,
-    started_at_ms)`` on the ``control`` channel.
+    still open is ended), meters Foundation's own extensions on the scheduler for the
+    same window, and broadcasts ``("start_profiling", duration_ms, started_at_ms)`` on
+    the ``control`` channel.
 
     Parameters
     ----------
@@ -204,6 +214,8 @@ def start_cluster_profiling(duration_ms: float = 5000,
                                               owner="cluster", client=client)
     started_at = int(time.time() * 1000)
     mono = time.monotonic()
+    metered = bool(client.run_on_scheduler(install_meter, duration_s=duration_ms / 1000,
+                                           fresh=True))
     _, errors = _wait_all(
         {w: h.start(duration_ms, started_at, options) for w, h in handles.items()},
         _node_timeout(),
@@ -219,6 +231,7 @@ def start_cluster_profiling(duration_ms: float = 5000,
         task_stream_index=index,
         messages_at_start=messages,
         monotonic_start=mono,
+        scheduler_meter=metered,
     )
     _last_session = session
     return session
@@ -405,8 +418,15 @@ def analyze_cluster_performance(session: ProfilingSession | None = None, *,
         tasks = []
         notes.append(f"task stream unavailable, no straggler analysis ({exc})")
 
+    scheduler = client.run_on_scheduler(read_meter)
+    if not scheduler["seconds"] and not scheduler["window_s"]:
+        scheduler = None
+        if session.scheduler_meter is not None:
+            notes.append("Foundation's scheduler extensions were not metered: the scheduler "
+                         "has no Foundation plugin")
     info = {
         "started_at": session.started_at, "duration_ms": session.duration_ms,
         "collection_time": session.collection_time, "options": dict(session.options),
     }
-    return build_report(info, nodes, health, counts, tasks, thresholds, messages, notes, top)
+    return build_report(info, nodes, health, counts, tasks, thresholds, messages, notes, top,
+                        scheduler=scheduler)

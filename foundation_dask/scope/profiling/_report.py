@@ -50,7 +50,10 @@ class PerformanceReport:
         seconds the samples stand for), ``profiled_cpu_s`` (CPU seconds of the sampled
         threads, 0 without CPU clocks), ``hotspot_clock`` (``"cpu"`` or ``"wall"``: what
         ``code_hotspots`` ranks by), ``sampler_cpu_s`` (CPU seconds the samplers took
-        on the workers' event loops), ``idle_wait_s``, ``profile_source``.
+        on the workers' event loops), ``idle_wait_s``, ``profile_source``,
+        ``scheduler_metered_s`` and ``scheduler_extensions_s`` (the seconds the
+        scheduler was metered, and the part Foundation's extensions held its event loop;
+        None without the meter).
     node_details
         One row per node (columns :data:`~foundation_dask.scope.profiling.NODE_COLUMNS`):
         ``status`` is ``success``, ``rpc_failed`` (with ``error``) or ``unreachable``;
@@ -83,6 +86,15 @@ class PerformanceReport:
         ``started_at`` (ms), ``duration_ms``, ``options`` of the session.
     profiles
         ``{node: call tree}`` of the window, in Dask's profile format.
+    scheduler_extensions
+        Foundation itself on the scheduler: the time its extensions (``channels``,
+        ``processes``, ``health``, ``registry``, ``secrets``, ``scope``, ``dspex.lm``,
+        ``plugin``) held the scheduler's event loop during the window, exclusive of
+        each other (columns :data:`~foundation_dask.scope.profiling.EXTENSION_COLUMNS`:
+        ``subsystem``, ``seconds``, ``calls``, ``share`` of the seconds metered; the
+        last row sums them). Counted by a meter ElixirScope installs on the scheduler for
+        the window (:mod:`~foundation_dask.scope.profiling._scheduler_meter`); empty
+        when it could not run.
     """
 
     cluster_overview: dict[str, Any]
@@ -94,6 +106,7 @@ class PerformanceReport:
     notes: list[str] = field(default_factory=list)
     session: dict[str, Any] = field(default_factory=dict)
     profiles: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
+    scheduler_extensions: pd.DataFrame | None = field(default=None, repr=False)
 
     def to_frame(self) -> pd.DataFrame:
         """The per-node table (a copy of :attr:`node_details`)."""
@@ -108,6 +121,17 @@ class PerformanceReport:
             f"{_fmt(o['memory_bytes'], 'bytes')}, {o['tasks_per_sec']:.1f} tasks/s, "
             f"{_fmt(o['message_throughput_per_sec'])} msg/s, {o['samples']} samples"
         )
+
+    def _scheduler_line(self) -> str | None:
+        frame = self.scheduler_extensions
+        if frame is None or not len(frame):
+            return None
+        total = frame.iloc[-1]
+        parts = ", ".join(f"{r.subsystem} {r.seconds:.3f}s ({r.calls} calls)"
+                          for r in frame.iloc[:-1].head(4).itertuples())
+        return (f"Foundation on the scheduler: {total.seconds:.3f}s of "
+                f"{self.cluster_overview.get('scheduler_metered_s') or 0:.1f}s metered "
+                f"({100 * total.share:.2f}% of its event loop): {parts}")
 
     def _bottleneck_lines(self) -> list[str]:
         lines = []
@@ -143,6 +167,9 @@ class PerformanceReport:
                 f"  hotspot: {h.function} ({h.location}) self {h.self_time_s:.2f}s {clock}"
                 f"{wall} total {h.total_time_s:.2f}s on {', '.join(h.nodes)}"
             )
+        scheduler = self._scheduler_line()
+        if scheduler:
+            lines.append(f"  {scheduler}")
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -173,6 +200,12 @@ class PerformanceReport:
             ("Suggestions", items([s["message"] for s in self.optimization_suggestions])),
             ("Code hotspots", Safe(hot.to_html(index=False, na_rep="-"))),
         ]
+        if self.scheduler_extensions is not None and len(self.scheduler_extensions):
+            table = self.scheduler_extensions.copy()
+            table["seconds"] = table["seconds"].map(lambda v: f"{v:.4f}")
+            table["share"] = table["share"].map(lambda v: f"{100 * v:.2f}%")
+            fields.append(("Foundation on the scheduler", Safe(
+                escape(self._scheduler_line() or "") + table.to_html(index=False))))
         if self.notes:
             fields.append(("Notes", items(self.notes)))
         return html_repr(repr(self), "PerformanceReport", summary=self._summary(),
