@@ -52,7 +52,7 @@ FLAME_COLUMNS = [
 ]
 
 #: Columns of the scheduler extensions source.
-EXTENSION_SOURCE_COLUMNS = ["subsystem", "seconds", "calls", "percent"]
+EXTENSION_SOURCE_COLUMNS = ["subsystem", "ms", "calls", "percent"]
 
 #: Longest function label on the bar chart's axis (the full name is in the hover).
 LABEL_CHARS = 60
@@ -440,13 +440,13 @@ class SchedulerExtensionsView(View):
         fig = figure(
             y_range=FactorRange(factors=[]), height=height, sizing_mode=self.sizing_mode,
             title="Foundation's scheduler extensions (event-loop time)",
-            x_axis_label="seconds", tools="save", toolbar_location="right",
+            x_axis_label="milliseconds", tools="save", toolbar_location="right",
             name="foundation-scheduler-extensions-figure",
         )
-        bars = fig.hbar(y="subsystem", right="seconds", height=0.7, source=self.source,
+        bars = fig.hbar(y="subsystem", right="ms", height=0.7, source=self.source,
                         fill_color="#6a1b9a", line_color=None)
         fig.add_tools(HoverTool(renderers=[bars], tooltips=[
-            ("subsystem", "@subsystem"), ("seconds", "@seconds{0.0000} s"),
+            ("subsystem", "@subsystem"), ("time", "@ms{0.00} ms"),
             ("calls", "@calls{0,0}"), ("share of the loop", "@percent{0.00} %"),
         ]))
         cast(DataRange1d, fig.x_range).start = 0
@@ -470,7 +470,7 @@ class SchedulerExtensionsView(View):
         frame = extensions_table(data)
         parts = frame[frame["subsystem"] != ALL_EXTENSIONS]
         cols = {"subsystem": [str(v) for v in parts["subsystem"]],
-                "seconds": float_column(list(parts["seconds"])),
+                "ms": float_column([1000 * float(v) for v in parts["seconds"]]),
                 "calls": float_column(list(parts["calls"])),
                 "percent": float_column([100 * float(v) for v in parts["share"]])}
         self.source.data = cols
@@ -480,7 +480,7 @@ class SchedulerExtensionsView(View):
         self.summary.text = (
             "<b>Foundation on the scheduler</b>: nothing metered" if not len(total) else
             f"<b>Foundation on the scheduler</b>: its extensions held the scheduler's event "
-            f"loop {float(total['seconds'].iloc[0]):.3f} s, "
+            f"loop {1000 * float(total['seconds'].iloc[0]):.1f} ms, "
             f"{100 * float(total['share'].iloc[0]):.2f} % of the time metered, in "
             f"{int(total['calls'].iloc[0]):,} calls")
 
