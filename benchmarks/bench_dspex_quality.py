@@ -103,6 +103,8 @@ def main() -> None:
               f"local model {lm.model}, 2 worker processes")
         print(f"  zero-shot held-out accuracy {zero.score:.1f}%")
         for name, search in VARIANTS.items():
+            # each search starts without the model states an earlier one left
+            client.run(dspex.LocalLM.forget_states)
             before = _model_stats(client)
             t0 = time.perf_counter()
             optimizer = dspex.BootstrapFewShotWithRandomSearch(

@@ -78,6 +78,19 @@ def gated_needs_demos(prompt: str, gate: str, held: str, timeout: float = 300.0)
     return slow_needs_demos(prompt)
 
 
+def counted_gated_with_demos(prompt: str, gate: str, held: str,
+                             timeout: float = 300.0) -> str:
+    """:func:`counted_needs_demos`, but a prompt with demos about the review ``held``
+    waits (up to ``timeout`` seconds) until the file ``gate`` exists. With ``held`` the
+    last example of a race's order, the winner (which sees every example) cannot finish
+    before the test opens the gate, while the rest of the race runs."""
+    if prompt.count("Sentiment:") > 1 and held in prompt.rsplit("Review:", 1)[-1]:
+        deadline = time.monotonic() + timeout
+        while not os.path.exists(gate) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    return counted_needs_demos(prompt)
+
+
 def metric(example, prediction, trace=None) -> bool:
     return example.sentiment == prediction.sentiment.strip().lower()
 

@@ -521,11 +521,7 @@ class Tally:
             self._count(p, r)
             if self.on_record is not None:
                 self.on_record(self.ids[p], r)
-        state = report_progress(self.progress, self.n_done, self.score_sum,
-                                channel=self.channel, client=self.client,
-                                eval_id=self.eval_id, label=self.label)
-        if self.on_chunk is not None:
-            self.on_chunk({"phase": self.label, "eval_id": self.eval_id, **state})
+        state = self.report()
         if self.max_errors is not None and self.errors and len(self.errors) >= self.max_errors:
             first = "\n".join(f"  example {r.index}: {r.error}" for r in self.errors[:5])
             raise EvaluationError(
@@ -533,6 +529,16 @@ class Tally:
                 f"{self.max_errors}); first failures:\n{first}",
                 label=self.label, failed=len(self.errors), max_errors=self.max_errors,
             )
+        return state
+
+    def report(self) -> dict[str, Any]:
+        """Publish the progress as it stands (also after the plan shrank: a race stopped
+        candidates) and tell ``on_chunk``; returns the progress state."""
+        state = report_progress(self.progress, self.n_done, self.score_sum,
+                                channel=self.channel, client=self.client,
+                                eval_id=self.eval_id, label=self.label)
+        if self.on_chunk is not None:
+            self.on_chunk({"phase": self.label, "eval_id": self.eval_id, **state})
         return state
 
     def result(self, p: int, devset: Sequence[Any], wall: float) -> EvaluationResult:

@@ -22,19 +22,22 @@ A candidate stops when
   candidates).
 
 Which candidate gets a worker's free room: the one that can still reach the highest
-score (the fewest examples lost so far), then, on ties, the one this worker already runs
-(its model still holds the prompt prefix, instruction and demos, in its KV cache), then
-one no other worker runs, then the one that has seen the most. So a strong candidate
-runs ahead and finishes early, and its final score is the bar the others must be able
-to beat: a candidate no better than it stops at its first examples lost beyond the
-leader's. Each worker thread gets :data:`DEPTH` chunks at once (one running, one
+score (the fewest examples lost so far), then, on ties, the earliest (ties go to the
+earlier candidate: a later one that can at best tie it stops as soon as it has run to
+the end, while an earlier one must be seen through), then the one this worker already
+runs (its model still holds the prompt prefix, instruction and demos, in its KV cache),
+then one no other worker runs, then the one that has seen the most. So a strong
+candidate runs ahead and finishes early, and its final score is the bar the others must
+be able to beat: a candidate no better than it stops at its first examples lost beyond
+the leader's. Each worker thread gets :data:`DEPTH` chunks at once (one running, one
 waiting), chunks of one example by default, each sent to the worker chosen for it
 (any other may take it when that one is gone).
 
-A stopped candidate's chunks already in flight finish and are kept (they were paid
-for). The race is an ElixirScope span (``race``) and every stop a ``race_stop`` span
-(candidate, examples seen, reason, the candidate that beat it); progress counts the
-evaluations of the race, its total shrinking as candidates stop; :class:`Standing` says
+A stopped candidate's chunks not read yet are cancelled (the one waiting on a worker
+never runs; one that is running finishes there, unread). The race is an ElixirScope
+span (``race``) and every stop a ``race_stop`` span (candidate, examples seen, reason,
+the candidate that beat it); progress counts the evaluations of the race, its total
+shrinking as candidates stop; :class:`Standing` says
 for each candidate how many examples it saw and why it stopped.
 """
 
@@ -280,13 +283,18 @@ def race(client: distributed.Client, programs: Sequence[Any], devset: Sequence[A
         attrs["stopped"].append(p)
         event = RaceRound(len(stops), len(scores[p]), sorted(running | {p}), [p], by)
         stops.append(event)
-        # the plan shrinks: this candidate's examples not submitted will never run
-        progress.total -= n_total - len(scores[p]) - _pending(p)
+        # its chunks not read yet are cancelled: those still waiting on a worker never
+        # run, and no result of it is read from now on
+        mine = [f for f, q in futures.items() if q == p]
+        for f in mine:
+            del futures[f]
+            on_worker[placed.pop(f)] -= 1
+        if mine:
+            client.cancel(mine)
+        # the plan shrinks: this candidate's examples not evaluated will never run
+        progress.total -= n_total - len(scores[p])
         if on_round is not None:
             on_round(event)
-
-    def _pending(p: int) -> int:
-        return sum(1 for pos in range(cursor[p]) if order[pos] not in scores[p])
 
     def decide(attrs: dict[str, Any]) -> None:
         """Stop every running candidate that cannot win, or is behind with confidence."""
@@ -340,7 +348,7 @@ def race(client: distributed.Client, programs: Sequence[Any], devset: Sequence[A
             w = min(free, key=lambda w: (on_worker.get(w, 0) / room[w], str(w)))
             others = {q for v, q in owner.items() if v != w and on_worker.get(v, 0)}
             p = max(ready, key=lambda p: (_final_bounds(scores[p], n_total, low, high)[1],
-                                          owner.get(w) == p, p not in others, cursor[p], -p))
+                                          -p, owner.get(w) == p, p not in others, cursor[p]))
             chunk: list[tuple[int, Any]] = []
             while cursor[p] < n_total and len(chunk) < size:
                 i = order[cursor[p]]
@@ -364,6 +372,8 @@ def race(client: distributed.Client, programs: Sequence[Any], devset: Sequence[A
         finished = as_completed(list(futures))
         try:
             for fut in finished:
+                if fut not in futures:
+                    continue  # a chunk of a candidate stopped since: cancelled, not read
                 p = futures.pop(fut)  # its result is read once: the cluster may forget it
                 on_worker[placed.pop(fut)] -= 1
                 try:
@@ -385,6 +395,9 @@ def race(client: distributed.Client, programs: Sequence[Any], devset: Sequence[A
             remaining = [f for f in futures if not f.done()]
             if remaining:
                 client.cancel(remaining)
+        # the last stops shrank the plan after the last result was read: the progress
+        # reaches its end
+        tally.report()
         leader = max(running, key=lambda p: (_final_bounds(scores[p], n_total, low, high)[0],
                                               -p)) if running else None
         attrs.update(leader=leader, evaluations=tally.n_done)

@@ -328,6 +328,46 @@ def test_local_model_sentiment_loaded_once_and_pickled_copy_reuses_it():
 
 
 @pytest.mark.timeout(600)
+def test_local_model_keeps_the_states_of_programs_taking_turns():
+    """Two programs (their own demos) taking turns on one model: each turn restarts from
+    the state the model was in after that program's last turn, not from its
+    instructions and demos again; the answers are the same without kept states."""
+    _require_local_model()
+    lm = dspex.LocalLM(cache=False, max_tokens=8)
+    prompts = []
+    for demos in (SENTIMENT_DEMOS, SENTIMENT_DEMOS[::-1] + [SENTIMENT_DEMOS[0]]):
+        predict = dspex.Predict(Sentiment)
+        predict.demos, predict.lm = list(demos), lm
+        for review, _ in REVIEWS:
+            predict(review=review)
+            prompts.append(lm.history[-1]["prompt"])
+    turns = [prompts[i] for pair in zip(range(4), range(4, 8), strict=True) for i in pair]
+
+    def take_turns() -> tuple[list[str], list[float]]:
+        outs, shares = [], []
+        for prompt in turns:
+            out = lm.generate(prompt=prompt, stop=["\n"])
+            outs.append(out.outputs[0])
+            shares.append(out.cached_prompt_tokens / out.prompt_tokens)
+        return outs, shares
+
+    dspex.LocalLM.forget_states()
+    kept_answers, kept = take_turns()
+    # from the third turn on, each program finds its own prefix (the first two turns
+    # followed the other program's prompts of the same reviews)
+    assert min(kept[2:]) > 0.5, kept
+    dspex.LocalLM.unload_models()
+    with dask.config.set({"foundation.dspex.local-lm-kv-states": 0}):
+        answers, shares = take_turns()
+        assert max(shares[2:]) < 0.5, shares  # only the instructions are shared
+    dspex.LocalLM.unload_models()
+    assert kept_answers == answers
+    with (dask.config.set({"foundation.dspex.local-lm-kv-states": "lots"}),
+          pytest.raises(dspex.LMError, match="local-lm-kv-states must be a size")):
+        lm.generate(prompt=turns[0])
+
+
+@pytest.mark.timeout(600)
 def test_local_model_chat_messages_and_disk_cache():
     _require_local_model()
     lm = dspex.LocalLM(max_tokens=12)

@@ -44,7 +44,8 @@ class LMResponse:
     ``cached_prompt_tokens`` counts the prompt tokens the model did not have to process
     again (OpenAI's ``usage.prompt_tokens_details.cached_tokens``, reported by OpenAI and
     vLLM; for :class:`LocalLM`, the prefix llama.cpp kept in its KV cache from the
-    previous call); ``None`` when the model does not say.
+    previous call, or in a state it kept from an earlier one); ``None`` when the model
+    does not say.
     """
 
     outputs: list[str]

@@ -7,10 +7,19 @@ first call in a process loads the model into a process-wide cache keyed by
 e.g. on a Dask worker) reuse it. At most two models stay loaded per process (least
 recently used first out). llama.cpp is not thread-safe, so calls in a process are
 serialised by a lock.
+
+llama.cpp evaluates only the part of a prompt after the longest prefix it still holds
+in its KV cache. One model holds one prompt's tokens, so programs that take turns on a
+worker (the candidates of an optimization) would evaluate their instructions and demos
+again at every turn: each loaded model also keeps the states after its recent calls,
+up to ``foundation.dspex.local-lm-kv-states`` bytes (256 MiB; least recently used
+first out), and a prompt restarts from the state sharing its longest prefix.
+:meth:`LocalLM.process_stats` counts the prompt tokens served from either.
 """
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import importlib.util
 import os
@@ -19,6 +28,9 @@ import time
 from collections import OrderedDict
 from typing import Any
 
+from dask.utils import parse_bytes
+
+from foundation_dask import config
 from foundation_dask.dspex.lm.base import BaseLM, restorable
 from foundation_dask.errors import LMError
 
@@ -30,6 +42,8 @@ _MODELS: OrderedDict[tuple[str, int, int, int], Any] = OrderedDict()
 _MAX_MODELS = 2  # least recently used models beyond this are dropped
 _MODELS_LOCK = threading.Lock()
 _CALL_LOCK = threading.RLock()
+#: The kept states of each loaded model (by ``id`` of its ``Llama``; None: none kept).
+_STATES: dict[int, _KVStates | None] = {}
 #: Model loads and model calls of this process (cache hits are no model calls), with the
 #: prompt tokens of those calls and how many of them llama.cpp found in its KV cache.
 _LOAD_STATS: dict[str, float] = {"loads": 0, "load_seconds": 0.0, "calls": 0,
@@ -125,12 +139,15 @@ class LocalLM(BaseLM):
                                   "'foundation-dask[llm]'") from None
                 with _CALL_LOCK:
                     while len(_MODELS) >= _MAX_MODELS:
-                        _MODELS.popitem(last=False)
+                        _, dropped = _MODELS.popitem(last=False)
+                        _STATES.pop(id(dropped), None)
                     t0 = time.perf_counter()
                     model = llama_cpp.Llama(model_path=path, n_ctx=self.n_ctx,
                                             n_threads=self.n_threads,
                                             n_threads_batch=self.n_threads, seed=self.seed,
                                             verbose=False)
+                    states = _kv_state_bytes()
+                    _STATES[id(model)] = _KVStates(states) if states else None
                     _LOAD_STATS["loads"] += 1
                     _LOAD_STATS["load_seconds"] += time.perf_counter() - t0
                     _MODELS[key] = model
@@ -149,10 +166,20 @@ class LocalLM(BaseLM):
         return {"models": list(_MODELS), **_LOAD_STATS, "pid": os.getpid()}
 
     @staticmethod
+    def forget_states() -> None:
+        """Drop the model states kept in this process (``foundation.dspex.local-lm-kv-states``);
+        the models stay loaded, each with its own current state."""
+        with _MODELS_LOCK, _CALL_LOCK:
+            for key, states in list(_STATES.items()):
+                if states is not None:
+                    _STATES[key] = _KVStates(states.capacity)
+
+    @staticmethod
     def unload_models() -> None:
         """Drop every model loaded in this process."""
         with _MODELS_LOCK, _CALL_LOCK:
             _MODELS.clear()
+            _STATES.clear()
 
     def _cache_namespace(self) -> dict[str, Any]:
         path = self.resolved_path
@@ -187,8 +214,11 @@ class LocalLM(BaseLM):
         outputs = []
         usage: dict[str, Any] = {"prompt_tokens": 0, "completion_tokens": 0}
         reused = 0
+        states = _STATES.get(id(llm))
         with _CALL_LOCK:
             for _ in range(n):
+                if states is not None and prompt is not None:
+                    states.prepare(llm, prompt)
                 before = _evaluated_tokens(llm)
                 try:
                     if prompt is not None:
@@ -203,7 +233,8 @@ class LocalLM(BaseLM):
                 for k in ("prompt_tokens", "completion_tokens"):
                     usage[k] += int(counts.get(k) or 0)
                 # llama.cpp keeps the longest prefix of the previous call's tokens in its KV
-                # cache and evaluates only the rest of the prompt
+                # cache, or of a kept state that shares a longer one, and evaluates only
+                # the rest of the prompt
                 reused += min(_common_prefix(before, _evaluated_tokens(llm)),
                               int(counts.get("prompt_tokens") or 0))
             _LOAD_STATS["calls"] += n
@@ -217,6 +248,107 @@ class LocalLM(BaseLM):
         kw = "".join(f", {k}={v!r}" for k, v in self.kwargs.items())
         path = f"model_path={self.model_path!r}, " if self.model_path else ""
         return f"LocalLM({path}model={self.model!r}{kw})"
+
+
+def _kv_state_bytes() -> int:
+    """``foundation.dspex.local-lm-kv-states`` in bytes (0: keep no states).
+
+    Raises
+    ------
+    LMError
+        The setting is not a size.
+    """
+    raw = config.get("dspex.local-lm-kv-states")
+    try:
+        size = int(parse_bytes(raw) if isinstance(raw, str) else int(raw or 0))
+    except (TypeError, ValueError):
+        raise LMError(f"foundation.dspex.local-lm-kv-states must be a size such as '256MiB' "
+                      f"or 0, not {raw!r}") from None
+    if size < 0:
+        raise LMError(f"foundation.dspex.local-lm-kv-states must not be negative, not {raw!r}")
+    return size
+
+
+class _KVStates:
+    """The llama.cpp states (KV cache and tokens) a loaded model was in before calls
+    that replaced most of them, up to ``capacity`` bytes, least recently used first
+    out; a prompt that shares a longer prefix with one of them than with the model's
+    own state restarts from it.
+
+    Only llama.cpp's own state is kept (its ``llama_state_get_data``: the KV cache of
+    the tokens and the last logits), not llama-cpp-python's per-position scores, which
+    a prompt with at least one new token does not need.
+    """
+
+    #: Tokens a kept state must share beyond the model's own for a restore to pay.
+    MIN_GAIN = 8
+    #: A kept state sharing this fraction of its tokens with the model's is of the same
+    #: prompt prefix: replaced, not kept beside it.
+    SAME = 0.8
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.states: OrderedDict[int, tuple[Any, bytes]] = OrderedDict()
+        self.size = 0
+        self._next = 0
+
+    def prepare(self, llm: Any, prompt: str) -> None:
+        """Before ``prompt`` runs: restore the kept state sharing the longest prefix
+        with it, or keep the model's state if the prompt would replace most of it."""
+        import numpy as np
+
+        tokens = np.asarray(llm.tokenize(prompt.encode("utf-8"), special=True),
+                            dtype=np.intc)
+        current = _evaluated_tokens(llm)
+        if current is None:
+            return
+        have = _common_prefix(current, tokens)
+        best, best_n = None, have
+        for key, (ids, _) in self.states.items():
+            n = _common_prefix(ids, tokens)
+            if n > best_n:
+                best, best_n = key, n
+        if best is not None and best_n >= have + self.MIN_GAIN:
+            ids, data = self.states.pop(best)  # the model holds it from now on
+            self.size -= len(data)
+            self._keep(llm, current)
+            self._restore(llm, ids, data)
+        elif len(current) and have < len(current) / 2:
+            self._keep(llm, current)
+
+    def _keep(self, llm: Any, current: Any) -> None:
+        import llama_cpp
+
+        if not len(current):
+            return
+        for key, (ids, data) in list(self.states.items()):
+            if _common_prefix(ids, current) >= self.SAME * min(len(ids), len(current)):
+                del self.states[key]
+                self.size -= len(data)
+        ctx = llm._ctx.ctx
+        size = int(llama_cpp.llama_state_get_size(ctx))
+        buf = (ctypes.c_uint8 * size)()
+        n = int(llama_cpp.llama_state_get_data(ctx, buf, size))
+        if n <= 0 or n > size or n > self.capacity:
+            return
+        data = ctypes.string_at(buf, n)
+        self.states[self._next] = (current.copy(), data)
+        self._next += 1
+        self.size += n
+        while self.size > self.capacity and self.states:
+            _, (_, old) = self.states.popitem(last=False)
+            self.size -= len(old)
+
+    @staticmethod
+    def _restore(llm: Any, ids: Any, data: bytes) -> None:
+        import llama_cpp
+
+        buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        if int(llama_cpp.llama_state_set_data(llm._ctx.ctx, buf, len(data))) != len(data):
+            raise LMError("llama.cpp refused a kept model state")
+        llm.input_ids[:len(ids)] = ids
+        llm.n_tokens = len(ids)
+        llm._requires_eval = True
 
 
 def _evaluated_tokens(llm: Any) -> Any:
