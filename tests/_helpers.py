@@ -78,17 +78,30 @@ def gated_needs_demos(prompt: str, gate: str, held: str, timeout: float = 300.0)
     return slow_needs_demos(prompt)
 
 
-def counted_gated_with_demos(prompt: str, gate: str, held: str,
+def counted_gated_with_demos(prompt: str, gate: str, held: str, delay: float = 0.01,
                              timeout: float = 300.0) -> str:
-    """:func:`counted_needs_demos`, but a prompt with demos about the review ``held``
-    waits (up to ``timeout`` seconds) until the file ``gate`` exists. With ``held`` the
-    last example of a race's order, the winner (which sees every example) cannot finish
-    before the test opens the gate, while the rest of the race runs."""
+    """:func:`needs_demos` after ``delay`` seconds, counted in :data:`LM_CALLS`, but a
+    prompt with demos about the review ``held`` waits (up to ``timeout`` seconds) until
+    the file ``gate`` exists. With ``held`` the last example of a race's order
+    (:func:`last_in_race`), the winner (which sees every example) cannot finish before
+    the test opens the gate, while the rest of the race runs."""
+    global LM_CALLS
     if prompt.count("Sentiment:") > 1 and held in prompt.rsplit("Review:", 1)[-1]:
         deadline = time.monotonic() + timeout
         while not os.path.exists(gate) and time.monotonic() < deadline:
             time.sleep(0.05)
-    return counted_needs_demos(prompt)
+    LM_CALLS += 1
+    return needs_demos(prompt, delay=delay)
+
+
+def last_in_race(valset: list, seed: int) -> str:
+    """The review number (``"review 87:"``) of the last example of ``valset`` in the
+    order a race with ``seed`` takes them (:func:`foundation_dask.dspex.racing.race`)."""
+    import random
+
+    order = list(range(len(valset)))
+    random.Random(seed).shuffle(order)
+    return valset[order[-1]].review.split(":")[0] + ":"
 
 
 def metric(example, prediction, trace=None) -> bool:

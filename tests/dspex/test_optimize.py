@@ -478,11 +478,10 @@ print("finished")
 def test_resume_after_the_client_process_is_killed(subprocess_cluster, tmp_path):
     import functools
     import os
-    import random
     import subprocess
     import sys
 
-    from tests._helpers import counted_gated_with_demos
+    from tests._helpers import counted_gated_with_demos, last_in_race
 
     subprocess_cluster.start(2)
     client = fd.connect(subprocess_cluster.address)
@@ -491,9 +490,7 @@ def test_resume_after_the_client_process_is_killed(subprocess_cluster, tmp_path)
     # the race's last example (its order is seeded by the search's seed) waits for the
     # gate when a candidate with demos meets it: the run is still going when the client
     # is killed, however fast the machine
-    order = list(range(len(valset)))
-    random.Random(RESUME_KWARGS["seed"]).shuffle(order)
-    held = valset[order[-1]].review.split(":")[0] + ":"
+    held = last_in_race(valset, RESUME_KWARGS["seed"])
     gate = tmp_path / "gate"
     gate.touch()
     lm = functools.partial(counted_gated_with_demos, gate=str(gate), held=held)

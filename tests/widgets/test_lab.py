@@ -51,12 +51,12 @@ sys.path.insert(0, {str(REPO)!r})
 import foundation_dask as fd
 from foundation_dask import dspex
 from foundation_dask.widgets import OptimizationDashboard, UnifiedDashboard
-from tests._helpers import make_examples, metric, needs_demos, program
+from tests._helpers import (counted_gated_with_demos, last_in_race, make_examples, metric,
+                            needs_demos, program)
 
 client = fd.connect(n_workers=2, threads_per_worker=1)
 client.wait_for_workers(2, timeout=60)
 _ = atexit.register(fd.close)
-lm = functools.partial(needs_demos, delay=0.25)
 trainset = make_examples(30)
 """
 SHOW = """\
@@ -65,12 +65,16 @@ unified = UnifiedDashboard(refresh=1.0)
 _ = atexit.register(dash.stop), atexit.register(unified.stop)
 display(dash, unified)
 """
-#: A race (the default search) stops the candidates that cannot win at once: the
-#: validation set is large enough for the run to last while the test reads the panels.
+#: The run cannot end before the test has read the panels mid-run: the last example of
+#: the race's order waits, for a candidate with demos (the winner sees every example),
+#: until the test creates the file "gate".
 RUN = f"""\
+valset = make_examples(60, 100)
+gated = functools.partial(counted_gated_with_demos, gate="gate", delay=0.25,
+                          held=last_in_race(valset, seed=0))
 result = dspex.DistributedOptimizer.optimize_program_distributed(
-    program(lm), trainset, metric, num_candidate_programs=4, display_progress=False,
-    valset=make_examples(60, 100), optimization_id={OPT_ID!r}, trace=True)
+    program(gated), trainset, metric, num_candidate_programs=4, display_progress=False,
+    valset=valset, optimization_id={OPT_ID!r}, trace=True, seed=0)
 with open("history.json", "w") as f:
     json.dump({{"status": result.status, "best_score": result.best_score,
                "trace_id": result.trace_id,
@@ -342,11 +346,12 @@ def test_panels_stay_live_in_jupyterlab_while_the_kernel_is_busy(lab: Lab, scree
             rows_mid = _opt_rows(page)
             spans2 = wait_for(lambda: _spans(page) > spans1 and _spans(page), RUN_TIMEOUT,
                               what=f"the timeline growing past {spans1} spans")
-            assert not (lab.root / "history.json").exists(), "the values rose after the run"
+            assert not (lab.root / "history.json").exists(), "the run ended before the gate"
             assert _percent(later[0][2]) > p1 and later[0][1] == "running"
             assert points and points > 0, "no points in the score plot mid-run"
             assert len(rows_mid) == 2, f"a panel shows no row for the optimization: {rows_mid}"
             mid = time.monotonic() - t_first
+            (lab.root / "gate").touch()  # the run may end now
 
             # the end: completed, 100 % (in both panels), the final numbers
             done = wait_for(lambda: [r for r in _opt_rows(page) if r[1] == "completed"
