@@ -319,7 +319,11 @@ def assert_every_evaluation_once(result, n_valset: int) -> None:
 
 
 @pytest.mark.timeout(300)
-def test_sigkill_a_third_of_workers_same_result(subprocess_cluster):
+def test_sigkill_a_third_of_workers_same_result(subprocess_cluster, tmp_path):
+    import functools
+
+    from tests._helpers import counted_gated_with_demos, last_in_race
+
     subprocess_cluster.start(3)
     client = fd.connect(subprocess_cluster.address)
     client.wait_for_workers(3, timeout=60)
@@ -327,20 +331,29 @@ def test_sigkill_a_third_of_workers_same_result(subprocess_cluster):
     kwargs = dict(num_candidate_programs=4, max_bootstrapped_demos=3, max_labeled_demos=3,
                   seed=3, valset=valset, display_progress=False)
 
+    # the race's last example waits for the gate (for candidates with demos): the run is
+    # still going when the worker is killed
+    gate = tmp_path / "gate"
+    gate.touch()
+    lm = functools.partial(counted_gated_with_demos, gate=str(gate),
+                           held=last_in_race(valset, kwargs["seed"]))
     quiet = dspex.DistributedOptimizer.optimize_program_distributed(
-        program(slow_needs_demos), trainset, metric, **kwargs)
+        program(lm), trainset, metric, **kwargs)
+    gate.unlink()
 
     box = {}
     thread = threading.Thread(target=lambda: box.setdefault(
         "r", dspex.DistributedOptimizer.optimize_program_distributed(
-            program(slow_needs_demos), trainset, metric, optimization_id="faulty", **kwargs)))
+            program(lm), trainset, metric, optimization_id="faulty", **kwargs)))
     thread.start()
     coordinator = wait_for(
         lambda: fd.ProcessManager.lookup(("optimization_coordinator", "faulty")), timeout=60)
-    wait_for(lambda: coordinator.get_progress().result()["evaluations_completed"] >= 30,
+    wait_for(lambda: coordinator.get_progress().result()["evaluations_completed"] >= 15,
              timeout=120)
     victim = worker_names(client)["w0"]
     subprocess_cluster.kill("w0")
+    assert thread.is_alive()  # killed mid-run
+    gate.touch()
     thread.join(timeout=240)
     faulty = box["r"]
     assert faulty.status == "completed"
@@ -396,27 +409,36 @@ def test_runtime_defaults():
 
 
 @pytest.mark.timeout(300)
-def test_traced_optimization_with_a_killed_worker(subprocess_cluster):
+def test_traced_optimization_with_a_killed_worker(subprocess_cluster, tmp_path):
+    import functools
+
     from foundation_dask import scope
+    from tests._helpers import counted_gated_with_demos, last_in_race
 
     subprocess_cluster.start(3)
     client = fd.connect(subprocess_cluster.address)
     client.wait_for_workers(3, timeout=60)
+    valset = make_examples(18, 60)
+    gate = tmp_path / "gate"  # holds the race's last example: the kill comes mid-run
+    lm = functools.partial(counted_gated_with_demos, gate=str(gate),
+                           held=last_in_race(valset, 0))
     box = {}
     thread = threading.Thread(target=lambda: box.setdefault(
         "r", dspex.DistributedOptimizer.optimize_program_distributed(
-            program(slow_needs_demos), make_examples(18), metric, num_candidate_programs=3,
-            max_bootstrapped_demos=3, max_labeled_demos=3, valset=make_examples(18, 60),
+            program(lm), make_examples(18), metric, num_candidate_programs=3,
+            max_bootstrapped_demos=3, max_labeled_demos=3, valset=valset,
             display_progress=False, optimization_id="traced", trace=True,
             optimizer=dspex.BootstrapFewShotWithRandomSearch(
                 metric, num_candidate_programs=3, max_bootstrapped_demos=3,
-                max_labeled_demos=3, racing=True))))
+                max_labeled_demos=3, racing=True, seed=0))))
     thread.start()
     coordinator = wait_for(
         lambda: fd.ProcessManager.lookup(("optimization_coordinator", "traced")), timeout=60)
-    wait_for(lambda: coordinator.get_progress().result()["evaluations_completed"] >= 20,
+    wait_for(lambda: coordinator.get_progress().result()["evaluations_completed"] >= 12,
              timeout=120)
     subprocess_cluster.kill("w1")
+    assert thread.is_alive()  # killed mid-run
+    gate.touch()
     thread.join(timeout=240)
     result = box["r"]
     assert result.status == "completed" and result.trace_id
