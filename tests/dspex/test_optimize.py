@@ -365,7 +365,11 @@ def test_sigkill_a_third_of_workers_same_result(subprocess_cluster, tmp_path):
 
 
 @pytest.mark.timeout(480)
-def test_adaptive_optimizer_scales_and_logs():
+def test_adaptive_optimizer_scales_and_logs(tmp_path):
+    import functools
+
+    from tests._helpers import counted_gated_with_demos, last_in_race
+
     fd.close()  # a fresh embedded cluster of one worker, whatever ran before
     client = fd.connect(n_workers=1, threads_per_worker=1)
     try:
@@ -384,15 +388,24 @@ def test_adaptive_optimizer_scales_and_logs():
         # a worker process starting on a loaded machine can take a while
         client.wait_for_workers(2, timeout=180)
 
-        down = dspex.AdaptiveOptimizer.adaptive_optimization(
-            program(slow_needs_demos), trainset, metric, target_eval_rate=0.01,
-            scaling_check_interval=0.5, min_workers=1, num_candidate_programs=4,
-            display_progress=False,
-        )
+        # the race's last example waits for the gate: the run lasts until the scale-down
+        gate = tmp_path / "gate"
+        lm = functools.partial(counted_gated_with_demos, gate=str(gate),
+                               held=last_in_race(trainset, 0))
+        box: dict = {}
+        thread = threading.Thread(target=lambda: box.setdefault(
+            "down", dspex.AdaptiveOptimizer.adaptive_optimization(
+                program(lm), trainset, metric, target_eval_rate=0.01,
+                scaling_check_interval=0.5, min_workers=1, num_candidate_programs=4,
+                display_progress=False)))
+        thread.start()
+        wait_for(lambda: len(client.scheduler_info()["workers"]) == 1, timeout=180)
+        gate.touch()
+        thread.join(timeout=240)
+        down = box["down"]
         downs = [e for e in down.scaling_log if e["action"] == "scale_down"]
         assert downs and downs[0]["retired"], down.scaling_log
         assert down.status == "completed" and down.best_score == 100.0
-        wait_for(lambda: len(client.scheduler_info()["workers"]) == 1, timeout=180)
         with pytest.raises(ValueError, match="target_eval_rate"):
             dspex.AdaptiveOptimizer.adaptive_optimization(program(), trainset, metric,
                                                           target_eval_rate=0)
