@@ -287,14 +287,18 @@ def race(client: distributed.Client, programs: Sequence[Any], devset: Sequence[A
         # run, and no result of it is read from now on
         mine = [f for f, q in futures.items() if q == p]
         for f in mine:
-            del futures[f]
-            on_worker[placed.pop(f)] -= 1
+            release(f)
         if mine:
             client.cancel(mine)
         # the plan shrinks: this candidate's examples not evaluated will never run
         progress.total -= n_total - len(scores[p])
         if on_round is not None:
             on_round(event)
+
+    def release(fut: Any) -> int:
+        """Forget a chunk sent (its result read, or cancelled): its candidate."""
+        on_worker[placed.pop(fut)] -= 1
+        return futures.pop(fut)
 
     def decide(attrs: dict[str, Any]) -> None:
         """Stop every running candidate that cannot win, or is behind with confidence."""
@@ -332,9 +336,9 @@ def race(client: distributed.Client, programs: Sequence[Any], devset: Sequence[A
                     break
 
     def fill() -> None:
-        """Give the free room of the workers to the running candidates, best first; on
-        ties, a worker keeps the candidate it runs (the model still holds its prompt
-        prefix), else takes one no other worker runs (whose prefix no model holds)."""
+        """Give the free room of the workers to the running candidates, best first, in
+        the order of the module's docstring (reachable score, earliest, the worker's
+        own candidate, one no other worker runs, most seen)."""
         if time.monotonic() - seen_workers[0] > 2.0:  # workers joined or left
             threads.clear()
             threads.update(worker_threads(client, workers))
@@ -374,8 +378,7 @@ def race(client: distributed.Client, programs: Sequence[Any], devset: Sequence[A
             for fut in finished:
                 if fut not in futures:
                     continue  # a chunk of a candidate stopped since: cancelled, not read
-                p = futures.pop(fut)  # its result is read once: the cluster may forget it
-                on_worker[placed.pop(fut)] -= 1
+                p = release(fut)  # its result is read once: the cluster may forget it
                 try:
                     records = tally.read(p, fut)
                 except BudgetExhaustedError:

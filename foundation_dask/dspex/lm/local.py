@@ -42,8 +42,8 @@ _MODELS: OrderedDict[tuple[str, int, int, int], Any] = OrderedDict()
 _MAX_MODELS = 2  # least recently used models beyond this are dropped
 _MODELS_LOCK = threading.Lock()
 _CALL_LOCK = threading.RLock()
-#: The kept states of each loaded model (by ``id`` of its ``Llama``; None: none kept).
-_STATES: dict[int, _KVStates | None] = {}
+#: The kept states of each loaded model, by the key of :data:`_MODELS` (None: none kept).
+_STATES: dict[tuple[str, int, int, int], _KVStates | None] = {}
 #: Model loads and model calls of this process (cache hits are no model calls), with the
 #: prompt tokens of those calls and how many of them llama.cpp found in its KV cache.
 _LOAD_STATS: dict[str, float] = {"loads": 0, "load_seconds": 0.0, "calls": 0,
@@ -139,15 +139,15 @@ class LocalLM(BaseLM):
                                   "'foundation-dask[llm]'") from None
                 with _CALL_LOCK:
                     while len(_MODELS) >= _MAX_MODELS:
-                        _, dropped = _MODELS.popitem(last=False)
-                        _STATES.pop(id(dropped), None)
+                        dropped, _ = _MODELS.popitem(last=False)
+                        _STATES.pop(dropped, None)
                     t0 = time.perf_counter()
                     model = llama_cpp.Llama(model_path=path, n_ctx=self.n_ctx,
                                             n_threads=self.n_threads,
                                             n_threads_batch=self.n_threads, seed=self.seed,
                                             verbose=False)
                     states = _kv_state_bytes()
-                    _STATES[id(model)] = _KVStates(states) if states else None
+                    _STATES[key] = _KVStates(states) if states else None
                     _LOAD_STATS["loads"] += 1
                     _LOAD_STATS["load_seconds"] += time.perf_counter() - t0
                     _MODELS[key] = model
@@ -214,7 +214,7 @@ class LocalLM(BaseLM):
         outputs = []
         usage: dict[str, Any] = {"prompt_tokens": 0, "completion_tokens": 0}
         reused = 0
-        states = _STATES.get(id(llm))
+        states = _STATES.get(self.model_key)
         with _CALL_LOCK:
             for _ in range(n):
                 if states is not None and prompt is not None:

@@ -107,10 +107,9 @@ class Clusters:
         self.given = given
         self.log = log
         self.open: dict[Shape, _Open] = {}
-        #: Seconds and calls of Foundation's scheduler extensions, by subsystem, and the
-        #: seconds metered (``window_s``), over the clusters closed so far.
-        self.overhead: dict[str, dict[str, float]] = {}
-        self.window_s = 0.0
+        #: The scheduler meters' figures summed over the clusters closed so far: seconds
+        #: metered (``window_s``), ``seconds`` and ``calls`` by subsystem.
+        self.metered: dict[str, Any] = {"window_s": 0.0, "seconds": {}, "calls": {}}
         #: A shape kept open until :meth:`close` with ``keep=None`` (the defaults').
         self.keep_always: Shape | None = None
 
@@ -155,7 +154,7 @@ class Clusters:
     def close(self, keep: Sequence[Shape] | None = ()) -> None:
         """Close the clusters of the shapes not in ``keep`` nor :attr:`keep_always`
         (``keep=None``: all of them), adding their scheduler meter's figures to
-        :attr:`overhead` first."""
+        :attr:`metered` first."""
         if keep is None:
             self.keep_always = None
         kept = [*(keep or ()), self.keep_always]
@@ -163,11 +162,10 @@ class Clusters:
             c = self.open.pop(shape)
             with contextlib.suppress(Exception):
                 figures = c.client.run_on_scheduler(read_meter, uninstall=True)
-                self.window_s += figures["window_s"]
-                for name, seconds in figures["seconds"].items():
-                    row = self.overhead.setdefault(name, {"seconds": 0.0, "calls": 0})
-                    row["seconds"] += seconds
-                    row["calls"] += figures["calls"].get(name, 0)
+                self.metered["window_s"] += figures["window_s"]
+                for part in ("seconds", "calls"):
+                    for name, value in figures[part].items():
+                        self.metered[part][name] = self.metered[part].get(name, 0) + value
             if c.cluster is not None:
                 with contextlib.suppress(Exception):
                     c.client.close()

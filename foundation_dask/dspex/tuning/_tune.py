@@ -252,10 +252,7 @@ def tune(workload: Callable[[distributed.Client], float] | None = None, *,
     result = TuneResult(
         best=best, defaults=defaults, baseline=final[0].rate, best_rate=final[-1].rate,
         frame=_frame(cands, winners, keys),
-        overhead=extensions_frame({
-            "window_s": clusters.window_s,
-            "seconds": {n: r["seconds"] for n, r in clusters.overhead.items()},
-            "calls": {n: r["calls"] for n, r in clusters.overhead.items()}}),
+        overhead=extensions_frame(clusters.metered),
         unit=unit(workload), notes=notes, wall_time=time.monotonic() - t0)
     if write is not None:
         result.path = write_config(best, write, comment=(
