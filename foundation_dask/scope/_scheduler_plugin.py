@@ -31,8 +31,9 @@ if TYPE_CHECKING:
 MAX_TASKS_PER_TRACE = 200_000
 
 
-#: Stimuli that take a task off its worker without it being lost.
-_NOT_LOST = ("steal", "client-releases")
+#: Stimuli that take a task off its worker without it being lost: work stealing, a
+#: client that no longer wants it, a client that cancelled it (``Client.cancel``).
+_NOT_LOST = ("steal", "client-releases", "cancel-key")
 
 
 class ScopeExtension(SchedulerExtension):
@@ -97,9 +98,9 @@ class ScopeExtension(SchedulerExtension):
                 kwargs.get("traceback_text"),
             ))
         elif (kwargs.get("stimulus_id") or "").startswith(_NOT_LOST):
-            # work stealing moved it before it ran, or no client wants it any more (e.g.
+            # work stealing moved it before it ran, no client wants it any more (e.g.
             # a finished task being computed again after its worker died, released
-            # meanwhile): not an event of the trace
+            # meanwhile), or a client cancelled it: not an event of the trace
             return
         else:
             # processing -> released/waiting/no-worker: the task left its worker

@@ -155,6 +155,28 @@ def test_spans_outside_a_trace_record_nothing(cluster_client):
     assert scope.current() is None
 
 
+@pytest.mark.timeout(120)
+def test_a_cancelled_task_is_not_a_lost_one(cluster_client):
+    """A task the client cancels while it runs (as a race cancels the chunks of a
+    candidate it stopped) is no error of the trace; the one that finishes is there."""
+    from tests._helpers import busy
+
+    c = cluster_client
+    with scope.trace("cancelled") as traced:
+        doomed = c.submit(busy, 1.0, pure=False)
+        wait_for(lambda: any(doomed.key in keys for keys in c.processing().values()), 30)
+        c.cancel([doomed])
+        kept = c.submit(busy, 0.05, pure=False)
+        kept.result(timeout=30)
+
+    def finished() -> list | None:
+        ev = scope.collect_trace_data(traced.trace_id).events
+        return [ev] if (ev["key"] == kept.key).any() else None
+
+    events = wait_for(finished, 30, what="the finished task in the trace")[0]
+    assert not (events["status"] != "ok").any(), events[events["status"] != "ok"]
+
+
 def block_loop(flag: str, seconds: float) -> None:
     """Run by client.run on the worker's event loop: it cannot answer meanwhile."""
     Path(flag).write_text("blocked")
