@@ -9,6 +9,14 @@
 // Nothing here waits for the kernel: kernel-to-page messages travel on iopub, which a
 // busy kernel still sends. Changes made in the page (a selection, a range) go to the
 // kernel as {type: "event", event}.
+//
+// Patches are numbered (`seq`), and the bundle says the number of the last patch it
+// contains. A page that connects asks the kernel for the widgets' state and builds their
+// models from it; a patch sent meanwhile reaches no model (the front end drops a message
+// for a comm it does not know yet), and a missed stream would leave the page's data short
+// for good. So the model applies only the next patch in line: one already in its document
+// is skipped, and after a gap it drops what follows and asks for the whole document
+// ({type: "resync"}), which comes back as a new bundle.
 
 const PANES = new Map(); // pane_id -> the model's state
 
@@ -111,20 +119,45 @@ function hide(state, view) {
 
 function rebuild(state) {
   const { Document } = state.Bokeh.require("document");
-  const { doc } = JSON.parse(state.model.get("bundle"));
+  const { doc, seq } = JSON.parse(state.model.get("bundle"));
   state.master = Document.from_json(doc);
+  state.seq = seq == null ? null : seq;
+  state.resyncing = false;
   unlist(state.Bokeh, state.master); // the page's documents are the rendered ones
   return Promise.all([...state.views].map((view) => show(state, view)));
+}
+
+// Drops the patches that follow until the whole document comes again (a new bundle).
+function resync(state, why, got) {
+  console.warn(`foundation pane: ${why}; asking the kernel for the whole document`);
+  state.resyncing = true;
+  state.resyncs += 1;
+  state.model.send({ type: "resync", have: state.seq, got });
 }
 
 // Applies a patch to the model's document and to each view's. A view whose patch fails
 // is rendered again from the model's document; the returned promise waits for that, so
 // the next patch is not applied to a document whose views are still being built.
 function patch(state, msg, buffers) {
+  const numbered = msg.seq != null && state.seq != null;
+  if (numbered) {
+    if (msg.seq <= state.seq || state.resyncing) return null; // in the (coming) document
+    if (msg.seq !== state.seq + 1) {
+      resync(state, `patch ${msg.seq} came after ${state.seq}`, msg.seq);
+      return null;
+    }
+    state.seq = msg.seq;
+  }
   const ids = msg.buffers || [];
   const bufs = toBuffers(ids, buffers || []);
   const apply = (doc) => doc.apply_json_patch(JSON.parse(msg.content), copyBuffers(bufs));
-  apply(state.master);
+  try {
+    apply(state.master);
+  } catch (err) {
+    if (!numbered) throw err;
+    resync(state, `patch ${msg.seq} failed (${err})`, msg.seq); // the document differs
+    return null;
+  }
   const rerender = [];
   for (const view of state.views) {
     if (view.doc == null) continue;
@@ -143,7 +176,8 @@ function patch(state, msg, buffers) {
 
 function initialize({ model }) {
   const id = model.get("pane_id");
-  const state = { model, Bokeh: null, master: null, views: new Set(), patches: 0 };
+  const state = { model, Bokeh: null, master: null, views: new Set(), patches: 0,
+                  seq: null, resyncing: false, resyncs: 0 };
   PANES.set(id, state);
   // every step (BokehJS loaded, a new bundle, a patch) runs in order on this chain
   state.chain = waitForBokeh(120000).then((Bokeh) => {

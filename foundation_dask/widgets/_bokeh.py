@@ -15,6 +15,7 @@ channel is blocked, while iopub still flows) keeps the page current.
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import uuid
 import weakref
@@ -31,6 +32,8 @@ from bokeh.models import ColumnDataSource
 from bokeh.protocol import Protocol
 
 from foundation_dask.widgets._frontend import _asset
+
+logger = logging.getLogger(__name__)
 
 
 class BokehPane(anywidget.AnyWidget):
@@ -66,8 +69,11 @@ class BokehPane(anywidget.AnyWidget):
         self._model = model
         if model.document is None:
             Document().add_root(model)
-        #: Patches sent to the page (a count, for tests and benchmarks).
+        #: Patches sent to the page (a count, for tests and benchmarks); each carries
+        #: its number, and the bundle the number of the last patch it contains.
         self.patches_sent = 0
+        #: Times a page found a patch missing and was sent the whole document again.
+        self.resyncs = 0
         super().__init__(pane_id=uuid.uuid4().hex, bundle=self._make_bundle(), **kwargs)
         self._document.on_change_dispatch_to(self)
         self.on_msg(self._from_page)
@@ -88,11 +94,13 @@ class BokehPane(anywidget.AnyWidget):
     def _make_bundle(self) -> str:
         with self.lock:
             return serialize_json({"doc": self._document.to_json(deferred=False),
-                                   "root": self._model.id})
+                                   "root": self._model.id, "seq": self.patches_sent})
 
     def rebundle(self) -> None:
         """Send the whole document again (the page re-renders every view from it)."""
-        self.bundle = self._make_bundle()
+        with self.lock:  # no patch sent between the bundle made and the bundle sent
+            self._trait_values["bundle"] = self._make_bundle()
+            self.send_state("bundle")
 
     def get_state(self, key: Any = None, drop_defaults: bool = False) -> dict[str, Any]:
         """ipywidgets' state; the whole state (what a page that connects asks for, one
@@ -128,16 +136,27 @@ class BokehPane(anywidget.AnyWidget):
         self._send_patch(content, buffers)
 
     def _send_patch(self, content: dict[str, Any], buffers: list[bytes]) -> None:
-        self.send(content, buffers)
-        self.patches_sent += 1
+        with self.lock:  # numbered in the order sent, and never inside a bundle made
+            self.patches_sent += 1
+            self.send({**content, "seq": self.patches_sent}, buffers)
 
     # -- page -> kernel --------------------------------------------------------------
 
     def _from_page(self, _widget: Any, content: dict[str, Any], _buffers: list[Any]) -> None:
-        if not isinstance(content, dict) or content.get("type") != "event":
-            return
-        with self.lock, batched_changes():  # what Python callbacks change, in one message
-            self._apply_page_event(content["event"])
+        kind = content.get("type") if isinstance(content, dict) else None
+        if kind == "resync":
+            # The page missed a patch: one sent while it was still building the
+            # widget's model from the state it had asked for (the front end drops a
+            # message for a comm it does not know yet). It has dropped what came since
+            # and waits for the whole document.
+            logger.info("pane %s: the page had patch %s, then got %s; sending the "
+                        "document again", self.pane_id, content.get("have"),
+                        content.get("got"))
+            self.resyncs += 1
+            self.rebundle()
+        elif kind == "event":
+            with self.lock, batched_changes():  # what Python callbacks change, in one
+                self._apply_page_event(content["event"])  # message
 
     def _apply_page_event(self, rep: dict[str, Any]) -> None:
         doc = self._document

@@ -136,6 +136,8 @@ class VoilaDashboard:
         self.url = ""
         self.kernel: dict[str, int] = {}
         self.started = time.monotonic()
+        #: The Playwright page showing the dashboard, while there is one.
+        self.page: Any = None
 
     def start(self) -> VoilaDashboard:
         env = {**os.environ, "FD_BROWSER_STATE": str(self.state_path),
@@ -176,6 +178,19 @@ class VoilaDashboard:
             self.kernel = {"pid": state["pid"], "pgid": state["pgid"]}
         return state
 
+    def wait(self, predicate: Callable[[], Any], what: str,
+             timeout: float = ACTION_TIMEOUT) -> Any:
+        """What ``predicate`` returns once truthy, the page's messages flowing meanwhile
+        (Playwright's sync API passes a routed websocket's messages on only while it is
+        called: :attr:`page` is given a moment between two checks)."""
+
+        def check() -> Any:
+            if self.page is not None:
+                self.page.wait_for_timeout(10)
+            return predicate()
+
+        return wait_for(check, timeout, what=what)
+
     def wait_state(self, predicate: Callable[[dict[str, Any]], bool], what: str,
                    timeout: float = ACTION_TIMEOUT) -> dict[str, Any]:
         """The first kernel state satisfying ``predicate``."""
@@ -184,7 +199,7 @@ class VoilaDashboard:
             state = self.state()
             return state if state and predicate(state) else None
 
-        return wait_for(check, timeout, what=f"kernel state: {what}")
+        return self.wait(check, f"kernel state: {what}", timeout)
 
     def request(self, name: str) -> None:
         """Ask the notebook for ``name`` (``singleton``: start one; ``stop``: stop
@@ -212,6 +227,23 @@ class VoilaDashboard:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGKILL)
 
+
+
+def _losing_one_stream(ws: Any, losing: dict[str, Any]) -> None:
+    """Pass a kernel websocket through, except the first message streaming into a Bokeh
+    source once ``losing["armed"]`` (kept in ``losing["lost"]``)."""
+    server = ws.connect_to_server()
+
+    def to_page(message: str | bytes) -> None:
+        text = message if isinstance(message, str) else message.decode("utf-8", "replace")
+        if (losing["armed"] and losing["lost"] is None and "comm_msg" in text
+                and "ColumnsStreamed" in text):
+            losing["lost"] = text
+            return
+        ws.send(message)
+
+    server.on_message(to_page)
+    ws.on_message(server.send)
 
 
 def cell(page: Any, text: str) -> Any:
@@ -254,6 +286,12 @@ def test_live_dashboard_in_a_browser(dashboard: VoilaDashboard, tmp_path: Path):
                                            accept_downloads=True)
         try:
             page = context.new_page()
+            # The kernel's websocket passes through the test, which can lose one patch
+            # on the way (as a page connecting while a refresh is sent loses it).
+            losing: dict[str, Any] = {"armed": False, "lost": None}
+            page.route_web_socket(re.compile(r"/api/kernels/"),
+                                  lambda ws: _losing_one_stream(ws, losing))
+            dashboard.page = page
             page.on("console", lambda m: console.append((m.type, m.text)))
             page.on("pageerror", lambda e: page_errors.append(f"{e}\n{e.stack}"))
             page.on("requestfailed", lambda r: failed.append(r.url))
@@ -278,6 +316,14 @@ def test_live_dashboard_in_a_browser(dashboard: VoilaDashboard, tmp_path: Path):
             page.screenshot(path=tmp_path / "dashboard.png")
             history_at_start = page.evaluate(SOURCE_LENGTHS_JS, "foundation-health-history")
             assert history_at_start is not None, "no CPU/memory history source in the page"
+
+            # 1b. A patch lost on the way (the next stream into the history): the page
+            # notices the gap at the following patch and gets the whole document again.
+            losing["armed"] = True
+            dashboard.wait(lambda: losing["lost"], "a streamed patch lost")
+            dashboard.wait_state(lambda s: s.get("resyncs", 0) >= 1, "the page's resync")
+            page.wait_for_function(HISTORY_AT_LEAST_JS, arg=history_at_start["time"] + 2,
+                                   timeout=ACTION_TIMEOUT * 1000)
 
             # 2. Data changes on refresh: a singleton started in the kernel (not by the
             # panel) shows up in the Processes table with the next refresh.
@@ -381,11 +427,14 @@ def test_live_dashboard_in_a_browser(dashboard: VoilaDashboard, tmp_path: Path):
             errors = [text for kind, text in console
                       if kind == "error" and not text.startswith("Failed to load resource")]
             assert not errors, errors
+            assert any("asking the kernel for the whole document" in text
+                       for kind, text in console if kind == "warning"), console
             broken = [text for _, text in console if "wasn't built properly" in text]
             assert not broken, broken  # a Bokeh view that failed to render
             assert not [url for url in external if "bokeh" in url], external
             assert not [url for url in failed if "127.0.0.1" in url], failed
         finally:
+            dashboard.page = None
             context.close()
 
     # Everything shuts down: Voila shuts its kernel down, whose exit closes the cluster.
@@ -540,4 +589,63 @@ def test_a_refresh_sends_one_message_per_document():
     events = json.loads(sent[0]["content"])["events"]
     assert [e["kind"] for e in events] == ["ColumnDataChanged", "ModelChanged", "ModelChanged"]
     assert "FixedTicker" in sent[0]["content"]
+    pane.close()
+
+
+@pytest.mark.timeout(60)
+def test_patches_are_numbered_and_a_page_missing_one_gets_the_document_again():
+    """Each patch carries its number and the bundle the number of the last patch it
+    holds, also while another thread streams (a page connecting during a refresh): the
+    page skips what its document has and, after a gap (a patch sent before its model
+    existed), asks for the whole document, which comes at once with its number."""
+    import threading
+
+    from bokeh.document import Document
+    from bokeh.models import ColumnDataSource
+    from bokeh.plotting import figure
+
+    from foundation_dask.widgets import BokehPane
+    from foundation_dask.widgets._bokeh import batched_changes
+
+    source = ColumnDataSource({"x": [0.0], "y": [0.0]}, name="points")
+    fig = figure()
+    fig.line("x", "y", source=source)
+    pane = BokehPane(fig)
+    sent: list[Any] = []
+    pane.send = lambda content, buffers=None: sent.append(content)  # type: ignore[method-assign]
+    states: list[Any] = []
+    pane._send = lambda msg, buffers=None: states.append(msg)  # type: ignore[method-assign]
+
+    def rows_and_seq(bundle: str) -> tuple[int, int]:
+        parsed = json.loads(bundle)
+        points = Document.from_json(parsed["doc"]).get_model_by_name("points")
+        return len(points.data["x"]), parsed["seq"]
+
+    stop = threading.Event()
+
+    def refreshing() -> None:  # a panel's refresh: its changes under the pane's lock
+        i = 0
+        while not stop.is_set():
+            i += 1
+            with pane.lock, batched_changes():
+                source.stream({"x": [float(i)], "y": [float(i)]})
+
+    thread = threading.Thread(target=refreshing)
+    thread.start()
+    try:
+        bundles = [pane.get_state()["bundle"] for _ in range(200)]  # pages connecting
+    finally:
+        stop.set()
+        thread.join(10)
+    assert [c["seq"] for c in sent] == list(range(1, len(sent) + 1))
+    seen = [rows_and_seq(b) for b in bundles]
+    assert all(rows == 1 + seq for rows, seq in seen), seen  # each patch in or after it
+    assert len({seq for _, seq in seen}) > 1  # the bundles were made while streaming
+
+    # a page that got patch 5 after 3 asks again: the whole document comes at once
+    pane._from_page(pane, {"type": "resync", "have": 3, "got": 5}, [])
+    assert pane.resyncs == 1
+    assert states[-1]["method"] == "update" and "bundle" in states[-1]["state"]
+    rows, seq = rows_and_seq(states[-1]["state"]["bundle"])
+    assert seq == pane.patches_sent == len(sent) and rows == 1 + seq
     pane.close()
