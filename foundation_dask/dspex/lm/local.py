@@ -47,7 +47,7 @@ _STATES: dict[tuple[str, int, int, int], _KVStates | None] = {}
 #: Model loads and model calls of this process (cache hits are no model calls), with the
 #: prompt tokens of those calls and how many of them llama.cpp found in its KV cache.
 _LOAD_STATS: dict[str, float] = {"loads": 0, "load_seconds": 0.0, "calls": 0,
-                                 "prompt_tokens": 0, "cached_tokens": 0}
+                                 "call_seconds": 0.0, "prompt_tokens": 0, "cached_tokens": 0}
 
 _LOCAL_KWARGS = {"max_tokens", "stop", "temperature", "top_p", "top_k", "min_p", "seed",
                  "repeat_penalty", "presence_penalty", "frequency_penalty", "n",
@@ -161,8 +161,9 @@ class LocalLM(BaseLM):
     @staticmethod
     def process_stats() -> dict[str, Any]:
         """Models loaded in this process, how many loads happened and how long they took,
-        and the model calls made here (``calls``, their ``prompt_tokens`` and the
-        ``cached_tokens`` of those that llama.cpp kept from the previous call)."""
+        and the model calls made here (``calls``, the ``call_seconds`` they took, their
+        ``prompt_tokens`` and the ``cached_tokens`` of those that llama.cpp kept from
+        the previous call)."""
         return {"models": list(_MODELS), **_LOAD_STATS, "pid": os.getpid()}
 
     @staticmethod
@@ -216,6 +217,7 @@ class LocalLM(BaseLM):
         reused = 0
         states = _STATES.get(self.model_key)
         with _CALL_LOCK:
+            t0 = time.perf_counter()
             for _ in range(n):
                 if states is not None and prompt is not None:
                     states.prepare(llm, prompt)
@@ -238,6 +240,7 @@ class LocalLM(BaseLM):
                 reused += min(_common_prefix(before, _evaluated_tokens(llm)),
                               int(counts.get("prompt_tokens") or 0))
             _LOAD_STATS["calls"] += n
+            _LOAD_STATS["call_seconds"] += time.perf_counter() - t0
             _LOAD_STATS["prompt_tokens"] += usage["prompt_tokens"]
             _LOAD_STATS["cached_tokens"] += reused
         # in OpenAI's usage format, as the HTTP clients receive it
