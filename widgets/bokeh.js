@@ -131,7 +131,6 @@ function rebuild(state) {
 function resync(state, why, got) {
   console.warn(`foundation pane: ${why}; asking the kernel for the whole document`);
   state.resyncing = true;
-  state.resyncs += 1;
   state.model.send({ type: "resync", have: state.seq, got });
 }
 
@@ -177,7 +176,7 @@ function patch(state, msg, buffers) {
 function initialize({ model }) {
   const id = model.get("pane_id");
   const state = { model, Bokeh: null, master: null, views: new Set(), patches: 0,
-                  seq: null, resyncing: false, resyncs: 0 };
+                  seq: null, resyncing: false };
   PANES.set(id, state);
   // every step (BokehJS loaded, a new bundle, a patch) runs in order on this chain
   state.chain = waitForBokeh(120000).then((Bokeh) => {

@@ -43,6 +43,9 @@ class BokehPane(anywidget.AnyWidget):
     as one message (a Bokeh ``PATCH-DOC``), and applied there to the document the
     widget's model holds, whether or not a view is showing it. A page that asks for the
     widget's state (a reload, a Voila page connecting) gets the document as it is then.
+    Patches are numbered and the bundle carries the number of the last one it holds: a
+    page that misses one (sent while it was building the widget's model) sees the gap
+    at the next and asks for the whole document again (counted in :attr:`resyncs`).
     Changes made in the page (a selected row, a zoom) are applied to the kernel's
     document.
 

@@ -307,13 +307,16 @@ def test_local_model_sentiment_loaded_once_and_pickled_copy_reuses_it():
     # two prompts with the same demos: the second reuses the shared prefix that llama.cpp
     # keeps in its KV cache, and says how much
     before = dspex.LocalLM.process_stats()
+    t0 = time.perf_counter()
     again = lm.generate(prompt=lm.history[-2]["prompt"], stop=["\n"])
+    took = time.perf_counter() - t0
     assert again.cached_prompt_tokens > again.prompt_tokens // 2
     # the process counts the call and its tokens (what the quality bench sums)
     after = dspex.LocalLM.process_stats()
     assert after["calls"] == before["calls"] + 1
     assert after["prompt_tokens"] - before["prompt_tokens"] == again.prompt_tokens
     assert after["cached_tokens"] - before["cached_tokens"] == again.cached_prompt_tokens
+    assert 0 < after["call_seconds"] - before["call_seconds"] <= took  # the model's busy time
     fresh = lm.generate(prompt="Unrelated: " + lm.history[-1]["prompt"], stop=["\n"])
     assert fresh.cached_prompt_tokens < 5
 
