@@ -117,13 +117,15 @@ def main() -> None:
             after = _model_stats(client)
             best = evaluate(result.best_program)
             calls = after["calls"] - before["calls"]
+            busy = after["call_seconds"] - before["call_seconds"]
             prompt = after["prompt_tokens"] - before["prompt_tokens"]
             cached = after["cached_tokens"] - before["cached_tokens"]
             rows[name] = {"wall": wall, "calls": calls, "held_out": best.score,
                           "validation": result.best_score}
             print(f"  DSPEx random search, {name}: "
                   f"{wall:5.1f} s, {calls} LM calls ({len(result.history)} validation "
-                  f"evaluations), {100 * cached / max(1, prompt):.0f}% of prompt tokens "
+                  f"evaluations), workers in model calls {100 * busy / (2 * wall):.0f}% of "
+                  f"the time, {100 * cached / max(1, prompt):.0f}% of prompt tokens "
                   f"from llama.cpp's KV cache; validation {result.best_score:.1f}%, held-out "
                   f"{best.score:.1f}% ({len(result.best_program.demos)} demos)")
     finally:
@@ -161,10 +163,11 @@ def main() -> None:
 
 
 def _model_stats(client: Any) -> dict[str, float]:
-    """Model calls, prompt tokens and KV-cached prompt tokens, summed over the workers."""
+    """Model calls, their seconds, prompt tokens and KV-cached prompt tokens, summed over
+    the workers."""
     stats = client.run(dspex.LocalLM.process_stats)
     return {k: sum(s[k] for s in stats.values())
-            for k in ("calls", "prompt_tokens", "cached_tokens")}
+            for k in ("calls", "call_seconds", "prompt_tokens", "cached_tokens")}
 
 
 def _start_server() -> tuple[subprocess.Popen, str, Path]:
