@@ -2,9 +2,12 @@
 
 Exhaustive search evaluates every candidate on every validation example. A race
 evaluates the candidates on the validation examples in one seeded random order (so the
-first examples a candidate saw are a random sample of the set) and stops a candidate as
-soon as it cannot win; there are no rounds to wait for: each chunk's result is weighed
-when it arrives, and the free evaluation slots go to the candidates still running.
+first examples a candidate saw are a random sample of the set), or, when it makes only
+certain stops (``confidence`` 1), each candidate on the examples the others lost most
+on first (:func:`hardest_first`: a candidate that will lose loses there first), and
+stops a candidate as soon as it cannot win; there are no rounds to wait for: each
+chunk's result is weighed when it arrives, and the free evaluation slots go to the
+candidates still running.
 
 A candidate stops when
 
@@ -71,7 +74,8 @@ from foundation_dask.tracecontext import SpanScope
 if TYPE_CHECKING:
     import distributed
 
-__all__ = ["RaceRound", "Standing", "behind_with_confidence", "race", "race_rounds"]
+__all__ = ["RaceRound", "Standing", "behind_with_confidence", "hardest_first", "race",
+           "race_rounds"]
 
 
 @dataclass
@@ -85,7 +89,8 @@ class Standing:
     examples
         Validation examples it was evaluated on.
     score
-        Its mean score on them (0-100).
+        Its mean score on them (0-100): for one stopped by the certain rule, on the
+        examples the others lost most on, so lower than on a random sample.
     stopped_after
         The examples it had seen when it stopped (None: it ran to the end).
     reason
@@ -175,6 +180,17 @@ def _final_bounds(scores: dict[int, float], n_total: int, low: float,
             round(100.0 * (seen + left * high) / n_total, 2))
 
 
+def hardest_first(left: Sequence[int], others: Sequence[dict[int, float]], high: float,
+                  n: int) -> list[int]:
+    """The ``n`` examples of ``left`` (example indices, in the race's order) the other
+    candidates lost most on (``high`` minus their score, summed over ``others``, each
+    ``{example: score}``), ties in the order of ``left``: a candidate that will lose
+    loses there first, so it stops sooner."""
+    def lost(i: int) -> float:
+        return sum(high - sc[i] for sc in others if i in sc)
+    return [i for _, i in sorted(enumerate(left), key=lambda t: (-lost(t[1]), t[0]))[:n]]
+
+
 def race(client: distributed.Client, programs: Sequence[Any], devset: Sequence[Any],
          metric: Callable, *, confidence: float = 1.0, first: int | None = None,
          growth: float = 2.0, seed: int = 0,
@@ -257,7 +273,8 @@ def race(client: distributed.Client, programs: Sequence[Any], devset: Sequence[A
     running = set(range(k))
     standings = [Standing(p, 0, 0.0) for p in range(k)]
     stops: list[RaceRound] = []
-    cursor = [0] * k            # position in ``order`` of each candidate's next example
+    # each candidate's examples not sent yet, in ``order``
+    left = [[i for i in order if i not in scores[p]] for p in range(k)]
     futures: dict[Any, int] = {}
     threads = worker_threads(client, workers)   # address -> threads evaluating
     seen_workers = [time.monotonic()]
@@ -335,6 +352,17 @@ def race(client: distributed.Client, programs: Sequence[Any], devset: Sequence[A
                     stop(p, "behind with confidence", q, attrs)
                     break
 
+    def next_examples(p: int) -> list[int]:
+        """The next chunk of candidate ``p`` (the confidence rule reads prefixes of
+        ``order``; the certain rule any examples: the hardest first)."""
+        if confidence < 1:
+            chunk, left[p] = left[p][:size], left[p][size:]
+        else:
+            chunk = hardest_first(left[p], [sc for q, sc in enumerate(scores) if q != p],
+                                  high, size)
+            left[p] = [i for i in left[p] if i not in chunk]
+        return chunk
+
     def fill() -> None:
         """Give the free room of the workers to the running candidates, best first, in
         the order of the module's docstring (reachable score, earliest, the worker's
@@ -346,23 +374,18 @@ def race(client: distributed.Client, programs: Sequence[Any], devset: Sequence[A
         room = dict(threads) or {None: 1}  # type: ignore[dict-item]
         while True:
             free = [w for w in room if on_worker.get(w, 0) < DEPTH * room[w]]
-            ready = [p for p in running if cursor[p] < n_total]
+            ready = [p for p in running if left[p]]
             if not free or not ready:
                 return
             w = min(free, key=lambda w: (on_worker.get(w, 0) / room[w], str(w)))
             others = {q for v, q in owner.items() if v != w and on_worker.get(v, 0)}
             p = max(ready, key=lambda p: (_final_bounds(scores[p], n_total, low, high)[1],
-                                          -p, owner.get(w) == p, p not in others, cursor[p]))
-            chunk: list[tuple[int, Any]] = []
-            while cursor[p] < n_total and len(chunk) < size:
-                i = order[cursor[p]]
-                cursor[p] += 1
-                if i not in scores[p]:
-                    chunk.append((i, devset[i]))
-            if chunk:
-                fut = submit(shipped[p], p, chunk, worker=w)
-                futures[fut], placed[fut], owner[w] = p, w, p
-                on_worker[w] = on_worker.get(w, 0) + 1
+                                          -p, owner.get(w) == p, p not in others,
+                                          -len(left[p])))
+            chunk = [(i, devset[i]) for i in next_examples(p)]
+            fut = submit(shipped[p], p, chunk, worker=w)
+            futures[fut], placed[fut], owner[w] = p, w, p
+            on_worker[w] = on_worker.get(w, 0) + 1
 
     attrs: dict[str, Any] = {"candidates": k, "examples": n_total, "stopped": []}
     with SpanScope("race", "span", attrs, propagate=True):

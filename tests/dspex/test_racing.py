@@ -11,7 +11,7 @@ import pytest
 
 from foundation_dask import dspex
 from foundation_dask.dspex.optimizers import same_programs
-from foundation_dask.dspex.racing import _behind, race_rounds
+from foundation_dask.dspex.racing import _behind, hardest_first, race_rounds
 from tests._helpers import (
     Classify,
     counted_needs_demos,
@@ -49,6 +49,19 @@ def test_the_stop_rule():
     assert _behind([1] * 30, [1] * 29 + [0], 30, z) == "cannot catch up"
     # a wider score range asks for more evidence
     assert _behind([1] * 4, [0] * 4, 30, z, low=-1.0, high=1.0) is None
+
+
+@pytest.mark.timeout(30)
+def test_a_candidate_gets_the_examples_the_others_lost_on_first():
+    left = [5, 3, 8, 1, 9]   # the race's order
+    others = [{3: 1.0, 8: 0.0, 1: 0.0, 7: 0.0},   # lost on 8 and 1 (7: already seen)
+              {8: 0.0, 9: 0.5}]                   # lost on 8, half of 9
+    assert hardest_first(left, others, 1.0, 3) == [8, 1, 9]
+    # nothing lost anywhere, or nobody else ran: the race's order
+    assert hardest_first(left, [{5: 1.0, 3: 1.0}], 1.0, 2) == [5, 3]
+    assert hardest_first(left, [], 1.0, 9) == left
+    # scores above 1 widen the range: a 1 is then a loss against the best seen
+    assert hardest_first([5, 3], [{5: 2.0, 3: 1.0}], 2.0, 1) == [3]
 
 
 def _search(racing: bool, **kwargs):
