@@ -29,7 +29,7 @@ score (the fewest examples lost so far), then, on ties, the earliest (ties go to
 earlier candidate: a later one that can at best tie it stops as soon as it has run to
 the end, while an earlier one must be seen through), then the one this worker already
 runs (its model still holds the prompt prefix, instruction and demos, in its KV cache),
-then one no other worker runs, then the one that has seen the most. So a strong
+then one no other worker runs, then the one sent the most examples. So a strong
 candidate runs ahead and finishes early, and its final score is the bar the others must
 be able to beat: a candidate no better than it stops at its first examples lost beyond
 the leader's. Each worker thread gets :data:`DEPTH` chunks at once (one running, one

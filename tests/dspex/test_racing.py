@@ -10,8 +10,9 @@ from __future__ import annotations
 import pytest
 
 from foundation_dask import dspex
+from foundation_dask.dspex.evaluate import EvaluationRecord
 from foundation_dask.dspex.optimizers import same_programs
-from foundation_dask.dspex.racing import _behind, hardest_first, race_rounds
+from foundation_dask.dspex.racing import _behind, hardest_first, race, race_rounds
 from tests._helpers import (
     Classify,
     counted_needs_demos,
@@ -62,6 +63,27 @@ def test_a_candidate_gets_the_examples_the_others_lost_on_first():
     assert hardest_first(left, [], 1.0, 9) == left
     # scores above 1 widen the range: a 1 is then a loss against the best seen
     assert hardest_first([5, 3], [{5: 2.0, 3: 1.0}], 2.0, 1) == [3]
+
+
+@pytest.mark.timeout(120)
+def test_a_losing_candidate_in_a_race_starts_where_others_lost(cluster_client):
+    # candidate 0 was evaluated already (a resumed race) and lost every negative
+    # review (odd index); candidate 1 has no demos (always "positive": wrong on every
+    # odd index), candidate 2 has demos (all right). Candidate 1 must start on the odd
+    # ones and lose there until it stops; in the race's random order it would start
+    # with some it gets right.
+    valset = make_examples(24)
+    with_demos = dspex.Predict(Classify)
+    with_demos.demos = make_examples(2, 200)
+    done = {(0, i): EvaluationRecord(i, None, float(i % 2 == 0), None, "", 0, 0.0, 0.0)
+            for i in range(len(valset))}
+    with dspex.context(lm=dspex.DummyLM(counted_needs_demos), cache=False):
+        results, standings, _ = race(cluster_client, [dspex.Predict(Classify),
+                                                      dspex.Predict(Classify), with_demos],
+                                     valset, metric, done=done)
+    assert standings[2].reason is None and results[2].score == 100.0
+    assert standings[1].reason == "cannot win" and standings[1].examples >= 1
+    assert {r.index % 2 for r in results[1].records} == {1} and results[1].score == 0.0
 
 
 def _search(racing: bool, **kwargs):
