@@ -259,7 +259,9 @@ def make_table(source: ColumnDataSource, spec: Sequence[tuple], *, name: str | N
 
 #: Pixels of the characters of a table cell (BokehJS tables: 12 px sans-serif), by
 #: class: narrow, wide, capitals; :data:`CHAR_PX` for the rest (digits, most letters).
-_NARROW, _WIDE = set("il.,:;'|!()[]{}/\\ Ijft1r-"), set("mwMW@%")
+#: Digits, "1" too, are all as wide as one another (tabular figures in the sans-serif
+#: fonts browsers pick): an id with many 1s counted as narrow was cut.
+_NARROW, _WIDE = set("il.,:;'|!()[]{}/\\ Ijftr-"), set("mwMW@%")
 NARROW_PX, WIDE_PX, CAPITAL_PX, CHAR_PX = 3.6, 10.0, 8.2, 6.8
 #: Tables whose columns are wider than this get room for a horizontal scroll bar.
 SCROLL_ABOVE_PX, SCROLLBAR_PX = 1000, 16
