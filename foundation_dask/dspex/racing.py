@@ -32,9 +32,13 @@ runs (its model still holds the prompt prefix, instruction and demos, in its KV 
 then one no other worker runs, then the one sent the most examples. So a strong
 candidate runs ahead and finishes early, and its final score is the bar the others must
 be able to beat: a candidate no better than it stops at its first examples lost beyond
-the leader's. Each worker thread gets :data:`DEPTH` chunks at once (one running, one
-waiting), chunks of one example by default, each sent to the worker chosen for it
-(any other may take it when that one is gone).
+the leader's. Chunks are of one example by default, each sent to the worker chosen
+for it (any other may take it when that one is gone). Each worker thread holds one
+chunk at a time while chunks take long next to the round trip of a result (a model
+call of 0.1 s against a few milliseconds): every choice then sees every result before
+it, and fewer evaluations go to candidates about to stop. While chunks are short (LM
+cache hits), it holds :data:`DEPTH` (one running, one waiting), so it does not idle
+while the client weighs a result and sends the next (:class:`Pace`).
 
 A stopped candidate's chunks not read yet are cancelled (the one waiting on a worker
 never runs; one that is running finishes there, unread). The race is an ElixirScope
@@ -48,6 +52,7 @@ from __future__ import annotations
 
 import math
 import random
+import statistics
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -74,7 +79,7 @@ from foundation_dask.tracecontext import SpanScope
 if TYPE_CHECKING:
     import distributed
 
-__all__ = ["RaceRound", "Standing", "behind_with_confidence", "hardest_first", "race",
+__all__ = ["Pace", "RaceRound", "Standing", "behind_with_confidence", "hardest_first", "race",
            "race_rounds"]
 
 
@@ -120,9 +125,46 @@ class RaceRound:
     leader: int | None = None
 
 
-#: Chunks sent to each worker thread at once: one running, one waiting behind it, so
-#: the thread does not idle while the client weighs the result and sends the next.
+#: Chunks sent to each worker thread at once while chunks are short: one running, one
+#: waiting behind it, so the thread does not idle while the client weighs the result
+#: and sends the next.
 DEPTH = 2
+#: Chunks this many times longer than the round trip of a result are long: a worker
+#: thread then holds one at a time. It idles for the round trip after each (at most a
+#: fifth of the time), while holding two sends about a fifth more evaluations to
+#: candidates that were about to stop.
+LONG = 4
+
+
+class Pace:
+    """How many chunks each worker thread of a race holds at once: 1 once the median of
+    the last ``window`` chunks took :data:`LONG` times the shortest round trip seen (the
+    time a chunk sent to a free thread took beyond its evaluations: what the thread
+    idles between two chunks when it holds one), else :data:`DEPTH`; 1 before any
+    chunk came back.
+
+    At 1 every choice of what to evaluate next sees every result before it: on the
+    demo task about a fifth fewer evaluations than holding two (measured in
+    ``benchmarks/bench_dspex_quality.py``'s note)."""
+
+    def __init__(self, window: int = 8):
+        self.window = window
+        self.chunks: list[float] = []
+        self.trip: float | None = None
+
+    def record(self, elapsed: float, compute: float, free: bool) -> None:
+        """A chunk came back ``elapsed`` seconds after it was sent, its evaluations
+        having taken ``compute``; ``free``: a worker thread was free to start it."""
+        self.chunks = [*self.chunks[1 - self.window:], compute]
+        if free:
+            extra = max(0.0, elapsed - compute)
+            self.trip = extra if self.trip is None else min(self.trip, extra)
+
+    @property
+    def depth(self) -> int:
+        if not self.chunks or self.trip is None:
+            return 1
+        return 1 if statistics.median(self.chunks) >= LONG * self.trip else DEPTH
 
 
 def race_rounds(n_examples: int, first: int | None = None, growth: float = 2.0) -> list[int]:
@@ -279,6 +321,8 @@ def race(client: distributed.Client, programs: Sequence[Any], devset: Sequence[A
     threads = worker_threads(client, workers)   # address -> threads evaluating
     seen_workers = [time.monotonic()]
     placed: dict[Any, str | None] = {}          # future -> the worker it was sent to
+    sent: dict[Any, tuple[float, bool]] = {}    # future -> (when, to a free thread)
+    pace = Pace()
     on_worker: dict[str | None, int] = {}       # worker -> chunks sent there, not yet read
     owner: dict[str | None, int] = {}           # worker -> the candidate sent there last
     low, high = 0.0, 1.0
@@ -315,6 +359,7 @@ def race(client: distributed.Client, programs: Sequence[Any], devset: Sequence[A
     def release(fut: Any) -> int:
         """Forget a chunk sent (its result read, or cancelled): its candidate."""
         on_worker[placed.pop(fut)] -= 1
+        sent.pop(fut, None)
         return futures.pop(fut)
 
     def decide(attrs: dict[str, Any]) -> None:
@@ -372,8 +417,9 @@ def race(client: distributed.Client, programs: Sequence[Any], devset: Sequence[A
             threads.update(worker_threads(client, workers))
             seen_workers[0] = time.monotonic()
         room = dict(threads) or {None: 1}  # type: ignore[dict-item]
+        depth = pace.depth
         while True:
-            free = [w for w in room if on_worker.get(w, 0) < DEPTH * room[w]]
+            free = [w for w in room if on_worker.get(w, 0) < depth * room[w]]
             ready = [p for p in running if left[p]]
             if not free or not ready:
                 return
@@ -384,6 +430,7 @@ def race(client: distributed.Client, programs: Sequence[Any], devset: Sequence[A
                                           -len(left[p])))
             chunk = [(i, devset[i]) for i in next_examples(p)]
             fut = submit(shipped[p], p, chunk, worker=w)
+            sent[fut] = (time.perf_counter(), on_worker.get(w, 0) < room[w])
             futures[fut], placed[fut], owner[w] = p, w, p
             on_worker[w] = on_worker.get(w, 0) + 1
 
@@ -401,12 +448,15 @@ def race(client: distributed.Client, programs: Sequence[Any], devset: Sequence[A
             for fut in finished:
                 if fut not in futures:
                     continue  # a chunk of a candidate stopped since: cancelled, not read
+                when, free = sent[fut]
                 p = release(fut)  # its result is read once: the cluster may forget it
                 try:
                     records = tally.read(p, fut)
                 except BudgetExhaustedError:
                     tally.drain(futures)
                     raise
+                pace.record(time.perf_counter() - when, sum(r.duration for r in records),
+                            free)
                 for r in records:
                     scores[p][r.index] = r.score
                     done[(p, r.index)] = r

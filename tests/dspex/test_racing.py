@@ -7,18 +7,22 @@ come from ``dspex.context`` as a DSPy user's ``configure`` would give them.
 
 from __future__ import annotations
 
+import functools
+import threading
+
 import pytest
 
 from foundation_dask import dspex
 from foundation_dask.dspex.evaluate import EvaluationRecord
 from foundation_dask.dspex.optimizers import same_programs
-from foundation_dask.dspex.racing import _behind, hardest_first, race, race_rounds
+from foundation_dask.dspex.racing import DEPTH, Pace, _behind, hardest_first, race, race_rounds
 from tests._helpers import (
     Classify,
     counted_needs_demos,
     lm_calls_on_workers,
     make_examples,
     metric,
+    needs_demos,
 )
 
 
@@ -84,6 +88,53 @@ def test_a_losing_candidate_in_a_race_starts_where_others_lost(cluster_client):
     assert standings[2].reason is None and results[2].score == 100.0
     assert standings[1].reason == "cannot win" and standings[1].examples >= 1
     assert {r.index % 2 for r in results[1].records} == {1} and results[1].score == 0.0
+
+
+@pytest.mark.timeout(30)
+def test_the_pace_of_a_race():
+    pace = Pace(window=4)
+    assert pace.depth == 1  # nothing came back yet
+    # chunks of 0.2 s, 10 ms beyond it when sent to a free thread: one at a time
+    for _ in range(4):
+        pace.record(0.21, 0.2, free=True)
+    assert pace.depth == 1
+    # LM cache hits: 2 ms chunks against the same round trip: a second one waits
+    for _ in range(4):
+        pace.record(0.012, 0.002, free=False)
+    assert pace.trip == pytest.approx(0.01) and pace.depth == DEPTH
+    # a chunk that waited behind another says nothing of the round trip
+    pace.record(0.5, 0.002, free=False)
+    assert pace.trip == pytest.approx(0.01)
+
+
+@pytest.mark.timeout(120)
+def test_a_worker_holds_one_long_chunk_at_a_time(cluster_client):
+    # model calls of 0.2 s against a round trip of milliseconds: each worker gets its
+    # next chunk once its last came back, so every choice sees every result before it
+    valset = make_examples(12)
+    with_demos = dspex.Predict(Classify)
+    with_demos.demos = make_examples(2, 200)
+    held: list[int] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            held.append(max((sum("evaluate-" in str(k) for k in keys)
+                             for keys in cluster_client.processing().values()), default=0))
+            done.wait(0.02)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        with dspex.context(lm=dspex.DummyLM(functools.partial(needs_demos, delay=0.2)),
+                           cache=False):
+            results, standings, _ = race(cluster_client, [with_demos, dspex.Predict(Classify)],
+                                         valset, metric)
+    finally:
+        done.set()
+        watcher.join()
+    assert results[0].score == 100.0 and standings[1].reason == "cannot win"
+    assert max(held) == 1 and len(held) > 10
 
 
 def _search(racing: bool, **kwargs):
