@@ -42,6 +42,7 @@ from foundation_dask.core._client import current_client, worker_infos
 from foundation_dask.core.channels import Channels
 from foundation_dask.dspex.callbacks import run_with_callbacks
 from foundation_dask.dspex.interop._pickling import ship
+from foundation_dask.dspex.lm.local import offer_states, receive_states
 from foundation_dask.dspex.settings import context
 from foundation_dask.dspex.snapshot import SettingsSnapshot, snapshot_settings
 from foundation_dask.errors import BudgetExhaustedError, EvaluationError
@@ -68,9 +69,24 @@ class EvaluationRecord:
 
 def _evaluate_chunk(program: Any, examples: list[tuple[int, Any]], metric: Callable,
                     failure_score: float, lm: Any = None,
-                    carried: SettingsSnapshot | None = None) -> list[EvaluationRecord]:
+                    carried: SettingsSnapshot | None = None, offer: str | None = None,
+                    states: list[Any] | None = None) -> list[EvaluationRecord]:
     """Runs on a worker: evaluate ``examples`` (index, example) with ``program``, under
-    the settings ``carried`` from where the evaluation was called."""
+    the settings ``carried`` from where the evaluation was called. ``states``: local
+    model states made on another worker to start from; ``offer``: put the models' states
+    aside under that key afterwards (:mod:`foundation_dask.dspex.lm.local`)."""
+    if states:
+        receive_states(states)
+    out = _evaluate_examples(program, examples, metric, failure_score, lm, carried)
+    if offer is not None:
+        offer_states(offer)
+    return out
+
+
+def _evaluate_examples(program: Any, examples: list[tuple[int, Any]], metric: Callable,
+                       failure_score: float, lm: Any,
+                       carried: SettingsSnapshot | None) -> list[EvaluationRecord]:
+    """The records of ``examples`` (a :class:`StoppedChunk` once the LM budget ran out)."""
     try:
         from distributed import get_worker
 
@@ -440,14 +456,17 @@ class ChunkSubmitter:
         self.workers = list(workers) if workers else None
 
     def __call__(self, program: Any, pid: int, chunk: list[tuple[int, Any]],
-                 worker: str | None = None) -> Any:
+                 worker: str | None = None, offer: str | None = None,
+                 states: Any = None) -> Any:
         """The future of one chunk (``(index, example)`` pairs) of program ``pid``;
         ``program`` as :func:`~foundation_dask.dspex.interop._pickling.ship` gives it.
-        ``worker``: run it there if that worker can (else on another)."""
+        ``worker``: run it there if that worker can (else on another); ``offer``,
+        ``states`` (a future of :func:`~foundation_dask.dspex.lm.local.take_offer`): as
+        ``_evaluate_chunk``'s."""
         workers = [worker] if worker is not None else self.workers
         return self.client.submit(
             _evaluate_chunk, program, chunk, self.metric, self.failure_score, self.lm,
-            self.carried, key=f"evaluate-{self.eval_id}-{pid}-{chunk[0][0]}",
+            self.carried, offer, states, key=f"evaluate-{self.eval_id}-{pid}-{chunk[0][0]}",
             workers=workers, allow_other_workers=workers is not None, pure=False,
             retries=0,
         )

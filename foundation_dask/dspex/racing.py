@@ -71,7 +71,9 @@ from foundation_dask.dspex.evaluate import (
     chunk_size_for,
     worker_threads,
 )
+from foundation_dask import config
 from foundation_dask.dspex.interop._pickling import ship
+from foundation_dask.dspex.lm.local import take_offer
 from foundation_dask.dspex.snapshot import SettingsSnapshot, snapshot_settings
 from foundation_dask.errors import BudgetExhaustedError
 from foundation_dask.tracecontext import SpanScope
@@ -323,6 +325,11 @@ def race(client: distributed.Client, programs: Sequence[Any], devset: Sequence[A
     placed: dict[Any, str | None] = {}          # future -> the worker it was sent to
     sent: dict[Any, tuple[float, bool]] = {}    # future -> (when, to a free thread)
     pace = Pace()
+    ran: dict[str | None, set[int]] = {}        # worker -> the candidates sent there
+    # candidate -> the future of the local model states its first chunk left on the
+    # worker that ran it (take_offer): the other workers start from them
+    source: dict[int, Any] = {}
+    share = bool(config.get("dspex.share-model-states"))
     on_worker: dict[str | None, int] = {}       # worker -> chunks sent there, not yet read
     owner: dict[str | None, int] = {}           # worker -> the candidate sent there last
     low, high = 0.0, 1.0
@@ -349,6 +356,8 @@ def race(client: distributed.Client, programs: Sequence[Any], devset: Sequence[A
         mine = [f for f, q in futures.items() if q == p]
         for f in mine:
             release(f)
+        if p in source:
+            mine.append(source.pop(p))
         if mine:
             client.cancel(mine)
         # the plan shrinks: this candidate's examples not evaluated will never run
@@ -425,11 +434,23 @@ def race(client: distributed.Client, programs: Sequence[Any], devset: Sequence[A
                 return
             w = min(free, key=lambda w: (on_worker.get(w, 0) / room[w], str(w)))
             others = {q for v, q in owner.items() if v != w and on_worker.get(v, 0)}
-            p = max(ready, key=lambda p: (_final_bounds(scores[p], n_total, low, high)[1],
+            mine = ran.setdefault(w, set())
+            p = max(ready, key=lambda p: (p in mine or p not in source or source[p].done(),
+                                          _final_bounds(scores[p], n_total, low, high)[1],
                                           -p, owner.get(w) == p, p not in others,
                                           -len(left[p])))
             chunk = [(i, devset[i]) for i in next_examples(p)]
-            fut = submit(shipped[p], p, chunk, worker=w)
+            offer = states = None
+            if share and w is not None and len(room) > 1 and p not in mine:
+                if p in source:
+                    states = source[p]
+                else:
+                    offer = f"{eval_id}-{p}"
+            fut = submit(shipped[p], p, chunk, worker=w, offer=offer, states=states)
+            if offer is not None:
+                source[p] = client.submit(take_offer, offer, fut, key=f"model-states-{offer}",
+                                          workers=[w], allow_other_workers=True, pure=False)
+            mine.add(p)
             sent[fut] = (time.perf_counter(), on_worker.get(w, 0) < room[w])
             futures[fut], placed[fut], owner[w] = p, w, p
             on_worker[w] = on_worker.get(w, 0) + 1
@@ -468,7 +489,8 @@ def race(client: distributed.Client, programs: Sequence[Any], devset: Sequence[A
                 for new in set(futures) - before:
                     finished.add(new)
         finally:
-            remaining = [f for f in futures if not f.done()]
+            remaining = [f for f in futures if not f.done()] + list(source.values())
+            source.clear()
             if remaining:
                 client.cancel(remaining)
         # the last stops shrank the plan after the last result was read: the progress

@@ -15,6 +15,13 @@ again at every turn: each loaded model also keeps the states after its recent ca
 up to ``foundation.dspex.local-lm-kv-states`` bytes (256 MiB; least recently used
 first out), and a prompt restarts from the state sharing its longest prefix.
 :meth:`LocalLM.process_stats` counts the prompt tokens served from either.
+
+Workers can also hand states to each other: :func:`offer_states` puts aside the state of
+every model loaded in a process (after a task's calls), :func:`take_offer` returns it as
+a task's result (Dask moves it to the workers whose tasks depend on it), and
+:func:`receive_states` keeps it beside the process's own states. A race
+(:func:`~foundation_dask.dspex.racing.race`) evaluates a candidate's instructions and
+demos on one worker, and the others start from that worker's state.
 """
 
 from __future__ import annotations
@@ -34,7 +41,8 @@ from foundation_dask import config
 from foundation_dask.dspex.lm.base import BaseLM, restorable
 from foundation_dask.errors import LMError
 
-__all__ = ["DEFAULT_LOCAL_MODEL", "LocalLM", "default_model_path"]
+__all__ = ["DEFAULT_LOCAL_MODEL", "LocalLM", "default_model_path", "offer_states",
+           "receive_states", "take_offer"]
 
 DEFAULT_LOCAL_MODEL = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -47,7 +55,12 @@ _STATES: dict[tuple[str, int, int, int], _KVStates | None] = {}
 #: Model loads and model calls of this process (cache hits are no model calls), with the
 #: prompt tokens of those calls and how many of them llama.cpp found in its KV cache.
 _LOAD_STATS: dict[str, float] = {"loads": 0, "load_seconds": 0.0, "calls": 0,
-                                 "call_seconds": 0.0, "prompt_tokens": 0, "cached_tokens": 0}
+                                 "call_seconds": 0.0, "prompt_tokens": 0, "cached_tokens": 0,
+                                 "states_received": 0, "states_refused": 0}
+#: States put aside by :func:`offer_states` for :func:`take_offer`, by key (oldest first
+#: out beyond :data:`_MAX_OFFERS`).
+_OFFERS: OrderedDict[str, list[tuple[tuple[str, int, int, int], Any, bytes]]] = OrderedDict()
+_MAX_OFFERS = 16
 
 _LOCAL_KWARGS = {"max_tokens", "stop", "temperature", "top_p", "top_k", "min_p", "seed",
                  "repeat_penalty", "presence_penalty", "frequency_penalty", "n",
@@ -147,7 +160,8 @@ class LocalLM(BaseLM):
                                             n_threads_batch=self.n_threads, seed=self.seed,
                                             verbose=False)
                     states = _kv_state_bytes()
-                    _STATES[key] = _KVStates(states) if states else None
+                    # states received before the model was loaded here are kept
+                    _STATES[key] = (_STATES.get(key) or _KVStates(states)) if states else None
                     _LOAD_STATS["loads"] += 1
                     _LOAD_STATS["load_seconds"] += time.perf_counter() - t0
                     _MODELS[key] = model
@@ -320,38 +334,101 @@ class _KVStates:
             self._keep(llm, current)
 
     def _keep(self, llm: Any, current: Any) -> None:
-        import llama_cpp
+        if len(current):
+            data = _state_data(llm, self.capacity)
+            if data is not None:
+                self.add(current, data)
 
-        if not len(current):
+    def add(self, ids: Any, data: bytes) -> None:
+        """Keep the state ``data`` of the tokens ``ids``, in place of a kept state of the
+        same prompt prefix; the least recently used ones go beyond the capacity."""
+        if not len(ids) or len(data) > self.capacity:
             return
-        for key, (ids, data) in list(self.states.items()):
-            if _common_prefix(ids, current) >= self.SAME * min(len(ids), len(current)):
+        for key, (kept, old) in list(self.states.items()):
+            if _common_prefix(kept, ids) >= self.SAME * min(len(kept), len(ids)):
                 del self.states[key]
-                self.size -= len(data)
-        ctx = llm._ctx.ctx
-        size = int(llama_cpp.llama_state_get_size(ctx))
-        buf = (ctypes.c_uint8 * size)()
-        n = int(llama_cpp.llama_state_get_data(ctx, buf, size))
-        if n <= 0 or n > size or n > self.capacity:
-            return
-        data = ctypes.string_at(buf, n)
-        self.states[self._next] = (current.copy(), data)
+                self.size -= len(old)
+        self.states[self._next] = (ids.copy(), data)
         self._next += 1
-        self.size += n
+        self.size += len(data)
         while self.size > self.capacity and self.states:
             _, (_, old) = self.states.popitem(last=False)
             self.size -= len(old)
 
     @staticmethod
     def _restore(llm: Any, ids: Any, data: bytes) -> None:
+        """Put the model in a kept state (a received one may come from a llama.cpp that
+        lays states out otherwise: refused, counted in ``states_refused``, and the prompt
+        is evaluated from its start)."""
         import llama_cpp
 
         buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
         if int(llama_cpp.llama_state_set_data(llm._ctx.ctx, buf, len(data))) != len(data):
-            raise LMError("llama.cpp refused a kept model state")
+            _LOAD_STATS["states_refused"] += 1
+            llm.reset()
+            llm._ctx.kv_cache_clear()
+            return
         llm.input_ids[:len(ids)] = ids
         llm.n_tokens = len(ids)
         llm._requires_eval = True
+
+
+def _state_data(llm: Any, limit: int) -> bytes | None:
+    """llama.cpp's state of a model (its ``llama_state_get_data``), or None beyond
+    ``limit`` bytes."""
+    import llama_cpp
+
+    ctx = llm._ctx.ctx
+    size = int(llama_cpp.llama_state_get_size(ctx))
+    buf = (ctypes.c_uint8 * size)()
+    n = int(llama_cpp.llama_state_get_data(ctx, buf, size))
+    if n <= 0 or n > size or n > limit:
+        return None
+    return ctypes.string_at(buf, n)
+
+
+def offer_states(key: str) -> None:
+    """Put aside the current state of every model loaded in this process under ``key``,
+    for :func:`take_offer` (nothing when no model is loaded or states are off:
+    ``foundation.dspex.local-lm-kv-states`` 0)."""
+    limit = _kv_state_bytes()
+    if not limit:
+        return
+    offered = []
+    with _CALL_LOCK:
+        for model_key, llm in _MODELS.items():
+            ids = _evaluated_tokens(llm)
+            data = _state_data(llm, limit) if ids is not None and len(ids) else None
+            if data is not None:
+                offered.append((model_key, ids, data))
+        if offered:
+            _OFFERS[key] = offered
+            while len(_OFFERS) > _MAX_OFFERS:
+                _OFFERS.popitem(last=False)
+
+
+def take_offer(key: str, *after: Any) -> list[tuple[tuple[str, int, int, int], Any, bytes]]:
+    """The states :func:`offer_states` put aside under ``key`` (``[]`` if none), as
+    ``(model key, tokens, state)``; ``after``: the tasks it runs after (Dask waits for
+    them)."""
+    with _CALL_LOCK:
+        return _OFFERS.pop(key, [])
+
+
+def receive_states(states: list[tuple[tuple[str, int, int, int], Any, bytes]]) -> None:
+    """Keep states :func:`take_offer` gave (in another process) beside this process's
+    own: a prompt sharing a longer prefix with one of them restarts from it. Counted in
+    ``states_received``."""
+    limit = _kv_state_bytes()
+    if not limit or not states:
+        return
+    with _CALL_LOCK:
+        for model_key, ids, data in states:
+            kept = _STATES.get(model_key)
+            if kept is None:
+                kept = _STATES[model_key] = _KVStates(limit)
+            kept.add(ids, data)
+            _LOAD_STATS["states_received"] += 1
 
 
 def _evaluated_tokens(llm: Any) -> Any:
