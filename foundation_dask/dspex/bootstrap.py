@@ -206,7 +206,7 @@ def run_teacher(teacher: Any, trainset: Sequence[Any], metric: Callable, *,
     total = len(results) + len(indexed)
     out_of_budget: BaseException | None = None
     try:
-        for fut in as_completed(futures):
+        for fut in as_completed(futures, loop=client.loop):
             chunk = fut.result()
             if isinstance(chunk, StoppedChunk):  # the other chunks stop at their next call
                 out_of_budget = out_of_budget or chunk.error

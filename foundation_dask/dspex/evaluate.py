@@ -509,11 +509,13 @@ class Tally:
         if record.error:
             self.errors.append(record)
 
-    def read(self, p: int, future: Any) -> list[EvaluationRecord]:
-        """The records of program ``p``'s finished chunk ``future``, taken (:meth:`add`).
-        A chunk the LM budget stopped (:class:`StoppedChunk`) raises its
-        ``BudgetExhaustedError`` once the examples it finished are taken."""
-        records: list[EvaluationRecord] = future.result()
+    def read(self, p: int, future: Any, result: list[EvaluationRecord] | None = None
+             ) -> list[EvaluationRecord]:
+        """The records of program ``p``'s finished chunk ``future`` (``result``: its
+        result, gathered already), taken (:meth:`add`). A chunk the LM budget stopped
+        (:class:`StoppedChunk`) raises its ``BudgetExhaustedError`` once the examples it
+        finished are taken."""
+        records: list[EvaluationRecord] = future.result() if result is None else result
         self.add(p, list(records))
         if isinstance(records, StoppedChunk):
             raise records.error
@@ -582,7 +584,7 @@ def as_they_complete(client: distributed.Client, futures: Any) -> Generator[Any,
     from distributed import as_completed
 
     try:
-        yield from as_completed(futures)
+        yield from as_completed(futures, loop=client.loop)
     finally:
         remaining = [f for f in futures if not f.done()]
         if remaining:

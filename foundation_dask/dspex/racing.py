@@ -62,6 +62,7 @@ from typing import TYPE_CHECKING, Any
 
 from distributed import as_completed
 
+from foundation_dask import config
 from foundation_dask.dspex.evaluate import (
     ChunkSubmitter,
     EvaluationRecord,
@@ -71,7 +72,6 @@ from foundation_dask.dspex.evaluate import (
     chunk_size_for,
     worker_threads,
 )
-from foundation_dask import config
 from foundation_dask.dspex.interop._pickling import ship
 from foundation_dask.dspex.lm.local import take_offer
 from foundation_dask.dspex.snapshot import SettingsSnapshot, snapshot_settings
@@ -464,15 +464,16 @@ def race(client: distributed.Client, programs: Sequence[Any], devset: Sequence[A
         low, high = min([0.0, *seen_scores]), max([1.0, *seen_scores])
         decide(attrs)
         fill()
-        finished = as_completed(list(futures))
+        # results gathered as they finish, on the client's event loop
+        finished = as_completed(list(futures), loop=client.loop, with_results=True)
         try:
-            for fut in finished:
+            for fut, result in finished:
                 if fut not in futures:
                     continue  # a chunk of a candidate stopped since: cancelled, not read
                 when, free = sent[fut]
                 p = release(fut)  # its result is read once: the cluster may forget it
                 try:
-                    records = tally.read(p, fut)
+                    records = tally.read(p, fut, result)
                 except BudgetExhaustedError:
                     tally.drain(futures)
                     raise
@@ -488,6 +489,9 @@ def race(client: distributed.Client, programs: Sequence[Any], devset: Sequence[A
                 fill()
                 for new in set(futures) - before:
                     finished.add(new)
+                # forgotten only now: the message that releases its key goes out after
+                # the new chunks' (the client batches messages sent within 10 ms)
+                del fut, result
         finally:
             remaining = [f for f in futures if not f.done()] + list(source.values())
             source.clear()

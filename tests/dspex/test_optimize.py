@@ -7,8 +7,12 @@ least two demos (like a small model that needs examples); zero-shot it always sa
 
 from __future__ import annotations
 
+import os
 import pickle
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import cloudpickle
 import pytest
@@ -205,6 +209,38 @@ def test_stop_request_on_control_channel(cluster_client):
     assert result.status == "stopped"
     assert len(result.history) < (3 + 6) * 30  # it did not run to the end
     assert coordinator.get_optimization_info().result()["status"] == "stopped"
+
+
+_SCRIPT_WITH_ITS_OWN_CLIENT = """
+from distributed import Client, LocalCluster
+
+from foundation_dask import dspex
+from tests._helpers import make_examples, metric, program
+
+if __name__ == "__main__":
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster, \\
+            Client(cluster, set_as_default=False) as client:
+        devset = make_examples(8)
+        print(dspex.Evaluate(devset=devset, metric=metric, client=client)(program()).score)
+        search = dspex.BootstrapFewShotWithRandomSearch(
+            metric, num_candidate_programs=1, max_bootstrapped_demos=2, max_labeled_demos=2)
+        print(search.compile(program(), trainset=devset, client=client).score)
+"""
+
+
+@pytest.mark.timeout(240)
+def test_a_script_passing_a_client_that_is_not_the_default(tmp_path):
+    # a script that keeps its client out of the process's default (several clusters,
+    # or a library that must not change the caller's default): evaluations, bootstraps
+    # and races wait for their tasks on that client's event loop
+    script = tmp_path / "own_client.py"
+    script.write_text(_SCRIPT_WITH_ITS_OWN_CLIENT)
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, str(script)], cwd=root, capture_output=True,
+                          text=True, timeout=200, env={**os.environ,
+                                                       "PYTHONPATH": str(root)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["50.0", "100.0"]
 
 
 @pytest.mark.timeout(240)
