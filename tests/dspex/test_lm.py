@@ -393,6 +393,61 @@ def _run_on_worker(program, review, lm=None):
     return answer, dspex.LocalLM.process_stats()
 
 
+def _answer_and_offer(lm, prompt, key):
+    """Runs in a worker: answer ``prompt``, then put the model's state aside."""
+    from foundation_dask.dspex.lm.local import offer_states
+
+    out = lm.generate(prompt=prompt, stop=["\n"])
+    offer_states(key)
+    return out.outputs[0].strip()
+
+
+def _answer_from(lm, prompt, states):
+    """Runs in a worker: keep ``states`` (maybe none), answer ``prompt``; the answer, the
+    prompt tokens served from a kept state and the process's counts."""
+    from foundation_dask.dspex.lm.local import receive_states
+
+    lm.generate(prompt="An unrelated prompt to load the model:")  # its own state first
+    receive_states(states)
+    out = lm.generate(prompt=prompt, stop=["\n"])
+    return out.outputs[0].strip(), out.cached_prompt_tokens, out.prompt_tokens, lm.process_stats()
+
+
+@pytest.mark.timeout(600)
+def test_local_model_states_move_between_worker_processes():
+    """A model state made on one worker (the KV cache of a prompt's instructions and
+    demos) reaches another worker as a task result: a prompt there with the same prefix
+    starts from it, with the same answer as evaluating it whole."""
+    _require_local_model()
+    from distributed import Client, LocalCluster
+
+    from foundation_dask.dspex.lm.local import take_offer
+
+    lm = dspex.LocalLM(cache=False, max_tokens=8)
+    predict = dspex.Predict(Sentiment)
+    predict.demos = list(SENTIMENT_DEMOS)
+    prompts = [dspex.CompletionAdapter().format(predict.signature, predict.demos,
+                                                {"review": review}) for review, _ in REVIEWS]
+    with LocalCluster(n_workers=3, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        client.wait_for_workers(3)
+        a, b, c = sorted(client.scheduler_info()["workers"])
+        made = client.submit(_answer_and_offer, lm, prompts[0], "demo-state", workers=[a],
+                             pure=False)
+        states = client.submit(take_offer, "demo-state", made, workers=[a], pure=False)
+        assert made.result() == REVIEWS[0][1]
+        answer, cached, tokens, stats = client.submit(
+            _answer_from, lm, prompts[1], states, workers=[b], pure=False).result()
+        # a third worker without the state: only what the unrelated prompt shares
+        alone, cached_alone, _, _ = client.submit(
+            _answer_from, lm, prompts[1], [], workers=[c], pure=False).result()
+        # the other worker had nothing put aside under that key
+        assert client.submit(take_offer, "nothing-here", workers=[b], pure=False).result() == []
+    assert answer == alone == REVIEWS[1][1]
+    assert cached > tokens // 2 and cached_alone < 5
+    assert stats["states_received"] == 1 and stats["states_refused"] == 0
+
+
 @pytest.mark.timeout(600)
 def test_local_model_in_a_dask_worker_process():
     _require_local_model()

