@@ -1,7 +1,10 @@
 """Quality and speed of optimization with the local model on the demo task, against DSPy.
 
-Run: ``python benchmarks/bench_dspex_quality.py [--train 30] [--dev 30] [--test 60]``
-(the DSPy baseline needs DSPy, a benchmark-only dependency: ``pip install dspy``).
+Run: ``python benchmarks/bench_dspex_quality.py [--train 30] [--dev 30] [--test 60]
+[--repeat 1]`` (the DSPy baseline needs DSPy, a benchmark-only dependency: ``pip install
+dspy``). ``--repeat N`` measures DSPEx's searches and DSPy's N times, taking turns, and
+prints the median of each run's ratios: on a shared machine whose speed drifts over
+minutes, one run's ratio can be off by a tenth.
 
 Prints the zero-shot accuracy of a ``Predict`` sentiment classifier with the local
 model (SmolLM2-135M-Instruct) on the held-out test split, the accuracy of the program
@@ -40,6 +43,7 @@ import contextlib
 import io
 import logging
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -82,13 +86,40 @@ def main() -> None:
     parser.add_argument("--dev", type=int, default=30)
     parser.add_argument("--test", type=int, default=60)
     parser.add_argument("--candidates", type=int, default=4)
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="measure DSPEx's searches and DSPy's this many times, taking "
+                             "turns (the machine's speed drifts), then print the medians")
     parser.add_argument("--dspy-program", action="store_true",
                         help="only the rows of the DSPy program against an LM server")
     args = parser.parse_args()
     if args.dspy_program:
         dspy_program_rows(args)
         return
-    train, dev, test = load_sentiment(n_train=args.train, n_dev=args.dev, n_test=args.test)
+    splits = load_sentiment(n_train=args.train, n_dev=args.dev, n_test=args.test)
+    ratios: dict[str, list[float]] = {}
+    for run in range(args.repeat):
+        if args.repeat > 1:
+            print(f"run {run + 1} of {args.repeat}")
+        rows, ref = measure(args, *splits)
+        for name, row in rows.items():
+            if ref is not None:
+                ratios.setdefault(f"{name} / DSPy", []).append(row["wall"] / ref["wall"])
+            ratios.setdefault(f"{name} / exhaustive", []).append(
+                row["wall"] / rows["exhaustive"]["wall"])
+    if args.repeat > 1:
+        print(f"median wall-time ratios over {args.repeat} runs (each measured in one run):")
+        for name, values in ratios.items():
+            if not name.startswith("exhaustive / exhaustive"):
+                print(f"  {name}: {statistics.median(values):.2f} "
+                      f"({', '.join(f'{v:.2f}' for v in values)})")
+    if dspy_baseline is not None:
+        dspy_program_rows(args)
+
+
+def measure(args: argparse.Namespace, train: list, dev: list, test: list
+            ) -> tuple[dict[str, dict[str, Any]], dict[str, Any] | None]:
+    """One run of DSPEx's searches on a fresh embedded cluster, then DSPy's (None when
+    DSPy is not installed): the rows printed, by search."""
     signature = "review -> sentiment"
     client = fd.connect(n_workers=2, threads_per_worker=1)
     rows = {}
@@ -141,7 +172,7 @@ def main() -> None:
 
     if dspy_baseline is None:
         print("DSPy baseline skipped: DSPy is not installed (pip install dspy)")
-        return
+        return rows, None
     ref = dspy_baseline.run_dspy_baseline(
         train, dev, test, signature=signature, instructions=SENTIMENT_INSTRUCTIONS,
         metric=sentiment_metric, model_path=lm.resolved_path,
@@ -158,8 +189,7 @@ def main() -> None:
               f"{row['wall'] / ref['wall']:.2f} (target <= 0.35 for racing), LM calls "
               f"{row['calls'] / max(1, ref['calls']):.2f}, held-out "
               f"{row['held_out'] - ref['optimized']:+.1f} points")
-
-    dspy_program_rows(args)
+    return rows, ref
 
 
 def _model_stats(client: Any) -> dict[str, float]:

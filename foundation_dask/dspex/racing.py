@@ -24,8 +24,9 @@ A candidate stops when
   pseudo-observation spanning the score range, ``z`` Bonferroni's over the other
   candidates).
 
-Which candidate gets a worker's free room: the one that can still reach the highest
-score (the fewest examples lost so far), then, on ties, the earliest (ties go to the
+Which candidate gets a worker's free room: first any but one whose instructions and
+demos another worker is evaluating now (see below), then the one that can still reach
+the highest score (the fewest examples lost so far), then, on ties, the earliest (ties go to the
 earlier candidate: a later one that can at best tie it stops as soon as it has run to
 the end, while an earlier one must be seen through), then the one this worker already
 runs (its model still holds the prompt prefix, instruction and demos, in its KV cache),
@@ -39,6 +40,14 @@ call of 0.1 s against a few milliseconds): every choice then sees every result b
 it, and fewer evaluations go to candidates about to stop. While chunks are short (LM
 cache hits), it holds :data:`DEPTH` (one running, one waiting), so it does not idle
 while the client weighs a result and sends the next (:class:`Pace`).
+
+A candidate's first chunk puts the state of the worker's local models aside
+(:func:`~foundation_dask.dspex.lm.local.offer_states`; with a ``LocalLM``, the KV cache
+of the candidate's instructions and demos), a task on that worker returns it
+(:func:`~foundation_dask.dspex.lm.local.take_offer`), and the candidate's chunks sent to
+other workers depend on that task: Dask moves the state to them and they start from it
+instead of evaluating the prefix again (``foundation.dspex.share-model-states``). A
+worker takes another candidate rather than wait for a state still being made.
 
 A stopped candidate's chunks not read yet are cancelled (the one waiting on a worker
 never runs; one that is running finishes there, unread). The race is an ElixirScope
@@ -225,13 +234,25 @@ def _final_bounds(scores: dict[int, float], n_total: int, low: float,
 
 
 def hardest_first(left: Sequence[int], others: Sequence[dict[int, float]], high: float,
-                  n: int) -> list[int]:
+                  n: int, low: float = 0.0) -> list[int]:
     """The ``n`` examples of ``left`` (example indices, in the race's order) the other
     candidates lost most on (``high`` minus their score, summed over ``others``, each
-    ``{example: score}``), ties in the order of ``left``: a candidate that will lose
-    loses there first, so it stops sooner."""
+    ``{example: score}``, scores in ``[low, high]``), ties in the order of ``left``: a
+    candidate that will lose loses there first, so it stops sooner.
+
+    A candidate's losses weigh as much as the square of its accuracy so far (smoothed:
+    one win and one loss added): a strong candidate losing an example says it is hard,
+    a weak one (which loses half of them) little."""
+    span = (high - low) or 1.0
+
+    def weight(sc: dict[int, float]) -> float:
+        accuracy = (sum(s - low for s in sc.values()) / span + 1) / (len(sc) + 2)
+        return accuracy * accuracy
+
+    weights = [(sc, weight(sc)) for sc in others if sc]
+
     def lost(i: int) -> float:
-        return sum(high - sc[i] for sc in others if i in sc)
+        return sum(w * (high - sc[i]) for sc, w in weights if i in sc)
     return [i for _, i in sorted(enumerate(left), key=lambda t: (-lost(t[1]), t[0]))[:n]]
 
 
@@ -413,7 +434,7 @@ def race(client: distributed.Client, programs: Sequence[Any], devset: Sequence[A
             chunk, left[p] = left[p][:size], left[p][size:]
         else:
             chunk = hardest_first(left[p], [sc for q, sc in enumerate(scores) if q != p],
-                                  high, size)
+                                  high, size, low)
             left[p] = [i for i in left[p] if i not in chunk]
         return chunk
 

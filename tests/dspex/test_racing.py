@@ -68,6 +68,10 @@ def test_a_candidate_gets_the_examples_the_others_lost_on_first():
     assert hardest_first(left, [], 1.0, 9) == left
     # scores above 1 widen the range: a 1 is then a loss against the best seen
     assert hardest_first([5, 3], [{5: 2.0, 3: 1.0}], 2.0, 1) == [3]
+    # a loss of a strong candidate first: the weak one lost 0, 1 and 2 (and wins one in
+    # four), the strong one only 3
+    weak, strong = {0: 0.0, 1: 0.0, 2: 0.0, 5: 1.0}, {0: 1.0, 1: 1.0, 2: 1.0, 3: 0.0, 4: 1.0}
+    assert hardest_first([0, 1, 2, 3, 9], [weak, strong], 1.0, 2) == [3, 0]
 
 
 @pytest.mark.timeout(120)
