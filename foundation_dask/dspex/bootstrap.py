@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -173,12 +173,16 @@ def run_teacher(teacher: Any, trainset: Sequence[Any], metric: Callable, *,
                 client: distributed.Client | None = None,
                 carried: SettingsSnapshot | None = None,
                 indices: Sequence[int] | None = None,
-                done: dict[int, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+                done: dict[int, dict[str, Any]] | None = None,
+                more: Callable[[dict[int, dict[str, Any]]], Iterable[int]] | None = None,
+                ) -> list[dict[str, Any]]:
     """Run the teacher on trainset examples on the cluster; results in trainset order.
 
     ``indices`` are the examples to run (default: all); ``done`` the runs made already
     (by :func:`bootstrap_runs`, or a resumed optimization), returned with the new ones
-    and counted towards ``max_errors``. ``carried`` is the settings the runs start from
+    and counted towards ``max_errors``; ``more``, called with the runs known (by
+    example) each time a chunk comes back, names examples to run too (those not sent yet
+    are sent at once, one per task). ``carried`` is the settings the runs start from
     (default: those in effect here); ``settings`` are DSPEx settings (``lm=``,
     ``adapter=``...) the teacher runs under on top of them; ``client`` is the Dask
     client to run on (default: the runtime's, else the current one).
@@ -194,19 +198,22 @@ def run_teacher(teacher: Any, trainset: Sequence[Any], metric: Callable, *,
     carried = carried if carried is not None else snapshot_settings()
     teacher_settings = SettingsSnapshot(settings) if settings else None
     teacher = ship(teacher)  # a DSPy program: pickled once, a part that does not is named
-    futures = [
-        client.submit(_teacher_chunk, teacher, indexed[i:i + size], metric, metric_threshold,
-                      runtime.lm, teacher_settings, carried, workers=runtime.workers,
-                      allow_other_workers=runtime.workers is not None, pure=False)
-        for i in range(0, len(indexed), size)
-    ]
+
+    def send(chunk: list[tuple[int, Any]]) -> Any:
+        return client.submit(_teacher_chunk, teacher, chunk, metric, metric_threshold,
+                             runtime.lm, teacher_settings, carried, workers=runtime.workers,
+                             allow_other_workers=runtime.workers is not None, pure=False)
+
+    futures = [send(indexed[i:i + size]) for i in range(0, len(indexed), size)]
+    sent = {i for i, _ in indexed} | set(done)
     results: list[dict[str, Any]] = list(done.values())
     errors = sum(1 for r in results if r["error"])
     first_failure: BaseException | None = None
     total = len(results) + len(indexed)
     out_of_budget: BaseException | None = None
+    finished = as_completed(futures, loop=client.loop)
     try:
-        for fut in as_completed(futures, loop=client.loop):
+        for fut in finished:
             chunk = fut.result()
             if isinstance(chunk, StoppedChunk):  # the other chunks stop at their next call
                 out_of_budget = out_of_budget or chunk.error
@@ -232,6 +239,12 @@ def run_teacher(teacher: Any, trainset: Sequence[Any], metric: Callable, *,
                 )
             if runtime.should_stop and runtime.should_stop():
                 raise OptimizationStopped(label)
+            if more is not None and out_of_budget is None:
+                for i in sorted(set(more({r["index"]: r for r in results})) - sent):
+                    sent.add(i)
+                    total += 1
+                    futures.append(send([(i, trainset[i])]))
+                    finished.add(futures[-1])
     finally:
         client.cancel([f for f in futures if not f.done()])
     if out_of_budget is not None:  # every run made is recorded (on_teacher_runs) first
@@ -285,28 +298,34 @@ def bootstrap_runs(teacher: Any, trainset: Sequence[Any], metric: Callable,
     """The teacher runs that the demo sets ``demands`` need, in trainset order.
 
     Each demand is (trainset order, demo count): the runs of the order's first examples
-    until ``count`` of them passed (or the order ends). Examples are run in waves on the
-    cluster, each wave every example some demand still needs, assuming the runs pass; a
-    run that fails makes its demand ask for its order's next example in the next wave.
-    Runs are shared between demands. ``kwargs`` go to :func:`run_teacher` (``max_errors``
-    counts failed runs over all waves).
+    until ``count`` of them passed (or the order ends). Every example some demand needs,
+    assuming the runs not known yet pass, is sent to the cluster at once; a run that
+    fails makes its demand ask for its order's next example, sent as soon as the failure
+    is known (no wave waits for another). Runs are shared between demands. ``kwargs`` go
+    to :func:`run_teacher` (``max_errors`` counts failed runs over all of them).
     """
     runtime = runtime or Runtime()
     known: dict[int, dict[str, Any]] = dict(runtime.done_teacher)
     runtime.evaluations += len(known)
-    while True:
+
+    def needed(runs: dict[int, dict[str, Any]]) -> set[int]:
+        """The examples not in ``runs`` that some demand needs (unknown runs pass)."""
         need: set[int] = set()
         for order, count in demands:
             passed = 0
             for idx in order:
                 if passed >= count:
                     break
-                run = known.get(idx)
+                run = runs.get(idx)
                 if run is None:
                     need.add(idx)
                 passed += 1 if run is None or run["success"] else 0
+        return need
+
+    while True:
+        need = needed(known)
         if not need:
             return sorted(known.values(), key=lambda r: r["index"])
         runs = run_teacher(teacher, trainset, metric, runtime=runtime, indices=sorted(need),
-                           done=known, **kwargs)
+                           done=known, more=needed, **kwargs)
         known.update((r["index"], r) for r in runs)
