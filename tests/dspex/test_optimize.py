@@ -341,6 +341,43 @@ def test_capacity_plan_rules():
 
 
 # ----------------------------------------------------------------------------------------
+def _timed_teacher(log: str, prompt: str) -> str:
+    """A teacher LM that writes when it answered each review: wrong on review 0 at once,
+    right on review 1 after 2 s, right at once on the others."""
+    import time
+
+    review = prompt.rsplit("Review:", 1)[-1].strip().split("\n")[0]
+    number = int(review.split()[1].rstrip(":"))
+    start = time.time()
+    if number == 1:
+        time.sleep(2.0)
+    with open(log, "a") as out:
+        out.write(f"{number} {start} {time.time()}\n")
+    right = "positive" if number % 2 == 0 else "negative"
+    return ("negative" if number == 0 else right) + "\n"
+
+
+@pytest.mark.timeout(120)
+def test_a_failed_teacher_run_is_replaced_while_the_others_run(cluster_client, tmp_path):
+    # the demos need 2 passing runs in trainset order: 0 and 1 are sent; 0 fails at once,
+    # so 2 is sent then, while 1 still runs (no wave waits for the slow run)
+    import functools
+
+    from foundation_dask.dspex.bootstrap import bootstrap_runs
+
+    log = tmp_path / "teacher.log"
+    trainset = make_examples(6)
+    with dspex.context(lm=dspex.DummyLM(functools.partial(_timed_teacher, str(log))),
+                       cache=False):
+        runs = bootstrap_runs(dspex.Predict(Classify), trainset, metric, [(range(6), 2)],
+                              runtime=Runtime(client=cluster_client, chunk_size=1))
+    assert [(r["index"], r["success"]) for r in runs] == [(0, False), (1, True), (2, True)]
+    times = {int(n): (float(a), float(b)) for n, a, b in
+             (line.split() for line in log.read_text().splitlines())}
+    assert set(times) == {0, 1, 2}
+    assert times[2][0] < times[1][1]  # run 2 started before the slow run 1 ended
+
+
 # fault tolerance on a real subprocess cluster
 
 
@@ -665,39 +702,3 @@ def test_random_search_with_negative_scores_keeps_the_best(cluster_client):
     assert scores["zero-shot"] == -75.0
     assert best.score == -50.0 == max(scores.values()) and best.demos
 
-
-def _timed_teacher(log: str, prompt: str) -> str:
-    """A teacher LM that writes when it answered each review: wrong on review 0 at once,
-    right on review 1 after 2 s, right at once on the others."""
-    import time
-
-    review = prompt.rsplit("Review:", 1)[-1].strip().split("\n")[0]
-    number = int(review.split()[1].rstrip(":"))
-    start = time.time()
-    if number == 1:
-        time.sleep(2.0)
-    with open(log, "a") as out:
-        out.write(f"{number} {start} {time.time()}\n")
-    right = "positive" if number % 2 == 0 else "negative"
-    return ("negative" if number == 0 else right) + "\n"
-
-
-@pytest.mark.timeout(120)
-def test_a_failed_teacher_run_is_replaced_while_the_others_run(cluster_client, tmp_path):
-    # the demos need 2 passing runs in trainset order: 0 and 1 are sent; 0 fails at once,
-    # so 2 is sent then, while 1 still runs (no wave waits for the slow run)
-    import functools
-
-    from foundation_dask.dspex.bootstrap import bootstrap_runs
-
-    log = tmp_path / "teacher.log"
-    trainset = make_examples(6)
-    with dspex.context(lm=dspex.DummyLM(functools.partial(_timed_teacher, str(log))),
-                       cache=False):
-        runs = bootstrap_runs(dspex.Predict(Classify), trainset, metric, [(range(6), 2)],
-                              runtime=Runtime(client=cluster_client, chunk_size=1))
-    assert [(r["index"], r["success"]) for r in runs] == [(0, False), (1, True), (2, True)]
-    times = {int(n): (float(a), float(b)) for n, a, b in
-             (line.split() for line in log.read_text().splitlines())}
-    assert set(times) == {0, 1, 2}
-    assert times[2][0] < times[1][1]  # run 2 started before the slow run 1 ended

@@ -68,7 +68,7 @@ def test_the_key_is_sent_to_the_server_and_written_nowhere(subprocess_cluster, t
         finally:
             dspex.settings.reset()
         requests = list(server.requests)
-    assert len(requests) > 24
+    assert len(requests) > 12  # the winner's 12 validation examples and teacher runs
     assert {r["headers"].get("Authorization") for r in requests} == {f"Bearer {KEY}"}
     assert {r["headers"].get("X-Org-Token") for r in requests} == {HEADER}
     files = [p for p in Path(written).rglob("*") if p.is_file()]
