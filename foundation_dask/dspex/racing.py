@@ -90,8 +90,8 @@ from foundation_dask.tracecontext import SpanScope
 if TYPE_CHECKING:
     import distributed
 
-__all__ = ["Pace", "RaceRound", "Standing", "behind_with_confidence", "hardest_first", "race",
-           "race_rounds"]
+__all__ = ["Pace", "RaceRound", "Standing", "behind_with_confidence", "hardest_first",
+           "next_whatever_returns", "race", "race_rounds"]
 
 
 @dataclass
@@ -148,20 +148,22 @@ LONG = 4
 
 
 class Pace:
-    """How many chunks each worker thread of a race holds at once: 1 once the median of
+    """How many chunks each worker thread of a race holds at once: 1 while the median of
     the last ``window`` chunks took :data:`LONG` times the shortest round trip seen (the
     time a chunk sent to a free thread took beyond its evaluations: what the thread
-    idles between two chunks when it holds one), else :data:`DEPTH`; 1 before any
-    chunk came back.
+    idles between two chunks when it holds one), else :data:`DEPTH`; 1 until
+    ``samples`` round trips were seen (a worker's first task, which imports and
+    unpickles, takes longer).
 
     At 1 every choice of what to evaluate next sees every result before it: on the
-    demo task about a fifth fewer evaluations than holding two (measured in
-    ``benchmarks/bench_dspex_quality.py``'s note)."""
+    demo task's 30/30 split 60 evaluations against 76 holding two (both measured in
+    one run)."""
 
-    def __init__(self, window: int = 8):
-        self.window = window
+    def __init__(self, window: int = 8, samples: int = 3):
+        self.window, self.samples = window, samples
         self.chunks: list[float] = []
         self.trip: float | None = None
+        self.trips = 0
 
     def record(self, elapsed: float, compute: float, free: bool) -> None:
         """A chunk came back ``elapsed`` seconds after it was sent, its evaluations
@@ -170,10 +172,11 @@ class Pace:
         if free:
             extra = max(0.0, elapsed - compute)
             self.trip = extra if self.trip is None else min(self.trip, extra)
+            self.trips += 1
 
     @property
     def depth(self) -> int:
-        if not self.chunks or self.trip is None:
+        if not self.chunks or self.trip is None or self.trips < self.samples:
             return 1
         return 1 if statistics.median(self.chunks) >= LONG * self.trip else DEPTH
 
@@ -254,6 +257,31 @@ def hardest_first(left: Sequence[int], others: Sequence[dict[int, float]], high:
     def lost(i: int) -> float:
         return sum(w * (high - sc[i]) for sc, w in weights if i in sc)
     return [i for _, i in sorted(enumerate(left), key=lambda t: (-lost(t[1]), t[0]))[:n]]
+
+
+def next_whatever_returns(p: int, scores: Sequence[dict[int, float]],
+                          flying: dict[int, list[int]], running: set[int],
+                          left: Sequence[Sequence[int]], n_total: int, low: float = 0.0,
+                          high: float = 1.0) -> bool:
+    """Whether candidate ``p`` is the next to run whatever the examples in flight
+    (``flying``: candidate -> examples sent, not read) score: even losing all of its
+    own it stays ahead of every other running candidate that has examples ``left``
+    (on the highest reachable score, the earlier on ties), and none of their results
+    can stop it under the certain rule. ``scores``: each candidate's
+    ``{example: score}``."""
+    def bounds(q: int, flown: float) -> tuple[float, float]:
+        assumed = dict(scores[q])
+        assumed.update((i, flown) for i in flying.get(q, ()))
+        return _final_bounds(assumed, n_total, low, high)
+
+    hi = bounds(p, low)[1]
+    for q in running - {p}:
+        lo = bounds(q, high)[0]
+        if hi < lo or (hi == lo and q < p):
+            return False  # a result in flight could stop p
+        if left[q] and (_final_bounds(scores[q], n_total, low, high)[1], -q) > (hi, -p):
+            return False  # q could come first
+    return True
 
 
 def race(client: distributed.Client, programs: Sequence[Any], devset: Sequence[Any],
@@ -345,6 +373,7 @@ def race(client: distributed.Client, programs: Sequence[Any], devset: Sequence[A
     seen_workers = [time.monotonic()]
     placed: dict[Any, str | None] = {}          # future -> the worker it was sent to
     sent: dict[Any, tuple[float, bool]] = {}    # future -> (when, to a free thread)
+    inflight: dict[Any, list[int]] = {}         # future -> the examples of its chunk
     pace = Pace()
     ran: dict[str | None, set[int]] = {}        # worker -> the candidates sent there
     # candidate -> the future of the local model states its first chunk left on the
@@ -390,6 +419,7 @@ def race(client: distributed.Client, programs: Sequence[Any], devset: Sequence[A
         """Forget a chunk sent (its result read, or cancelled): its candidate."""
         on_worker[placed.pop(fut)] -= 1
         sent.pop(fut, None)
+        inflight.pop(fut, None)
         return futures.pop(fut)
 
     def decide(attrs: dict[str, Any]) -> None:
@@ -438,10 +468,22 @@ def race(client: distributed.Client, programs: Sequence[Any], devset: Sequence[A
             left[p] = [i for i in left[p] if i not in chunk]
         return chunk
 
+    def sure(p: int, w: str | None) -> bool:
+        """Whether a chunk of ``p`` may wait behind the one running on ``w``."""
+        if confidence < 1 or p not in ran.get(w, ()):
+            return False
+        flying: dict[int, list[int]] = {}
+        for f, q in futures.items():
+            flying.setdefault(q, []).extend(inflight[f])
+        return next_whatever_returns(p, scores, flying, running, left, n_total, low, high)
+
     def fill() -> None:
         """Give the free room of the workers to the running candidates, best first, in
         the order of the module's docstring (reachable score, earliest, the worker's
-        own candidate, one no other worker runs, most seen)."""
+        own candidate, one no other worker runs, most seen). While a worker thread holds
+        one chunk at a time (:class:`Pace`), a second of the candidate it runs waits
+        behind it when that candidate is the next whatever the chunks in flight return
+        (:func:`next_whatever_returns`): the thread does not idle between the two."""
         if time.monotonic() - seen_workers[0] > 2.0:  # workers joined or left
             threads.clear()
             threads.update(worker_threads(client, workers))
@@ -450,6 +492,9 @@ def race(client: distributed.Client, programs: Sequence[Any], devset: Sequence[A
         depth = pace.depth
         while True:
             free = [w for w in room if on_worker.get(w, 0) < depth * room[w]]
+            ahead = not free  # only a chunk sure to be next may wait behind a running one
+            if ahead:
+                free = [w for w in room if on_worker.get(w, 0) < DEPTH * room[w]]
             ready = [p for p in running if left[p]]
             if not free or not ready:
                 return
@@ -460,6 +505,8 @@ def race(client: distributed.Client, programs: Sequence[Any], devset: Sequence[A
                                           _final_bounds(scores[p], n_total, low, high)[1],
                                           -p, owner.get(w) == p, p not in others,
                                           -len(left[p])))
+            if ahead and not sure(p, w):
+                return
             chunk = [(i, devset[i]) for i in next_examples(p)]
             offer = states = None
             if share and w is not None and len(room) > 1 and p not in mine:
@@ -473,6 +520,7 @@ def race(client: distributed.Client, programs: Sequence[Any], devset: Sequence[A
                                           workers=[w], allow_other_workers=True, pure=False)
             mine.add(p)
             sent[fut] = (time.perf_counter(), on_worker.get(w, 0) < room[w])
+            inflight[fut] = [i for i, _ in chunk]
             futures[fut], placed[fut], owner[w] = p, w, p
             on_worker[w] = on_worker.get(w, 0) + 1
 

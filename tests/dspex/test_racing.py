@@ -15,7 +15,15 @@ import pytest
 from foundation_dask import dspex
 from foundation_dask.dspex.evaluate import EvaluationRecord
 from foundation_dask.dspex.optimizers import same_programs
-from foundation_dask.dspex.racing import DEPTH, Pace, _behind, hardest_first, race, race_rounds
+from foundation_dask.dspex.racing import (
+    DEPTH,
+    Pace,
+    _behind,
+    hardest_first,
+    next_whatever_returns,
+    race,
+    race_rounds,
+)
 from tests._helpers import (
     Classify,
     counted_needs_demos,
@@ -107,25 +115,47 @@ def test_the_pace_of_a_race():
     for _ in range(4):
         pace.record(0.012, 0.002, free=False)
     assert pace.trip == pytest.approx(0.01) and pace.depth == DEPTH
+    # a worker's first chunk (imports, unpickling) says little: 1 until three came back
+    first = Pace()
+    first.record(0.3, 0.002, free=True)
+    first.record(0.012, 0.002, free=True)
+    assert first.depth == 1
+    first.record(0.012, 0.002, free=True)
+    assert first.depth == DEPTH
     # a chunk that waited behind another says nothing of the round trip
     pace.record(0.5, 0.002, free=False)
     assert pace.trip == pytest.approx(0.01)
 
 
-@pytest.mark.timeout(120)
-def test_a_worker_holds_one_long_chunk_at_a_time(cluster_client):
-    # model calls of 0.2 s against a round trip of milliseconds: each worker gets its
-    # next chunk once its last came back, so every choice sees every result before it
-    valset = make_examples(12)
-    with_demos = dspex.Predict(Classify)
-    with_demos.demos = make_examples(2, 200)
+@pytest.mark.timeout(30)
+def test_a_chunk_waits_behind_another_only_when_it_is_next_anyway():
+    n, left = 10, [[9], [9], [9]]
+    # 0 lost one of 4 and has one example in flight; 1 lost three of 5: even losing
+    # the one in flight, 0 (80 % at best) stays ahead of 1 (70 %) and 1 cannot stop it
+    scores = [{0: 1, 1: 1, 2: 0, 3: 1}, {0: 0, 1: 0, 2: 0, 3: 1, 4: 1}, {}]
+    assert next_whatever_returns(0, scores, {0: [4]}, {0, 1}, left, n)
+    # a third candidate not started yet could reach 100 %: it may come first
+    assert not next_whatever_returns(0, scores, {0: [4]}, {0, 1, 2}, left, n)
+    # two in flight: losing both, 0 (70 %) ties 1, which comes later: still next
+    assert next_whatever_returns(0, scores, {0: [4, 5]}, {0, 1}, left, n)
+    # from 1's side: 0 comes first whatever 1's chunk returns
+    assert not next_whatever_returns(1, scores, {1: [5]}, {0, 1}, left, n)
+    # 1 has seen every example but one, all right: winning the last in flight it would
+    # end at 100 %, above 0's best (losing its own): 0 could be stopped
+    scores[1] = dict.fromkeys(range(9), 1.0)
+    assert not next_whatever_returns(0, scores, {0: [4], 1: [9]}, {0, 1}, [[9], []], n)
+
+
+def _race_watching_held_chunks(client, programs, valset):
+    """Race ``programs`` on a DummyLM of 0.2 s a call; the results and, sampled every
+    20 ms, the most evaluation chunks any worker held."""
     held: list[int] = []
     done = threading.Event()
 
     def watch() -> None:
         while not done.is_set():
             held.append(max((sum("evaluate-" in str(k) for k in keys)
-                             for keys in cluster_client.processing().values()), default=0))
+                             for keys in client.processing().values()), default=0))
             done.wait(0.02)
 
     watcher = threading.Thread(target=watch, daemon=True)
@@ -133,13 +163,36 @@ def test_a_worker_holds_one_long_chunk_at_a_time(cluster_client):
     try:
         with dspex.context(lm=dspex.DummyLM(functools.partial(needs_demos, delay=0.2)),
                            cache=False):
-            results, standings, _ = race(cluster_client, [with_demos, dspex.Predict(Classify)],
-                                         valset, metric)
+            results, standings, _ = race(client, programs, valset, metric)
     finally:
         done.set()
         watcher.join()
-    assert results[0].score == 100.0 and standings[1].reason == "cannot win"
-    assert max(held) == 1 and len(held) > 10
+    assert len(held) > 10
+    return results, standings, held
+
+
+@pytest.mark.timeout(120)
+def test_a_worker_holds_one_long_chunk_at_a_time(cluster_client):
+    # model calls of 0.2 s against a round trip of milliseconds: each worker gets its
+    # next chunk once its last came back, so every choice sees every result before it.
+    # Two candidates right on every example: neither is ever sure to come next (the
+    # other may reach 100 % too) until the first has run to the end and the second stops.
+    valset = make_examples(12)
+    with_demos = dspex.Predict(Classify)
+    with_demos.demos = make_examples(2, 200)
+    other = dspex.Predict(Classify)
+    other.demos = make_examples(3, 300)
+    results, standings, held = _race_watching_held_chunks(
+        cluster_client, [with_demos, other], valset)
+    assert results[0].score == 100.0 and standings[0].reason is None
+    assert standings[1].reason == "cannot win" and results[1].score == 100.0
+    assert max(held) == 1
+    # a candidate alone (the others stopped) is next whatever comes back: its next chunk
+    # waits behind the one running, and the worker does not idle between them
+    results, standings, held = _race_watching_held_chunks(cluster_client, [with_demos],
+                                                          valset)
+    assert results[0].score == 100.0 and standings[0].reason is None
+    assert max(held) == 2
 
 
 def _search(racing: bool, **kwargs):
