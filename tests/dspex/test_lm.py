@@ -449,6 +449,31 @@ def test_local_model_states_move_between_worker_processes():
 
 
 @pytest.mark.timeout(600)
+def test_a_received_state_llama_cpp_refuses_is_counted_and_the_prompt_evaluated_whole():
+    """A state llama.cpp cannot load (here cut short; a different build's layout) is
+    dropped and counted; the prompt is evaluated from its start, with the same answer."""
+    _require_local_model()
+    from foundation_dask.dspex.lm import local
+
+    lm = dspex.LocalLM(cache=False, max_tokens=8)
+    predict = dspex.Predict(Sentiment)
+    predict.demos = list(SENTIMENT_DEMOS)
+    first, second = (dspex.CompletionAdapter().format(predict.signature, predict.demos,
+                                                       {"review": review})
+                     for review, _ in REVIEWS[:2])
+    lm.generate(prompt=first, stop=["\n"])
+    local.offer_states("cut")
+    [(key, ids, data)] = local.take_offer("cut")
+    local.LocalLM.unload_models()
+    lm.generate(prompt="An unrelated prompt to load the model:")
+    refused = local.LocalLM.process_stats()["states_refused"]
+    local.receive_states([(key, ids, data[: len(data) // 2])])
+    out = lm.generate(prompt=second, stop=["\n"])
+    assert out.outputs[0].strip() == REVIEWS[1][1] and out.cached_prompt_tokens < 5
+    assert local.LocalLM.process_stats()["states_refused"] == refused + 1
+
+
+@pytest.mark.timeout(600)
 def test_local_model_in_a_dask_worker_process():
     _require_local_model()
     from distributed import Client, LocalCluster
