@@ -39,7 +39,9 @@ chunk at a time while chunks take long next to the round trip of a result (a mod
 call of 0.1 s against a few milliseconds): every choice then sees every result before
 it, and fewer evaluations go to candidates about to stop. While chunks are short (LM
 cache hits), it holds :data:`DEPTH` (one running, one waiting), so it does not idle
-while the client weighs a result and sends the next (:class:`Pace`).
+while the client weighs a result and sends the next (:class:`Pace`); a second chunk also
+waits behind a long one when its candidate comes next whatever the results in flight say
+(:func:`next_whatever_returns`: a leader far ahead, or the last candidate running).
 
 A candidate's first chunk puts the state of the worker's local models aside
 (:func:`~foundation_dask.dspex.lm.local.offer_states`; with a ``LocalLM``, the KV cache
@@ -149,9 +151,9 @@ LONG = 4
 
 class Pace:
     """How many chunks each worker thread of a race holds at once: 1 while the median of
-    the last ``window`` chunks took :data:`LONG` times the shortest round trip seen (the
-    time a chunk sent to a free thread took beyond its evaluations: what the thread
-    idles between two chunks when it holds one), else :data:`DEPTH`; 1 until
+    the last ``window`` chunks took at least :data:`LONG` times the shortest round trip
+    seen (the time a chunk sent to a free thread took beyond its evaluations: what the
+    thread idles between two chunks when it holds one), else :data:`DEPTH`; 1 until
     ``samples`` round trips were seen (a worker's first task, which imports and
     unpickles, takes longer).
 
@@ -481,9 +483,10 @@ def race(client: distributed.Client, programs: Sequence[Any], devset: Sequence[A
         """Give the free room of the workers to the running candidates, best first, in
         the order of the module's docstring (reachable score, earliest, the worker's
         own candidate, one no other worker runs, most seen). While a worker thread holds
-        one chunk at a time (:class:`Pace`), a second of the candidate it runs waits
-        behind it when that candidate is the next whatever the chunks in flight return
-        (:func:`next_whatever_returns`): the thread does not idle between the two."""
+        one chunk at a time (:class:`Pace`), a second, of a candidate that worker ran
+        before, waits behind it when that candidate is the next whatever the chunks in
+        flight return (:func:`next_whatever_returns`): the thread does not idle between
+        the two."""
         if time.monotonic() - seen_workers[0] > 2.0:  # workers joined or left
             threads.clear()
             threads.update(worker_threads(client, workers))
