@@ -148,13 +148,15 @@ def test_a_chunk_waits_behind_another_only_when_it_is_next_anyway():
 
 def _race_watching_held_chunks(client, programs, valset):
     """Race ``programs`` on a DummyLM of 0.2 s a call; the results and, sampled every
-    20 ms, the most evaluation chunks any worker held."""
+    20 ms, the most chunks of this race any worker held (not a chunk an earlier test's
+    race left finishing)."""
     held: list[int] = []
     done = threading.Event()
+    eval_id = f"held-{len(programs)}-{threading.get_ident()}"
 
     def watch() -> None:
         while not done.is_set():
-            held.append(max((sum("evaluate-" in str(k) for k in keys)
+            held.append(max((sum(f"evaluate-{eval_id}-" in str(k) for k in keys)
                              for keys in client.processing().values()), default=0))
             done.wait(0.02)
 
@@ -163,7 +165,8 @@ def _race_watching_held_chunks(client, programs, valset):
     try:
         with dspex.context(lm=dspex.DummyLM(functools.partial(needs_demos, delay=0.2)),
                            cache=False):
-            results, standings, _ = race(client, programs, valset, metric)
+            results, standings, _ = race(client, programs, valset, metric,
+                                         eval_id=eval_id)
     finally:
         done.set()
         watcher.join()
