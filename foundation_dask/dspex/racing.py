@@ -183,6 +183,18 @@ class Pace:
         return 1 if statistics.median(self.chunks) >= LONG * self.trip else DEPTH
 
 
+@dataclass
+class _Sent:
+    """A chunk of a race sent and not read yet: its candidate, the worker it was sent to,
+    its examples, when it was sent and whether a worker thread was free to start it."""
+
+    candidate: int
+    worker: str | None
+    examples: list[int]
+    when: float
+    free: bool
+
+
 def race_rounds(n_examples: int, first: int | None = None, growth: float = 2.0) -> list[int]:
     """The examples seen after each round: ``first`` (default ``max(4, n / 8)``), then
     ``growth`` times more, up to ``n_examples``."""
@@ -370,12 +382,9 @@ def race(client: distributed.Client, programs: Sequence[Any], devset: Sequence[A
     stops: list[RaceRound] = []
     # each candidate's examples not sent yet, in ``order``
     left = [[i for i in order if i not in scores[p]] for p in range(k)]
-    futures: dict[Any, int] = {}
+    futures: dict[Any, _Sent] = {}              # chunk future -> what was sent, where
     threads = worker_threads(client, workers)   # address -> threads evaluating
     seen_workers = [time.monotonic()]
-    placed: dict[Any, str | None] = {}          # future -> the worker it was sent to
-    sent: dict[Any, tuple[float, bool]] = {}    # future -> (when, to a free thread)
-    inflight: dict[Any, list[int]] = {}         # future -> the examples of its chunk
     pace = Pace()
     ran: dict[str | None, set[int]] = {}        # worker -> the candidates sent there
     # candidate -> the future of the local model states its first chunk left on the
@@ -405,7 +414,7 @@ def race(client: distributed.Client, programs: Sequence[Any], devset: Sequence[A
         stops.append(event)
         # its chunks not read yet are cancelled: those still waiting on a worker never
         # run, and no result of it is read from now on
-        mine = [f for f, q in futures.items() if q == p]
+        mine = [f for f, c in futures.items() if c.candidate == p]
         for f in mine:
             release(f)
         if p in source:
@@ -419,10 +428,9 @@ def race(client: distributed.Client, programs: Sequence[Any], devset: Sequence[A
 
     def release(fut: Any) -> int:
         """Forget a chunk sent (its result read, or cancelled): its candidate."""
-        on_worker[placed.pop(fut)] -= 1
-        sent.pop(fut, None)
-        inflight.pop(fut, None)
-        return futures.pop(fut)
+        chunk = futures.pop(fut)
+        on_worker[chunk.worker] -= 1
+        return chunk.candidate
 
     def decide(attrs: dict[str, Any]) -> None:
         """Stop every running candidate that cannot win, or is behind with confidence."""
@@ -475,8 +483,8 @@ def race(client: distributed.Client, programs: Sequence[Any], devset: Sequence[A
         if confidence < 1 or p not in ran.get(w, ()):
             return False
         flying: dict[int, list[int]] = {}
-        for f, q in futures.items():
-            flying.setdefault(q, []).extend(inflight[f])
+        for c in futures.values():
+            flying.setdefault(c.candidate, []).extend(c.examples)
         return next_whatever_returns(p, scores, flying, running, left, n_total, low, high)
 
     def fill() -> None:
@@ -522,9 +530,9 @@ def race(client: distributed.Client, programs: Sequence[Any], devset: Sequence[A
                 source[p] = client.submit(take_offer, offer, fut, key=f"model-states-{offer}",
                                           workers=[w], allow_other_workers=True, pure=False)
             mine.add(p)
-            sent[fut] = (time.perf_counter(), on_worker.get(w, 0) < room[w])
-            inflight[fut] = [i for i, _ in chunk]
-            futures[fut], placed[fut], owner[w] = p, w, p
+            futures[fut] = _Sent(p, w, [i for i, _ in chunk], time.perf_counter(),
+                                 on_worker.get(w, 0) < room[w])
+            owner[w] = p
             on_worker[w] = on_worker.get(w, 0) + 1
 
     attrs: dict[str, Any] = {"candidates": k, "examples": n_total, "stopped": []}
@@ -542,12 +550,12 @@ def race(client: distributed.Client, programs: Sequence[Any], devset: Sequence[A
             for fut, result in finished:
                 if fut not in futures:
                     continue  # a chunk of a candidate stopped since: cancelled, not read
-                when, free = sent[fut]
+                when, free = futures[fut].when, futures[fut].free
                 p = release(fut)  # its result is read once: the cluster may forget it
                 try:
                     records = tally.read(p, fut, result)
                 except BudgetExhaustedError:
-                    tally.drain(futures)
+                    tally.drain({f: c.candidate for f, c in futures.items()})
                     raise
                 pace.record(time.perf_counter() - when, sum(r.duration for r in records),
                             free)

